@@ -1,0 +1,8 @@
+"""calibtune: measure and restore the calibration of aligned LLMs on multiple-choice questions."""
+from .data import FieldMap, MCQItem, load_dataset, load_items
+from .errors import CalibtuneError, ConfigError, DataError, IntegrityError, ModelError
+from .scores import OptionScores
+
+__version__ = "0.1.0"
+__all__ = ["CalibtuneError", "ConfigError", "DataError", "FieldMap", "IntegrityError", "MCQItem",
+           "ModelError", "OptionScores", "load_dataset", "load_items", "__version__"]

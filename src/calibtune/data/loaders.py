@@ -1,0 +1,271 @@
+"""Read MCQ items from JSONL, CSV or Parquet, validating every row.
+
+Every rejected row becomes a `DataError` naming the file, the row (1-based: the line for JSONL,
+the record after the header for CSV, the table row for Parquet) and the field at fault.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataError
+from .items import LETTERS, MAX_OPTIONS, MIN_OPTIONS, MCQItem
+
+MAX_FIELD_CHARS = 100_000  # a longer question or option is a broken file, not a real item
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Which raw fields hold the parts of an item.
+
+    `options` is either one field holding a list (JSON list; in CSV a JSON-encoded list) or a
+    list of fields, one per option (e.g. ``["answer_a", "answer_b", "answer_c", "answer_d"]``).
+    `answer` may hold a 0-based index, a letter (``"C"``) or the exact text of an option;
+    `answer_format` says which, or ``"auto"`` to infer it per row.
+    """
+
+    question: str = "question"
+    options: str | tuple[str, ...] = "options"
+    answer: str = "answer"
+    id: str | None = "id"
+    subject: str | None = "subject"
+    answer_format: str = "auto"  # auto | index | letter | text
+
+    def __post_init__(self) -> None:
+        if self.answer_format not in {"auto", "index", "letter", "text"}:
+            raise DataError(f"answer_format must be auto|index|letter|text, got {self.answer_format!r}")
+        if isinstance(self.options, list):
+            object.__setattr__(self, "options", tuple(self.options))
+
+
+@dataclass
+class LoadResult:
+    """Items that passed validation, and the errors of those that did not (with skip_invalid)."""
+
+    items: list[MCQItem]
+    rejected: list[DataError] = field(default_factory=list)
+    source: str = ""
+
+
+def load_items(path: str | Path, fields: FieldMap | None = None, *,
+               skip_invalid: bool = False) -> LoadResult:
+    """Load and validate a JSONL / CSV / Parquet file of MCQ items.
+
+    Raises the first `DataError` unless `skip_invalid`, in which case bad rows are returned in
+    `LoadResult.rejected` and the good ones kept.
+    """
+    path = Path(path)
+    fields = fields or FieldMap()
+    if not path.exists():
+        raise DataError("file not found", file=str(path))
+    if path.is_dir():
+        raise DataError("is a folder; give a .jsonl, .csv or .parquet file", file=str(path))
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    readers = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv,
+               ".parquet": _read_parquet, ".pq": _read_parquet}
+    if suffix.lower() not in readers:
+        raise DataError(f"unknown file type {suffix!r}; use .jsonl, .csv or .parquet", file=str(path))
+    result = LoadResult(items=[], source=str(path))
+    seen_ids: dict[str, int] = {}
+    n_rows = 0
+    for row_no, raw in readers[suffix.lower()](path):
+        n_rows += 1
+        try:
+            if isinstance(raw, DataError):
+                raise raw
+            item = item_from_row(raw, fields, file=str(path), row=row_no)
+            if item.id in seen_ids:
+                raise DataError(f"duplicate id {item.id!r} (first seen in row {seen_ids[item.id]})",
+                                file=str(path), row=row_no, field=fields.id)
+            seen_ids[item.id] = row_no
+            result.items.append(item)
+        except DataError as err:
+            if not skip_invalid:
+                raise
+            result.rejected.append(err)
+    if n_rows == 0:
+        raise DataError("file holds no rows", file=str(path))
+    if not result.items:
+        raise DataError(f"no valid rows ({len(result.rejected)} rejected; first: "
+                        f"{result.rejected[0] if result.rejected else 'none'})", file=str(path))
+    return result
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8-sig")  # tolerate a byte-order mark
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(f"not valid UTF-8 (byte {err.start}); re-encode the file as UTF-8",
+                        file=str(path), row=line) from None
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    text = _decode(path.read_bytes(), path)
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield line_no, DataError(f"malformed JSON ({err.msg} at column {err.colno})",
+                                     file=str(path), row=line_no)
+            continue
+        if not isinstance(raw, dict):
+            yield line_no, DataError(f"expected a JSON object, got {type(raw).__name__}",
+                                     file=str(path), row=line_no)
+            continue
+        yield line_no, raw
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
+    text = _decode(path.read_bytes(), path)
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    row_no = 0
+    while True:
+        try:
+            rec = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            yield row_no + 1, DataError(f"malformed CSV ({err})", file=str(path), row=row_no + 1)
+            return
+        row_no += 1
+        if None in rec:
+            yield row_no, DataError(f"{len(rec[None])} more values than header columns",
+                                    file=str(path), row=row_no)
+            continue
+        if any(v is None for v in rec.values()):
+            yield row_no, DataError("fewer values than header columns", file=str(path), row=row_no)
+            continue
+        yield row_no, rec
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a broken file
+        raise DataError(f"unreadable Parquet ({err})", file=str(path)) from None
+    for row_no, rec in enumerate(table.to_pylist(), start=1):
+        yield row_no, rec
+
+
+def _text(value: Any, *, file: str, row: int, fname: str, what: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise DataError(f"empty {what}", file=file, row=row, field=fname)
+    if isinstance(value, (dict, list, tuple, bool)):
+        raise DataError(f"{what} must be text, got {type(value).__name__}", file=file, row=row,
+                        field=fname)
+    text = str(value)
+    if not text.strip():
+        raise DataError(f"empty {what}", file=file, row=row, field=fname)
+    if len(text) > MAX_FIELD_CHARS:
+        raise DataError(f"{what} is {len(text):,} characters (limit {MAX_FIELD_CHARS:,})",
+                        file=file, row=row, field=fname)
+    return text
+
+
+def _options(raw: dict, fields: FieldMap, *, file: str, row: int) -> tuple[tuple[str, ...], list[str]]:
+    if isinstance(fields.options, tuple):
+        names = list(fields.options)
+        missing = [n for n in names if n not in raw]
+        if missing:
+            raise DataError("missing field", file=file, row=row, field=missing[0])
+        values = [raw[n] for n in names]
+        # trailing empty columns mean "this item has fewer options"
+        while values and (values[-1] is None or str(values[-1]).strip() == ""):
+            values.pop()
+            names.pop()
+    else:
+        if fields.options not in raw:
+            raise DataError("missing field", file=file, row=row, field=fields.options)
+        values = raw[fields.options]
+        if isinstance(values, str):
+            try:
+                values = json.loads(values)
+            except json.JSONDecodeError:
+                raise DataError("options must be a list (in CSV: a JSON-encoded list)",
+                                file=file, row=row, field=fields.options) from None
+        if hasattr(values, "tolist"):
+            values = values.tolist()
+        if not isinstance(values, (list, tuple)):
+            raise DataError(f"options must be a list, got {type(values).__name__}",
+                            file=file, row=row, field=fields.options)
+        names = [f"{fields.options}[{i}]" for i in range(len(values))]
+    if not MIN_OPTIONS <= len(values) <= MAX_OPTIONS:
+        fname = fields.options if isinstance(fields.options, str) else ",".join(fields.options)
+        raise DataError(f"{len(values)} options; need {MIN_OPTIONS} to {MAX_OPTIONS}",
+                        file=file, row=row, field=fname)
+    options = tuple(_text(v, file=file, row=row, fname=n, what="option")
+                    for v, n in zip(values, names))
+    seen: dict[str, str] = {}
+    for opt, name in zip(options, names):
+        key = opt.strip()
+        if key in seen:
+            raise DataError(f"duplicate option {key[:60]!r} (same as {seen[key]})",
+                            file=file, row=row, field=name)
+        seen[key] = name
+    return options, names
+
+
+def _answer_index(value: Any, options: tuple[str, ...], fmt: str, *, file: str, row: int,
+                  fname: str) -> int:
+    k = len(options)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError("empty answer", file=file, row=row, field=fname)
+    if isinstance(value, bool) or isinstance(value, float) and not float(value).is_integer():
+        raise DataError(f"answer must be an index, a letter or an option's text, got {value!r}",
+                        file=file, row=row, field=fname)
+    text = str(value).strip()
+    if isinstance(value, float):
+        text = str(int(value))
+    idx: int | None = None
+    if fmt in ("auto", "index") and (isinstance(value, (int, float)) or text.lstrip("-").isdigit()):
+        idx = int(text)
+        if not 0 <= idx < k:
+            raise DataError(f"answer index {idx} out of range for {k} options (0-based)",
+                            file=file, row=row, field=fname)
+        return idx
+    if fmt == "index":
+        raise DataError(f"answer {value!r} is not an integer index", file=file, row=row, field=fname)
+    if fmt in ("auto", "letter") and len(text) == 1 and text.upper() in LETTERS:
+        idx = LETTERS.index(text.upper())
+        if idx >= k:
+            raise DataError(f"answer letter {text!r} out of range for {k} options",
+                            file=file, row=row, field=fname)
+        return idx
+    if fmt == "letter":
+        raise DataError(f"answer {value!r} is not a letter", file=file, row=row, field=fname)
+    matches = [i for i, o in enumerate(options) if o.strip() == text]
+    if len(matches) == 1:
+        return matches[0]
+    raise DataError(f"answer {text[:60]!r} is not among the options", file=file, row=row,
+                    field=fname)
+
+
+def item_from_row(raw: dict, fields: FieldMap, *, file: str, row: int) -> MCQItem:
+    """Validate one raw record and turn it into an `MCQItem`, or raise `DataError`."""
+    if fields.question not in raw:
+        raise DataError("missing field", file=file, row=row, field=fields.question)
+    question = _text(raw[fields.question], file=file, row=row, fname=fields.question,
+                     what="question")
+    options, _ = _options(raw, fields, file=file, row=row)
+    if fields.answer not in raw:
+        raise DataError("missing field", file=file, row=row, field=fields.answer)
+    answer = _answer_index(raw[fields.answer], options, fields.answer_format, file=file, row=row,
+                           fname=fields.answer)
+    item_id = f"{Path(file).stem}:{row}"
+    if fields.id and raw.get(fields.id) not in (None, ""):
+        item_id = str(raw[fields.id])
+    subject = None
+    if fields.subject and raw.get(fields.subject) not in (None, ""):
+        subject = str(raw[fields.subject])
+    return MCQItem(id=item_id, question=question, options=options, answer=answer, subject=subject,
+                   meta={"file": file, "row": row})

@@ -1,0 +1,34 @@
+"""One exception family, so the CLI can turn any expected failure into a one-line message."""
+from __future__ import annotations
+
+
+class CalibtuneError(Exception):
+    """Base class of every error calibtune raises on purpose (bad input, bad config, bad model)."""
+
+
+class DataError(CalibtuneError):
+    """A dataset row is unusable. The message names the file, the 1-based row and the field."""
+
+    def __init__(self, message: str, *, file: str | None = None, row: int | None = None,
+                 field: str | None = None) -> None:
+        self.file, self.row, self.field, self.reason = file, row, field, message
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if row is not None:
+            where.append(f"row {row}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class ConfigError(CalibtuneError):
+    """A configuration value or command-line option is invalid."""
+
+
+class ModelError(CalibtuneError):
+    """A model or tokenizer cannot be used as asked (letters not single tokens, NaN logits, ...)."""
+
+
+class IntegrityError(CalibtuneError):
+    """A file does not match its pinned digest."""

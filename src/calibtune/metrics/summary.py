@@ -1,0 +1,66 @@
+"""Every metric of a run in one dict: what `metrics.json` holds and reports print."""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from .binning import bin_edges, bin_statistics, calibration_error_from_table
+from .calibration import classwise_ece, ece
+from .proper import brier, nll
+from .selective import auroc_from_confidence, selective_accuracies
+from .smooth import smooth_ece_from_confidence
+from .uncertainty import bootstrap_ci, ece_noise_floor
+from .validation import check_inputs, log_softmax, top_label
+
+
+def summarize(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
+              n_bins: int = 10, n_boot: int = 1000, seed: int = 0,
+              logits: np.ndarray | None = None) -> dict:
+    """Accuracy, the ECE family, proper scores, selective prediction, intervals, noise floor.
+
+    Pass `logits` as well when available so NLL is exact rather than floored.
+    """
+    p, y, m = check_inputs(probs, labels, mask)
+    conf, correct = top_label(p, y)
+    table = bin_statistics(conf, correct, bin_edges(conf, n_bins, "uniform"))
+    n = len(y)
+    sel = selective_accuracies(conf, correct)
+    out: dict = {
+        "n": n,
+        "n_options_max": int(m.shape[1]),
+        "accuracy": float(correct.mean()),
+        "mean_confidence": float(conf.mean()),
+        "ece": calibration_error_from_table(table, "l1"),
+        "mce": calibration_error_from_table(table, "max"),
+        "rms_ce": calibration_error_from_table(table, "l2"),
+        "ece_adaptive": ece(p, y, n_bins, "quantile", mask=m),
+        "cw_ece": classwise_ece(p, y, n_bins, mask=m),
+        "smooth_ece": smooth_ece_from_confidence(conf, correct),
+        "brier": brier(p, y, m),
+        "nll": (float(-np.mean(log_softmax(logits, m)[np.arange(n), y])) if logits is not None
+                else nll(p, y, m)),
+        "auroc": auroc_from_confidence(conf, correct),
+        "selective_accuracy_at_50": float(sel[int(np.ceil(0.5 * n)) - 1]),
+        "area_under_accuracy_coverage": float(sel.mean()),
+        "overconfidence": float(conf.mean() - correct.mean()),
+        "n_bins": n_bins,
+        "bins": table.to_dict(),
+    }
+    floor = ece_noise_floor(conf, n_bins, seed=seed)
+    out["ece_noise_floor"] = floor.to_dict()
+    if n_boot > 0:
+        out["ci"] = {
+            "accuracy": bootstrap_ci(lambda a, b: float(np.mean(a == b)), p.argmax(1), y,
+                                     n_boot=n_boot, seed=seed).to_dict(),
+            "ece": bootstrap_ci(partial(_ece_conf, n_bins=n_bins), conf, correct,
+                                n_boot=n_boot, seed=seed).to_dict(),
+            "cw_ece": bootstrap_ci(lambda pp, yy, mm: classwise_ece(pp, yy, n_bins, mm), p, y, m,
+                                   n_boot=n_boot, seed=seed).to_dict(),
+        }
+    return out
+
+
+def _ece_conf(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
+    return calibration_error_from_table(
+        bin_statistics(conf, correct, bin_edges(conf, n_bins, "uniform")), "l1")

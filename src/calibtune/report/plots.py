@@ -1,0 +1,110 @@
+"""Reliability diagrams, split into `prepare_*` (plain data) and `plot_*` (drawing only)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..data.items import LETTERS  # noqa: E402
+from ..integrity import atomic_write  # noqa: E402
+from ..metrics.binning import BinTable, calibration_error_from_table  # noqa: E402
+from ..metrics.calibration import bin_table, classwise_tables  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ReliabilityData:
+    """What a reliability diagram draws: one bin table, a label and its ECE."""
+
+    table: BinTable
+    label: str
+    ece: float
+
+
+def prepare_reliability(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
+                        n_bins: int = 10, label: str = "model") -> ReliabilityData:
+    table = bin_table(probs, labels, n_bins, "uniform", mask)
+    return ReliabilityData(table, label, calibration_error_from_table(table, "l1"))
+
+
+def prepare_classwise(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
+                      n_bins: int = 10) -> list[ReliabilityData]:
+    """One panel per option class (p_ij against the frequency of y = j)."""
+    return [ReliabilityData(t, f"option {LETTERS[j]}", calibration_error_from_table(t, "l1"))
+            for j, t in enumerate(classwise_tables(probs, labels, n_bins, mask))]
+
+
+def _draw_bins(ax, data: ReliabilityData, color: str = "C0", show_gap: bool = True) -> None:
+    t = data.table
+    left, width = t.edges[:-1], np.diff(t.edges)
+    full = t.count > 0
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.bar(left[full], t.accuracy[full], width=width[full], align="edge", color=color, alpha=0.8,
+           edgecolor="black", lw=0.5, label="accuracy")
+    if show_gap:
+        bottom = np.minimum(t.accuracy[full], t.confidence[full])
+        ax.bar(left[full], np.abs(t.gap[full]), bottom=bottom, width=width[full], align="edge",
+               color="red", alpha=0.25, hatch="//", edgecolor="red", lw=0.5, label="gap")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+
+
+def _save(fig, path: str | Path) -> None:
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png",
+                                               dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_reliability(data: ReliabilityData, path: str | Path, title: str | None = None) -> None:
+    """Accuracy per confidence bin against the diagonal, gaps shaded, counts below."""
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 1]})
+    _draw_bins(ax, data)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left")
+    ax.set_title(title or f"{data.label}: ECE {data.ece:.3f}, n = {data.table.n}")
+    t = data.table
+    axh.bar(t.edges[:-1], t.count, width=np.diff(t.edges), align="edge", color="grey",
+            edgecolor="black", lw=0.5)
+    axh.set_xlabel("confidence")
+    axh.set_ylabel("items")
+    _save(fig, path)
+
+
+def plot_classwise(panels: list[ReliabilityData], total: float, path: str | Path) -> None:
+    """One reliability panel per option class, with the averaged cw-ECE in the title."""
+    k = len(panels)
+    cols = min(k, 4)
+    rows = int(np.ceil(k / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for i, (ax, data) in enumerate(zip(axes.ravel(), panels)):
+        _draw_bins(ax, data, color=f"C{i % 10}")
+        ax.set_title(f"{data.label}: ECE {data.ece:.3f}", fontsize=9)
+    for ax in axes.ravel()[k:]:
+        ax.axis("off")
+    fig.suptitle(f"classwise reliability — cw-ECE {total:.3f}")
+    fig.supxlabel("predicted probability of the option")
+    fig.supylabel("frequency of the option being correct")
+    _save(fig, path)
+
+
+def plot_overlay(runs: list[ReliabilityData], path: str | Path) -> None:
+    """Several runs (e.g. aligned vs CFT vs RCFT) as accuracy-vs-confidence curves on one axis."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    for i, data in enumerate(runs):
+        t = data.table
+        full = t.count > 0
+        ax.plot(t.confidence[full], t.accuracy[full], marker="o", color=f"C{i}",
+                label=f"{data.label} (ECE {data.ece:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean confidence in bin")
+    ax.set_ylabel("accuracy in bin")
+    ax.legend(loc="upper left", fontsize=8)
+    _save(fig, path)

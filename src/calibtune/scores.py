@@ -1,0 +1,78 @@
+"""`OptionScores`: the K option logits of every item — the hinge between models and metrics.
+
+Plain NumPy, saved as ``scores.npz`` (no pickle), so metrics, calibrators and reports run again
+without the model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CalibtuneError
+from .integrity import atomic_write
+
+
+@dataclass
+class OptionScores:
+    """Option logits [n, K_max], gold labels [n], option mask [n, K_max] and item ids [n].
+
+    Masked entries (options an item does not have) hold 0 in `logits` and are ignored everywhere.
+    `meta` records how the scores were made (model, prompt, scoring mode).
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray
+    ids: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.logits = np.asarray(self.logits, dtype=np.float64)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.mask = np.asarray(self.mask, dtype=bool)
+        self.ids = np.asarray(self.ids, dtype=str)
+        n = len(self.labels)
+        if self.logits.ndim != 2 or self.logits.shape[0] != n or self.mask.shape != self.logits.shape \
+                or self.ids.shape != (n,):
+            raise CalibtuneError(f"inconsistent OptionScores shapes: logits {self.logits.shape}, "
+                                 f"labels {self.labels.shape}, mask {self.mask.shape}, "
+                                 f"ids {self.ids.shape}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def probs(self) -> np.ndarray:
+        """Softmax over each item's own options (masked options get probability 0)."""
+        from .metrics.validation import softmax
+
+        return softmax(self.logits, self.mask)
+
+    def subset(self, index: np.ndarray) -> "OptionScores":
+        return OptionScores(self.logits[index], self.labels[index], self.mask[index],
+                            self.ids[index], dict(self.meta))
+
+    def save(self, path: str | Path) -> None:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, logits=self.logits, labels=self.labels, mask=self.mask,
+                                    ids=self.ids, meta=np.array(json.dumps(self.meta, sort_keys=True)))
+        atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "OptionScores":
+        path = Path(path)
+        if not path.exists():
+            raise CalibtuneError(f"{path}: scores file not found")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = {"logits", "labels", "mask", "ids"} - set(z.files)
+                if missing:
+                    raise CalibtuneError(f"{path}: not a calibtune scores file (missing "
+                                         f"{', '.join(sorted(missing))})")
+                meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+                return cls(z["logits"], z["labels"], z["mask"], z["ids"], meta)
+        except (OSError, ValueError) as err:
+            raise CalibtuneError(f"{path}: unreadable scores file ({err})") from None
