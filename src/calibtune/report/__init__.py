@@ -1,7 +1,7 @@
 """Diagrams and reports of calibration results."""
 from .markdown import render_report
-from .plots import (ReliabilityData, plot_classwise, plot_overlay, plot_reliability,
+from .plots import (ReliabilityData, draw_reliability, plot_classwise, plot_overlay, plot_reliability,
                     prepare_classwise, prepare_reliability)
 
-__all__ = ["ReliabilityData", "plot_classwise", "plot_overlay", "plot_reliability",
+__all__ = ["ReliabilityData", "draw_reliability", "plot_classwise", "plot_overlay", "plot_reliability",
            "prepare_classwise", "prepare_reliability", "render_report"]

@@ -61,6 +61,11 @@ def _save(fig, path: str | Path) -> None:
 
 
 def plot_reliability(data: ReliabilityData, path: str | Path, title: str | None = None) -> None:
+    """Draw the reliability diagram and save it (PNG or SVG by the file's suffix)."""
+    _save(draw_reliability(data, title), path)
+
+
+def draw_reliability(data: ReliabilityData, title: str | None = None):
     """Accuracy per confidence bin against the diagonal, gaps shaded, counts below."""
     fig, (ax, axh) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1]})
@@ -73,7 +78,7 @@ def plot_reliability(data: ReliabilityData, path: str | Path, title: str | None 
             edgecolor="black", lw=0.5)
     axh.set_xlabel("confidence")
     axh.set_ylabel("items")
-    _save(fig, path)
+    return fig
 
 
 def plot_classwise(panels: list[ReliabilityData], total: float, path: str | Path) -> None:
