@@ -117,6 +117,43 @@ def eval_cmd(
     print_summary(result.metrics, f"{cfg.model} on {cfg.data}", result.folder)
 
 
+@app.command("posthoc")
+def posthoc_cmd(
+    scores: Optional[str] = typer.Option(None, help="scores.npz of an eval run."),
+    method: Optional[str] = typer.Option(None, help="identity | temperature | vector | matrix | histogram | isotonic | daca."),
+    fit_fraction: Optional[float] = typer.Option(None, help="Share of items to fit on (default 0.1); the rest is reported."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the fit/report split."),
+    reference: Optional[str] = typer.Option(None, help="Base model's scores.npz on the same items (daca)."),
+    bins: Optional[int] = typer.Option(None, help="Number of confidence bins."),
+    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for intervals."),
+    config: Optional[Path] = typer.Option(None, help="YAML file of these options."),
+    out: Optional[str] = typer.Option(None, help="Output folder."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Fit a post-hoc calibrator on part of saved scores and report on the disjoint rest."""
+    _setup_logging(verbose)
+    try:
+        from .config import build_config
+        from .posthoc import PosthocConfig, run_posthoc
+
+        cfg = build_config(PosthocConfig, config, dict(
+            scores=scores, method=method, fit_fraction=fit_fraction, seed=seed,
+            reference=reference, bins=bins, n_boot=n_boot, out=out))
+        if not cfg.scores:
+            raise CalibtuneError("--scores is required")
+        result = run_posthoc(cfg)
+    except CalibtuneError as err:
+        _fail(err)
+    m = result.metrics
+    b = m["before"]
+    Console().print(f"{cfg.method}: fitted on {m['n_fit']} items, reported on {m['n_report']}")
+    if "temperature" in m:
+        Console().print(f"temperature T = {m['temperature']:.4f}")
+    for key in ("accuracy", "mean_confidence", "ece", "cw_ece", "nll", "brier"):
+        Console().print(f"  {key:16s} {b[key]:.4f} -> {m[key]:.4f}")
+    Console().print(f"wrote {result.folder}/")
+
+
 @app.command("report")
 def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders (or scores.npz files) to compare."),

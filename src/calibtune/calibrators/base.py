@@ -1,0 +1,122 @@
+"""One interface for post-hoc calibrators: fit(logits, labels) / transform(logits) → probs.
+
+Inputs are option **logits** [n, K] (masked options allowed); probabilities are accepted only
+with `from_probs=True`, which converts them with log. Fitted parameters are plain attributes,
+saved and loaded as JSON.
+"""
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import CalibtuneError, ConfigError
+from ..integrity import atomic_write_json
+from ..metrics.validation import check_inputs, softmax
+
+REGISTRY: dict[str, type["Calibrator"]] = {}
+
+
+class NotFittedError(CalibtuneError):
+    """transform() was called before fit()."""
+
+
+def as_logits(values: np.ndarray, mask: np.ndarray | None, from_probs: bool) -> tuple[np.ndarray,
+                                                                                      np.ndarray]:
+    """(logits, mask) as float64 / bool, converting probabilities with log when asked."""
+    z = np.asarray(values, dtype=np.float64)
+    if z.ndim != 2:
+        raise ConfigError(f"calibrators take a 2-D array [n_items, n_options], got shape {z.shape}")
+    m = np.ones(z.shape, bool) if mask is None else np.asarray(mask, bool)
+    if m.shape != z.shape:
+        raise ConfigError(f"mask shape {m.shape} does not match logits {z.shape}")
+    if from_probs:
+        if (z[m] < 0).any() or (z[m] > 1).any():
+            raise ConfigError("from_probs=True but values lie outside [0, 1]")
+        z = np.log(np.clip(z, 1e-300, 1.0))
+    if not np.isfinite(np.where(m, z, 0.0)).all():
+        raise ConfigError("logits hold NaN or inf")
+    return np.where(m, z, 0.0), m
+
+
+class Calibrator(ABC):
+    """Base class: subclasses implement `_fit` and `_transform` on (logits, mask)."""
+
+    name: ClassVar[str] = ""
+    changes_ranking: ClassVar[bool] = False  # may the calibrated argmax differ from the input's?
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            REGISTRY[cls.name] = cls
+
+    def __init__(self) -> None:
+        self.fitted_ = False
+
+    def fit(self, logits: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
+            from_probs: bool = False) -> "Calibrator":
+        """Fit on option logits [n, K] and gold labels [n]. Returns self."""
+        z, m = as_logits(logits, mask, from_probs)
+        check_inputs(softmax(z, m), labels, m)
+        self._fit(z, np.asarray(labels, dtype=np.int64), m)
+        self.fitted_ = True
+        return self
+
+    def transform(self, logits: np.ndarray, mask: np.ndarray | None = None, *,
+                  from_probs: bool = False) -> np.ndarray:
+        """Calibrated probabilities [n, K] (masked options get 0; rows sum to 1)."""
+        if not self.fitted_:
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first")
+        z, m = as_logits(logits, mask, from_probs)
+        p = self._transform(z, m)
+        p = np.where(m, p, 0.0)
+        return p / p.sum(axis=1, keepdims=True)
+
+    @abstractmethod
+    def _fit(self, z: np.ndarray, y: np.ndarray, m: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _transform(self, z: np.ndarray, m: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def get_params(self) -> dict:
+        """Fitted parameters as JSON-ready plain data."""
+
+    @abstractmethod
+    def set_params(self, params: dict) -> None: ...
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, {"method": self.name, "params": self.get_params()})
+
+    @staticmethod
+    def load(path: str | Path) -> "Calibrator":
+        data = json.loads(Path(path).read_text())
+        cal = make_calibrator(data["method"])
+        cal.set_params(data["params"])
+        cal.fitted_ = True
+        return cal
+
+
+def make_calibrator(method: str, **kwargs) -> Calibrator:
+    if method not in REGISTRY:
+        raise ConfigError(f"unknown calibration method {method!r}; choose one of "
+                          f"{', '.join(sorted(REGISTRY))}")
+    return REGISTRY[method](**kwargs)
+
+
+def redistribute_top(probs: np.ndarray, new_top: np.ndarray) -> np.ndarray:
+    """Set each row's top probability to `new_top`; the others share the rest in proportion.
+
+    Used by top-label binning methods. The argmax can change when `new_top` falls below another
+    option's new share, which is why those methods may change accuracy.
+    """
+    n = len(probs)
+    top = probs.argmax(axis=1)
+    rest = 1.0 - probs[np.arange(n), top]
+    scale = np.where(rest > 0, (1.0 - new_top) / np.where(rest > 0, rest, 1.0), 0.0)
+    out = probs * scale[:, None]
+    out[np.arange(n), top] = new_top
+    return out
