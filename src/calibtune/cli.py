@@ -154,6 +154,69 @@ def posthoc_cmd(
     Console().print(f"wrote {result.folder}/")
 
 
+@app.command("train")
+def train_cmd(
+    model: Optional[str] = typer.Option(None, help="Built-in name, model folder or .gguf file."),
+    data: Optional[str] = typer.Option(None, help="Training data: built-in name or file."),
+    split: Optional[str] = typer.Option(None, help="Split of a built-in training dataset (default train)."),
+    train_limit: Optional[int] = typer.Option(None, help="Train on a seeded sample of N items."),
+    eval_data: Optional[str] = typer.Option(None, help="Held-out data (default: same dataset)."),
+    eval_split: Optional[str] = typer.Option(None, help="Held-out split (default test)."),
+    eval_limit: Optional[int] = typer.Option(None, help="Evaluate on a seeded sample of N items."),
+    method: Optional[str] = typer.Option(None, help="sft | cft | rcft | label_smoothing."),
+    sft_loss: Optional[str] = typer.Option(None, help="full | completion (rcft default: full)."),
+    sft_weight: Optional[float] = typer.Option(None, help="Weight of the SFT term (0: L_ECE alone)."),
+    ece_lambda: Optional[float] = typer.Option(None, "--lambda", help="Weight λ of the ECE regulariser."),
+    n_bins: Optional[int] = typer.Option(None, help="E-step bins."),
+    estep_every_steps: Optional[int] = typer.Option(None, help="Run the E-step every N steps (default: every epoch)."),
+    label_smoothing: Optional[float] = typer.Option(None, help="ε of the label_smoothing baseline."),
+    epochs: Optional[float] = typer.Option(None, help="Epochs (default 5, as the paper)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimiser steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Per-device batch size."),
+    grad_accum: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
+    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default 128)."),
+    lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (default 64)."),
+    lora_dropout: Optional[float] = typer.Option(None, help="LoRA dropout (default 0.05)."),
+    lora_targets: Optional[str] = typer.Option(None, help="all-linear or comma-separated module names."),
+    full_finetune: bool = typer.Option(False, help="Train all weights instead of a LoRA adapter."),
+    prompt: Optional[str] = typer.Option(None, help="plain | chat."),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16."),
+    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
+    seed: Optional[int] = typer.Option(None, help="Seed of sampling, shuffling and init."),
+    report_to: Optional[str] = typer.Option(None, help="none | tensorboard."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    config: Optional[Path] = typer.Option(None, help="YAML file of these options."),
+    out: Optional[str] = typer.Option(None, help="Output folder."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Fine-tune for calibration (CFT / RCFT) or a baseline, then evaluate on held-out items."""
+    _setup_logging(verbose)
+    try:
+        from .config import build_config
+        from .train.config import TrainConfig
+        from .train.run import run_training
+
+        cfg = build_config(TrainConfig, config, dict(
+            model=model, data=data, split=split, train_limit=train_limit, eval_data=eval_data,
+            eval_split=eval_split, eval_limit=eval_limit, method=method, sft_loss=sft_loss,
+            sft_weight=sft_weight, ece_lambda=ece_lambda, n_bins=n_bins,
+            estep_every_steps=estep_every_steps, label_smoothing=label_smoothing, epochs=epochs,
+            max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+            learning_rate=learning_rate, lora_r=lora_r, lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout, lora_targets=lora_targets,
+            lora=False if full_finetune else None, prompt=prompt, dtype=dtype,
+            save_steps=save_steps, seed=seed, report_to=report_to, out=out))
+        result = run_training(cfg, resume=resume)
+    except CalibtuneError as err:
+        _fail(err)
+    if result.metrics_after:
+        if result.metrics_before:
+            Console().print("before training:")
+            print_summary(result.metrics_before, f"{cfg.model} (untouched)", result.out / "eval_before")
+        print_summary(result.metrics_after, f"{cfg.model} after {cfg.method}", result.out / "eval")
+
+
 @app.command("report")
 def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders (or scores.npz files) to compare."),

@@ -1,0 +1,72 @@
+"""Training configuration: one dataclass, loadable from YAML, every field a CLI option."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+METHODS = ("sft", "cft", "rcft", "label_smoothing")
+
+
+@dataclass
+class TrainConfig:
+    """Defaults follow the paper (METHOD.md §5): LoRA r 128, α 64, dropout 0.05, all linear
+    layers, cosine schedule with 10% warm-up, AdamW. Shrink epochs/steps for a CPU run."""
+
+    model: str = "smollm2-135m-instruct"
+    data: str = "mmlu"
+    split: str | None = "train"
+    train_limit: int | None = None
+    eval_data: str | None = None  # default: the same dataset
+    eval_split: str | None = "test"
+    eval_limit: int | None = 500
+    eval_before: bool = True
+    prompt: str = "plain"
+    method: str = "cft"
+    sft_loss: str | None = None  # full | completion; default: full for rcft and sft, else completion
+    sft_weight: float = 1.0  # 0 with rcft gives the paper's "L_ECE alone" ablation
+    ece_lambda: float = 1.0
+    n_bins: int = 10
+    estep_every_steps: int | None = None  # default: at the start and every epoch
+    label_smoothing: float = 0.1
+    epochs: float = 5.0
+    max_steps: int = -1
+    batch_size: int = 2
+    grad_accum: int = 1
+    learning_rate: float = 1e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    lora: bool = True
+    lora_r: int = 128
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"
+    max_length: int = 1024
+    dtype: str = "float32"
+    bf16: bool = False
+    seed: int = 0
+    save_steps: int = 50
+    logging_steps: int = 10
+    report_to: str = "none"
+    gradient_checkpointing: bool = False
+    out: str = "runs/train"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.sft_loss is None:
+            self.sft_loss = "full" if self.method in ("sft", "rcft") else "completion"
+        if self.sft_loss not in ("full", "completion"):
+            raise ConfigError(f"--sft-loss must be full or completion, got {self.sft_loss!r}")
+        if self.method == "sft" and self.sft_loss != "full":
+            raise ConfigError("--method sft is the full-sequence loss; use --method cft for "
+                              "the completion-only loss")
+        if self.ece_lambda < 0 or self.sft_weight < 0:
+            raise ConfigError("--lambda and --sft-weight must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.n_bins < 1:
+            raise ConfigError(f"--n-bins must be >= 1, got {self.n_bins}")
+        if self.estep_every_steps is not None and self.estep_every_steps < 1:
+            raise ConfigError("--estep-every-steps must be >= 1")

@@ -1,0 +1,73 @@
+"""Token-level training examples built with the same prompt builder as the scorer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..data.items import MCQItem
+from ..errors import DataError
+from ..prompts import PromptEncoder
+from ..scoring import pad_token_id
+
+
+class MCQTrainDataset(torch.utils.data.Dataset):
+    """Each example: prompt ids + the gold letter, its answer position and option bookkeeping."""
+
+    def __init__(self, items: list[MCQItem], encoder: PromptEncoder, max_length: int) -> None:
+        self.items = items
+        self.k_max = max(it.n_options for it in items)
+        self.letter_ids = encoder.letter_ids[: self.k_max]
+        prompts = encoder.encode_prompts(items)
+        self.examples = []
+        for index, (item, ids) in enumerate(zip(items, prompts)):
+            if len(ids) + 1 > max_length:
+                raise DataError(f"item {item.id}: prompt is {len(ids)} tokens, over --max-length "
+                                f"{max_length}", file=item.meta.get("file"),
+                                row=item.meta.get("row"), field="question")
+            self.examples.append({
+                "input_ids": list(ids) + [self.letter_ids[item.answer]],
+                "answer_pos": len(ids) - 1,
+                "label": item.answer,
+                "n_options": item.n_options,
+                "item_index": index,
+            })
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.examples[i]
+
+
+@dataclass
+class MCQCollator:
+    """Right-pads a batch and adds the K letter token ids and the option mask."""
+
+    tokenizer: Any
+    letter_ids: list[int]
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)
+        pad = pad_token_id(self.tokenizer)
+        n, k = len(batch), len(self.letter_ids)
+        ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        lm_labels = torch.full((n, width), -100, dtype=torch.long)
+        for r, b in enumerate(batch):
+            seq = torch.tensor(b["input_ids"], dtype=torch.long)
+            ids[r, : len(seq)] = seq
+            mask[r, : len(seq)] = 1
+            lm_labels[r, : len(seq)] = seq
+        n_opt = torch.tensor([b["n_options"] for b in batch])
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "lm_labels": lm_labels,
+            "answer_pos": torch.tensor([b["answer_pos"] for b in batch]),
+            "label": torch.tensor([b["label"] for b in batch]),
+            "letter_ids": torch.tensor(self.letter_ids).expand(n, k).clone(),
+            "option_mask": torch.arange(k)[None, :] < n_opt[:, None],
+            "item_index": torch.tensor([b["item_index"] for b in batch]),
+        }

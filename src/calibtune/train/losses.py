@@ -1,0 +1,43 @@
+"""Training losses: completion-only (CFT), full-sequence (SFT), label smoothing, ECE regulariser."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def completion_loss(answer_logits: torch.Tensor, answer_token: torch.Tensor) -> torch.Tensor:
+    """L_SFT1: −mean log π(letter | prompt), over the full vocabulary at the answer position."""
+    return F.cross_entropy(answer_logits.float(), answer_token)
+
+
+def smoothed_completion_loss(answer_logits: torch.Tensor, answer_token: torch.Tensor,
+                             letter_tokens: torch.Tensor, option_mask: torch.Tensor,
+                             smoothing: float) -> torch.Tensor:
+    """Label smoothing of the answer target: (1 − ε) on the gold letter, ε spread over the
+    item's K option letters (the vocabulary stays the softmax's support)."""
+    logp = F.log_softmax(answer_logits.float(), dim=-1)
+    gold = logp.gather(1, answer_token[:, None]).squeeze(1)
+    letters = logp.gather(1, letter_tokens)  # [B, K]
+    k = option_mask.sum(1).clamp(min=1)
+    spread = (letters * option_mask).sum(1) / k
+    return -((1 - smoothing) * gold + smoothing * spread).mean()
+
+
+def full_sequence_loss(logits: torch.Tensor, lm_labels: torch.Tensor) -> torch.Tensor:
+    """L_SFT2: next-token cross-entropy over question and answer (−100 marks padding)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = lm_labels[:, 1:]
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                           shift_labels.reshape(-1), ignore_index=-100)
+
+
+def ece_regulariser(option_logits: torch.Tensor, option_mask: torch.Tensor,
+                    targets: torch.Tensor) -> torch.Tensor:
+    """L_ECE: mean over items of Σ_options (p − q)², with p the softmax over the item's options.
+
+    With q's top entry at the E-step's top option this is (c − â_k)² + Σ_j (p_(j) − q_(j))²;
+    averaged over items, so its scale does not depend on the batch size.
+    """
+    z = option_logits.float().masked_fill(~option_mask, float("-inf"))
+    p = torch.softmax(z, dim=-1).masked_fill(~option_mask, 0.0)
+    return ((p - targets) ** 2).sum(-1).mean()

@@ -1,0 +1,162 @@
+"""`calibtune train` as a library call: data, LoRA model, trainer, checkpoints, self-evaluation."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import load_dataset, sample_items
+from ..data.items import MCQItem
+from ..errors import ConfigError
+from ..integrity import atomic_write_json
+from ..prompts import PromptEncoder
+from ..runs import write_config, write_run
+from ..scoring import LetterScorer, scores_from
+from .config import TrainConfig
+from .dataset import MCQCollator, MCQTrainDataset
+from .estep import EStepCallback, RegulariserState, steps_per_epoch
+from .trainer import CalibTrainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    metrics_before: dict | None
+    metrics_after: dict
+    train_seconds: float
+    estep_seconds: float
+
+
+def load_train_eval_items(cfg: TrainConfig) -> tuple[list[MCQItem], list[MCQItem]]:
+    train = sample_items(load_dataset(cfg.data, cfg.split).items, cfg.train_limit, cfg.seed)
+    evaluation = sample_items(load_dataset(cfg.eval_data or cfg.data, cfg.eval_split).items,
+                              cfg.eval_limit, cfg.seed)
+    overlap = {it.id for it in train} & {it.id for it in evaluation}
+    if overlap and (cfg.eval_data or cfg.data) == cfg.data:
+        raise ConfigError(f"{len(overlap)} evaluation items are also training items (e.g. "
+                          f"{sorted(overlap)[0]}); choose disjoint --split and --eval-split")
+    return train, evaluation
+
+
+def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else \
+        [t.strip() for t in cfg.lora_targets.split(",")]
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _training_args(cfg: TrainConfig, folder: Path):
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(folder), per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to], seed=cfg.seed,
+        data_seed=cfg.seed, remove_unused_columns=False, bf16=cfg.bf16,
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        gradient_checkpointing=cfg.gradient_checkpointing, label_names=["label"],
+        disable_tqdm=False)
+
+
+def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainConfig,
+                   out: Path, title: str) -> dict:
+    scorer = LetterScorer(model, tokenizer, prompt=cfg.prompt, batch_size=16, progress=True)
+    logits = np.zeros((len(items), max(it.n_options for it in items)))
+    for batch, values in scorer.iter_batches(items):
+        logits[batch, : values.shape[1]] = values
+    scores = scores_from(items, logits, {"model": cfg.model, "method": cfg.method,
+                                         "prompt": cfg.prompt, "scoring": "letter"})
+    return write_run(out, scores, title=title, context={"model": cfg.model, "method": cfg.method},
+                     n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | None = None
+                 ) -> TrainResult:
+    """Train, save the adapter to OUT/adapter, and evaluate before/after on the held-out items."""
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..models import load_model
+
+    train_items, eval_items = load_train_eval_items(cfg)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.exists() else None
+    if resume and last is None:
+        log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
+    if not resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device="cpu")
+    model.config.use_cache = False
+    if cfg.lora:
+        model = _wrap_lora(model, cfg)
+    encoder = PromptEncoder(tokenizer, cfg.prompt, max(it.n_options for it in train_items))
+    dataset = MCQTrainDataset(train_items, encoder, cfg.max_length)
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, asdict(cfg))
+
+    reg_state = RegulariserState()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    extra = list(callbacks or [])
+    estep = None
+    if cfg.method == "rcft":
+        estep = EStepCallback(reg_state, train_items, tokenizer, cfg.prompt, cfg.n_bins,
+                              steps_per_epoch(len(dataset), cfg.batch_size, world, cfg.grad_accum),
+                              cfg.estep_every_steps, resume_from=last)
+        extra.insert(0, estep)
+    trainer = CalibTrainer(model=model, args=_training_args(cfg, ckpt_dir), train_dataset=dataset,
+                           data_collator=MCQCollator(tokenizer, dataset.letter_ids),
+                           callbacks=extra, calib_config=cfg, reg_state=reg_state)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    train_seconds = time.perf_counter() - start
+    if not trainer.is_world_process_zero():
+        return TrainResult(out, None, {}, train_seconds, estep.seconds if estep else 0.0)
+
+    adapter = out / "adapter"
+    tmp = out / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    shutil.rmtree(adapter, ignore_errors=True)
+    os.replace(tmp, adapter)
+    atomic_write_json(out / "train_log.json", trainer.state.log_history)
+    if reg_state.history:
+        atomic_write_json(out / "estep_history.json", reg_state.history)
+
+    model = trainer.model.eval()
+    before = None
+    if cfg.eval_before and cfg.lora:
+        with model.disable_adapter():
+            before = evaluate_items(model, tokenizer, eval_items, cfg, out / "eval_before",
+                                    f"{cfg.model} before {cfg.method}")
+    after = evaluate_items(model, tokenizer, eval_items, cfg, out / "eval",
+                           f"{cfg.model} after {cfg.method}")
+    summary = {"method": cfg.method, "train_items": len(train_items),
+               "eval_items": len(eval_items), "train_seconds": round(train_seconds, 1),
+               "estep_seconds": round(estep.seconds, 1) if estep else 0.0,
+               "steps": trainer.state.global_step,
+               "after": {k: after[k] for k in ("accuracy", "mean_confidence", "ece", "cw_ece")}}
+    if before:
+        summary["before"] = {k: before[k] for k in ("accuracy", "mean_confidence", "ece",
+                                                    "cw_ece")}
+    atomic_write_json(out / "summary.json", summary)
+    log.info("training summary: %s", json.dumps(summary))
+    return TrainResult(out, before, after, train_seconds, estep.seconds if estep else 0.0)

@@ -1,0 +1,79 @@
+"""One trainer for sft / cft / rcft / label smoothing: a Trainer that overrides compute_loss.
+
+A single forward pass per step: the decoder's final hidden states are captured by a hook on the
+top-level call (so DDP / DeepSpeed wrappers see a normal forward), the answer position's state
+is gathered, and only the rows of the output head that a loss needs are applied.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from ..heads import head_logits, positions_from_mask, unwrap
+from .config import TrainConfig
+from .estep import RegulariserState
+from .losses import (completion_loss, ece_regulariser, full_sequence_loss,
+                     smoothed_completion_loss)
+
+
+def forward_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   full_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(final hidden states [B, T, d], full logits [B, T, V] if asked) from one forward call."""
+    captured: dict[str, torch.Tensor] = {}
+    decoder = unwrap(model).get_decoder()
+    hook = decoder.register_forward_hook(
+        lambda mod, args, out: captured.__setitem__("h", out.last_hidden_state))
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask,
+                    position_ids=positions_from_mask(attention_mask), use_cache=False,
+                    logits_to_keep=0 if full_logits else 1)
+    finally:
+        hook.remove()
+    return captured["h"], (out.logits if full_logits else None)
+
+
+class CalibTrainer(Trainer):
+    def __init__(self, *args, calib_config: TrainConfig, reg_state: RegulariserState, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calib_config = calib_config
+        self.reg_state = reg_state
+        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: scale for GA
+        self._terms: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cfg = self.calib_config
+        full = cfg.sft_weight > 0 and cfg.sft_loss == "full"
+        hidden, logits = forward_hidden(model, inputs["input_ids"], inputs["attention_mask"], full)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        h_answer = hidden[rows, inputs["answer_pos"]]
+        letter_ids = inputs["letter_ids"]
+        answer_token = letter_ids[rows, inputs["label"]]
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        if cfg.sft_weight > 0:
+            if full:
+                sft = full_sequence_loss(logits, inputs["lm_labels"])
+            elif cfg.method == "label_smoothing":
+                sft = smoothed_completion_loss(head_logits(model, h_answer), answer_token,
+                                               letter_ids, inputs["option_mask"],
+                                               cfg.label_smoothing)
+            else:
+                sft = completion_loss(head_logits(model, h_answer), answer_token)
+            loss = loss + cfg.sft_weight * sft
+            self._terms["loss_sft"].append(float(sft.detach()))
+        if cfg.method == "rcft":
+            option_logits = head_logits(model, h_answer, letter_ids[0])
+            targets = self.reg_state.targets.to(hidden.device)[inputs["item_index"]]
+            reg = ece_regulariser(option_logits, inputs["option_mask"], targets)
+            loss = loss + cfg.ece_lambda * reg
+            self._terms["loss_ece"].append(float(reg.detach()))
+        return (loss, {"hidden": h_answer}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for name, values in self._terms.items():
+            if values:
+                logs[name] = round(sum(values) / len(values), 6)
+        self._terms.clear()
+        super().log(logs, start_time)

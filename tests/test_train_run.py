@@ -1,0 +1,124 @@
+"""Training on a tiny model: every method runs, one forward per step, resume is exact."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+from typer.testing import CliRunner
+
+from calibtune.cli import app
+from calibtune.errors import ConfigError
+from calibtune.train.config import TrainConfig
+from calibtune.train.run import run_training
+
+from conftest import items_to_rows, make_items, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train-data")
+    write_jsonl(d / "train.jsonl", items_to_rows(make_items(24, k=[4, 3], seed=1)))
+    rows = items_to_rows(make_items(10, seed=2))
+    for r in rows:
+        r["id"] = "eval-" + r["id"]
+    write_jsonl(d / "eval.jsonl", rows)
+    return d
+
+
+def config(model, data, tmp_path, **kw):
+    base = dict(model=str(model), data=str(data / "train.jsonl"), split=None,
+                eval_data=str(data / "eval.jsonl"), eval_split=None, eval_limit=None,
+                epochs=2, batch_size=4, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                learning_rate=5e-3, save_steps=3, logging_steps=1, out=str(tmp_path / "run"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("method", ["sft", "cft", "rcft", "label_smoothing"])
+def test_every_method_trains_and_evaluates(method, tiny_llama, data, tmp_path):
+    cfg = config(tiny_llama, data, tmp_path, method=method, max_steps=4)
+    result = run_training(cfg)
+    out = result.out
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert (out / "eval" / "metrics.json").exists() and (out / "eval_before" / "metrics.json").exists()
+    log = json.loads((out / "train_log.json").read_text())
+    logged = {k for entry in log for k in entry}
+    assert ("loss_ece" in logged) == (method == "rcft")
+    assert "loss_sft" in logged
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # it moved
+
+
+def test_rcft_reestimates_bins_every_epoch(tiny_llama, data, tmp_path):
+    cfg = config(tiny_llama, data, tmp_path, method="rcft", epochs=3)
+    run_training(cfg)
+    history = json.loads((tmp_path / "run" / "estep_history.json").read_text())
+    assert [h["step"] for h in history] == [0, 6, 12]  # 24 items / batch 4 = 6 steps an epoch
+    assert history[0]["bins"] != history[-1]["bins"]  # re-estimated from the current model
+
+
+def test_one_forward_pass_per_step(tiny_llama, data, tmp_path):
+    from calibtune.train import trainer as trainer_module
+
+    calls = []
+    original = trainer_module.forward_hidden
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    trainer_module.forward_hidden = counting
+    try:
+        run_training(config(tiny_llama, data, tmp_path, method="rcft", max_steps=3,
+                            eval_before=False))
+    finally:
+        trainer_module.forward_hidden = original
+    assert len(calls) == 3
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise Crash("simulated kill right after checkpoint 3")
+
+
+@pytest.mark.parametrize("method", ["cft", "rcft"])
+def test_resume_gives_the_same_adapter(method, tiny_llama, data, tmp_path):
+    kw = dict(method=method, max_steps=6, lora_dropout=0.1, estep_every_steps=2)
+    whole = run_training(config(tiny_llama, data, tmp_path / "a", **kw))
+    with pytest.raises(Crash):
+        run_training(config(tiny_llama, data, tmp_path / "b", **kw), callbacks=[CrashAfterSave()])
+    assert not (tmp_path / "b" / "run" / "adapter").exists()
+    resumed = run_training(config(tiny_llama, data, tmp_path / "b", **kw), resume=True)
+    a = load_file(whole.out / "adapter" / "adapter_model.safetensors")
+    b = load_file(resumed.out / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_adapter_loads_back_through_eval(tiny_llama, data, tmp_path):
+    result = run_training(config(tiny_llama, data, tmp_path, method="cft", max_steps=3))
+    res = CliRunner().invoke(app, ["eval", "--model", str(tiny_llama), "--adapter",
+                                   str(result.out / "adapter"), "--data",
+                                   str(data / "eval.jsonl"), "--out", str(tmp_path / "ev"),
+                                   "--n-boot", "0"])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    after = json.loads((result.out / "eval" / "metrics.json").read_text())
+    assert again["ece"] == pytest.approx(after["ece"], abs=1e-6)
+
+
+def test_overlapping_train_and_eval_is_refused(tiny_llama, data, tmp_path):
+    with pytest.raises(ConfigError, match="also training items"):
+        run_training(config(tiny_llama, data, tmp_path, eval_data=None))
+
+
+def test_bad_method_is_a_config_error():
+    with pytest.raises(ConfigError, match="--method"):
+        TrainConfig(method="dpo")
