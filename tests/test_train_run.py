@@ -122,3 +122,18 @@ def test_overlapping_train_and_eval_is_refused(tiny_llama, data, tmp_path):
 def test_bad_method_is_a_config_error():
     with pytest.raises(ConfigError, match="--method"):
         TrainConfig(method="dpo")
+
+
+def test_full_sequence_loss_equals_the_models_own_loss(tiny_llama):
+    from calibtune.models import load_model
+    from calibtune.train.losses import full_sequence_loss
+    from calibtune.train.trainer import forward_hidden
+
+    model, _ = load_model(str(tiny_llama), device="cpu")
+    ids = torch.tensor([[5, 9, 12, 7, 8, 1], [6, 10, 11, 1, 1, 1]])
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]])
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        ours = full_sequence_loss(model, forward_hidden(model, ids, mask), labels)
+        ref = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

@@ -251,3 +251,7 @@ def main() -> None:  # pragma: no cover - console entry point
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":  # `accelerate launch -m calibtune.cli train ...`
+    main()

@@ -42,7 +42,7 @@ class TrainConfig:
     lora_alpha: int = 64
     lora_dropout: float = 0.05
     lora_targets: str = "all-linear"
-    max_length: int = 1024
+    max_length: int = 1024  # training items with longer prompts are dropped (with a warning)
     dtype: str = "float32"
     bf16: bool = False
     seed: int = 0
@@ -50,6 +50,7 @@ class TrainConfig:
     logging_steps: int = 10
     report_to: str = "none"
     gradient_checkpointing: bool = False
+    group_by_length: bool = True  # batches of similar length: far less padding to compute
     out: str = "runs/train"
 
     def __post_init__(self) -> None:

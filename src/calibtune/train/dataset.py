@@ -1,6 +1,7 @@
 """Token-level training examples built with the same prompt builder as the scorer."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,8 @@ from ..data.items import MCQItem
 from ..errors import DataError
 from ..prompts import PromptEncoder
 from ..scoring import pad_token_id
+
+log = logging.getLogger(__name__)
 
 
 class MCQTrainDataset(torch.utils.data.Dataset):
@@ -21,11 +24,11 @@ class MCQTrainDataset(torch.utils.data.Dataset):
         self.letter_ids = encoder.letter_ids[: self.k_max]
         prompts = encoder.encode_prompts(items)
         self.examples = []
+        self.dropped: list[str] = []
         for index, (item, ids) in enumerate(zip(items, prompts)):
-            if len(ids) + 1 > max_length:
-                raise DataError(f"item {item.id}: prompt is {len(ids)} tokens, over --max-length "
-                                f"{max_length}", file=item.meta.get("file"),
-                                row=item.meta.get("row"), field="question")
+            if len(ids) + 1 > max_length:  # dropped, not truncated: a cut prompt loses its options
+                self.dropped.append(item.id)
+                continue
             self.examples.append({
                 "input_ids": list(ids) + [self.letter_ids[item.answer]],
                 "answer_pos": len(ids) - 1,
@@ -33,6 +36,12 @@ class MCQTrainDataset(torch.utils.data.Dataset):
                 "n_options": item.n_options,
                 "item_index": index,
             })
+
+        if self.dropped:
+            log.warning("dropped %d of %d training items longer than --max-length %d tokens "
+                        "(e.g. %s)", len(self.dropped), len(items), max_length, self.dropped[0])
+        if not self.examples:
+            raise DataError(f"every training item is longer than --max-length {max_length}")
 
     def __len__(self) -> int:
         return len(self.examples)

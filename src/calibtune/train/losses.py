@@ -23,12 +23,18 @@ def smoothed_completion_loss(answer_logits: torch.Tensor, answer_token: torch.Te
     return -((1 - smoothing) * gold + smoothing * spread).mean()
 
 
-def full_sequence_loss(logits: torch.Tensor, lm_labels: torch.Tensor) -> torch.Tensor:
-    """L_SFT2: next-token cross-entropy over question and answer (−100 marks padding)."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = lm_labels[:, 1:]
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                           shift_labels.reshape(-1), ignore_index=-100)
+def full_sequence_loss(model, hidden: torch.Tensor, lm_labels: torch.Tensor) -> torch.Tensor:
+    """L_SFT2: next-token cross-entropy over question and answer (−100 marks padding).
+
+    The output head is applied only to positions that have a next token to predict, so padding
+    costs no vocabulary-sized logits.
+    """
+    from ..heads import head_logits
+
+    targets = lm_labels[:, 1:]
+    keep = targets != -100
+    logits = head_logits(model, hidden[:, :-1][keep])  # [n_tokens, V]
+    return F.cross_entropy(logits.float(), targets[keep])
 
 
 def ece_regulariser(option_logits: torch.Tensor, option_mask: torch.Tensor,

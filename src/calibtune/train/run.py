@@ -72,6 +72,7 @@ def _training_args(cfg: TrainConfig, folder: Path):
         data_seed=cfg.seed, remove_unused_columns=False, bf16=cfg.bf16,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         gradient_checkpointing=cfg.gradient_checkpointing, label_names=["label"],
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=False)
 
 

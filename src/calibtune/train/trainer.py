@@ -19,9 +19,10 @@ from .losses import (completion_loss, ece_regulariser, full_sequence_loss,
                      smoothed_completion_loss)
 
 
-def forward_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   full_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(final hidden states [B, T, d], full logits [B, T, V] if asked) from one forward call."""
+def forward_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                   ) -> torch.Tensor:
+    """Final hidden states [B, T, d] from one top-level forward call (logits of one position
+    only, which we discard: every loss applies the head to the states it needs)."""
     captured: dict[str, torch.Tensor] = {}
     decoder = unwrap(model).get_decoder()
     hook = decoder.register_forward_hook(
@@ -29,10 +30,11 @@ def forward_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     try:
         out = model(input_ids=input_ids, attention_mask=attention_mask,
                     position_ids=positions_from_mask(attention_mask), use_cache=False,
-                    logits_to_keep=0 if full_logits else 1)
+                    logits_to_keep=1)
     finally:
         hook.remove()
-    return captured["h"], (out.logits if full_logits else None)
+    del out
+    return captured["h"]
 
 
 class CalibTrainer(Trainer):
@@ -46,7 +48,7 @@ class CalibTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cfg = self.calib_config
         full = cfg.sft_weight > 0 and cfg.sft_loss == "full"
-        hidden, logits = forward_hidden(model, inputs["input_ids"], inputs["attention_mask"], full)
+        hidden = forward_hidden(model, inputs["input_ids"], inputs["attention_mask"])
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         h_answer = hidden[rows, inputs["answer_pos"]]
         letter_ids = inputs["letter_ids"]
@@ -54,7 +56,7 @@ class CalibTrainer(Trainer):
         loss = hidden.new_zeros((), dtype=torch.float32)
         if cfg.sft_weight > 0:
             if full:
-                sft = full_sequence_loss(logits, inputs["lm_labels"])
+                sft = full_sequence_loss(model, hidden, inputs["lm_labels"])
             elif cfg.method == "label_smoothing":
                 sft = smoothed_completion_loss(head_logits(model, h_answer), answer_token,
                                                letter_ids, inputs["option_mask"],
