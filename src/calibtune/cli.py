@@ -26,6 +26,12 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "httpx", "urllib3", "accelerate", "peft"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:  # transformers' weight-loading bars say nothing a user needs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _fail(err: Exception) -> None:
@@ -84,6 +90,7 @@ def eval_cmd(
     max_batch_tokens: Optional[int] = typer.Option(None, help="Most padded tokens per forward pass."),
     bins: Optional[int] = typer.Option(None, help="Number of confidence bins (default 10)."),
     n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for intervals (0: none)."),
+    chunk_size: Optional[int] = typer.Option(None, help="Items per saved chunk (what --resume reuses)."),
     skip_invalid: bool = typer.Option(False, help="Keep going past bad rows; list them in rejected.jsonl."),
     question_field: Optional[str] = typer.Option(None, help="Field holding the question."),
     options_field: Optional[str] = typer.Option(None, help="Field with a list of options, or comma-separated fields."),
@@ -108,7 +115,7 @@ def eval_cmd(
         cfg = build_config(EvalConfig, config, dict(
             model=model, data=data, split=split, limit=limit, seed=seed, prompt=prompt,
             adapter=adapter, dtype=dtype, device=device, batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens, bins=bins, n_boot=n_boot,
+            max_batch_tokens=max_batch_tokens, bins=bins, n_boot=n_boot, chunk_size=chunk_size,
             skip_invalid=skip_invalid or None, trust_remote_code=trust_remote_code or None,
             fields=fields or None, out=out))
         result = run_eval(cfg, resume=resume)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .data import FieldMap, load_dataset, sample_items
 from .data.items import MCQItem
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .integrity import atomic_write_json, atomic_write_text
 from .runs import RunOutputs, write_config, write_run
 from .scores import OptionScores
@@ -60,8 +60,8 @@ def _fingerprint(cfg: EvalConfig, items: list[MCQItem]) -> str:
     return h.hexdigest()
 
 
-def score_resumable(scorer: LetterScorer, items: list[MCQItem], partial: Path, fingerprint: str,
-                    chunk_size: int, resume: bool) -> np.ndarray:
+def score_resumable(scorer: LetterScorer, items: list[MCQItem], encoded: list[list[int]],
+                    partial: Path, fingerprint: str, chunk_size: int, resume: bool) -> np.ndarray:
     """Option logits of all items, saving each finished chunk so a killed run can go on."""
     k_max = max(it.n_options for it in items)
     stamp = partial / "fingerprint.txt"
@@ -82,13 +82,28 @@ def score_resumable(scorer: LetterScorer, items: list[MCQItem], partial: Path, f
                 log.info("chunk %d: reusing saved scores", c)
                 continue
         part = np.zeros((stop - start, k_max))
-        for batch, values in scorer.iter_batches(items[start:stop]):
+        for batch, values in scorer.iter_batches(items[start:stop], encoded[start:stop]):
             part[batch, : values.shape[1]] = values
         tmp = chunk_file.with_suffix(".tmp.npy")
         np.save(tmp, part, allow_pickle=False)
         tmp.replace(chunk_file)
         logits[start:stop] = part
     return logits
+
+
+def _drop_too_long(scorer: LetterScorer, items: list[MCQItem]
+                   ) -> tuple[list[MCQItem], list[list[int]], list[DataError]]:
+    """With --skip-invalid: keep the items whose prompt fits the model, reject the others."""
+    kept, encoded, errors = [], [], []
+    for it in items:
+        try:
+            encoded += scorer.encode([it])
+            kept.append(it)
+        except DataError as err:
+            errors.append(err)
+    if not kept:
+        raise DataError(f"no item fits the model's context ({len(errors)} rejected)")
+    return kept, encoded, errors
 
 
 def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) -> RunOutputs:
@@ -100,6 +115,15 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) ->
     items, rejected = load_eval_items(cfg)  # bad data fails here, before anything is written
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
                                   device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    scorer = LetterScorer(model, tokenizer, prompt=cfg.prompt, batch_size=cfg.batch_size,
+                          max_batch_tokens=cfg.max_batch_tokens, progress=progress)
+    try:  # letters and context lengths are checked before anything is written
+        encoded = scorer.encode(items)
+    except DataError:
+        if not cfg.skip_invalid:
+            raise
+        items, encoded, too_long = _drop_too_long(scorer, items)
+        rejected = rejected + too_long
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if rejected:
@@ -107,11 +131,9 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) ->
             json.dumps({"file": e.file, "row": e.row, "field": e.field, "reason": e.reason}) + "\n"
             for e in rejected))
         log.warning("%d rows rejected; reasons in %s", len(rejected), out / "rejected.jsonl")
-    scorer = LetterScorer(model, tokenizer, prompt=cfg.prompt, batch_size=cfg.batch_size,
-                          max_batch_tokens=cfg.max_batch_tokens, progress=progress)
     partial = out / ".partial"
-    logits = score_resumable(scorer, items, partial, _fingerprint(cfg, items), cfg.chunk_size,
-                             resume)
+    logits = score_resumable(scorer, items, encoded, partial, _fingerprint(cfg, items),
+                             cfg.chunk_size, resume)
     meta = {"model": cfg.model, "adapter": cfg.adapter, "prompt": cfg.prompt, "scoring": "letter",
             "data": cfg.data, "split": cfg.split, "limit": cfg.limit, "seed": cfg.seed}
     scores = scores_from(items, logits, meta)

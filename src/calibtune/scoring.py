@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .data.items import MCQItem
 from .errors import DataError, ModelError
-from .prompts import PromptEncoder
+from .prompts import PromptEncoder, letter_token_ids
 from .scores import OptionScores
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,12 @@ class LetterScorer:
         self.prompt, self.batch_size, self.max_batch_tokens = prompt, batch_size, max_batch_tokens
         self.padding_side, self.progress = padding_side, progress
 
-    def iter_batches(self, items: list[MCQItem]) -> Iterator[tuple[list[int], np.ndarray]]:
-        """Yield (item indices, option logits [b, K_max]) batch by batch, longest first."""
-        import torch
+    def encode(self, items: list[MCQItem]) -> list[list[int]]:
+        """Prompt token ids of every item, checked against the model's context length.
 
-        k_max = max(it.n_options for it in items)
-        encoder = PromptEncoder(self.tokenizer, self.prompt, k_max)
+        Call it before writing anything: a too-long prompt fails here, naming its row.
+        """
+        encoder = PromptEncoder(self.tokenizer, self.prompt, max(it.n_options for it in items))
         encoded = encoder.encode_prompts(items)
         limit = context_limit(self.model)
         for it, ids in zip(items, encoded):
@@ -95,8 +95,18 @@ class LetterScorer:
                 raise DataError(f"item {it.id}: prompt is {len(ids)} tokens, longer than the "
                                 f"model's context of {limit}", file=it.meta.get("file"),
                                 row=it.meta.get("row"), field="question")
+        return encoded
+
+    def iter_batches(self, items: list[MCQItem], encoded: list[list[int]] | None = None
+                     ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Yield (item indices, option logits [b, K_max]) batch by batch, longest first."""
+        import torch
+
+        k_max = max(it.n_options for it in items)
+        encoded = self.encode(items) if encoded is None else encoded
+        letter_ids = letter_token_ids(self.tokenizer, k_max, self.prompt)
         plan = plan_batches([len(e) for e in encoded], self.batch_size, self.max_batch_tokens)
-        letters = torch.tensor(encoder.letter_ids, dtype=torch.long)
+        letters = torch.tensor(letter_ids, dtype=torch.long)
         device = next(self.model.parameters()).device
         pad = pad_token_id(self.tokenizer)
         bar = tqdm(total=len(items), desc="scoring", unit="item", disable=not self.progress)
