@@ -21,6 +21,7 @@ demo: install
 		--limit 500 --out runs/demo
 
 test: install
+	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -13,7 +13,7 @@ import numpy as np
 from .data import FieldMap, load_dataset, sample_items
 from .data.items import MCQItem
 from .errors import ConfigError, DataError
-from .integrity import atomic_write_json, atomic_write_text
+from .integrity import atomic_write_text
 from .runs import RunOutputs, write_config, write_run
 from .scores import OptionScores
 from .scoring import LetterScorer, scores_from

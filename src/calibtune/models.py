@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import CalibtuneError, IntegrityError, ModelError
+from .errors import IntegrityError, ModelError
 from .integrity import sha256_file, verify_sha256
 from .packaged import package_file
 
@@ -171,12 +171,6 @@ def load_model(spec: str, *, adapter: str | None = None, dtype: str = "float32",
     model.to(device)
     model.eval()
     return model, tokenizer
-
-
-def assert_builtin(name: str) -> BuiltinModel:
-    if name not in BUILTIN_MODELS:
-        raise CalibtuneError(f"unknown built-in model {name!r}")
-    return BUILTIN_MODELS[name]
 
 
 __all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "IntegrityError", "builtin_model_folder",

@@ -60,8 +60,9 @@ class TemperatureScaling(Calibrator):
         self.temperature = float(np.exp(res.x))
         self.grad_at_optimum = self.nll_gradient(z, y, m, self.temperature)
         if np.isclose(res.x, lo, atol=1e-6) or np.isclose(res.x, hi, atol=1e-6):
-            log.warning("temperature hit its bound %.3g; the logits may be degenerate",
-                        self.temperature)
+            log.warning("temperature hit its bound %.3g: NLL keeps falling toward it, so the "
+                        "logits carry (almost) no information about correctness — typical of "
+                        "a model at chance accuracy", self.temperature)
 
     @staticmethod
     def nll_gradient(z, y, m, temperature: float) -> float:

@@ -1,0 +1,148 @@
+"""Benchmark 4 (CUDA): scoring throughput, MFU and LoRA step cost of an 8B Llama-shaped model.
+
+No download: the model is built from a Llama-3-8B-shaped config with random weights in bf16.
+Measures (1) scoring items/s and model FLOP utilisation at prompt length 256 for batches
+16–128 through calibtune's scorer path (decoder + K letter rows of the head), against a plain
+transformers forward with full logits; (2) LoRA steps of cft and rcft (one forward each).
+Designed to finish in under 5 minutes on one H100/H200. Prints a table and writes JSON.
+Usage: python bench/gpu.py [--tiny]   (--tiny runs the same code on a small model, CPU or GPU)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+
+import torch
+
+from common import save, table
+
+
+def build_model(tiny: bool, device: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if tiny:
+        cfg = LlamaConfig(vocab_size=4096, hidden_size=128, intermediate_size=256,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    else:  # Llama-3-8B shapes
+        cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                          max_position_embeddings=8192, rope_theta=500000.0)
+    cfg._attn_implementation = "sdpa"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    return model.eval(), cfg
+
+
+def n_params_matmul(model) -> int:
+    """Parameters that take part in matmuls per token (embeddings lookup excluded)."""
+    emb = model.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in model.parameters()) - emb
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_tflops(device: str) -> float:
+    if device != "cuda":
+        return float("nan")
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    sync(device)
+    return 20 * 2 * 8192 ** 3 / (time.perf_counter() - t) / 1e12
+
+
+def time_it(fn, device, reps):
+    fn()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t) / reps
+
+
+def main() -> None:
+    from calibtune.heads import answer_hidden, head_logits
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batches", default="16,32,64,128")
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, cfg = build_model(args.tiny, device)
+    n_mm = n_params_matmul(model)
+    ceiling = peak_tflops(device)
+    letters = torch.tensor([32, 33, 34, 35], device=device)
+    rows = []
+    for bs in map(int, args.batches.split(",")):
+        ids = torch.randint(0, cfg.vocab_size, (bs, args.seq), device=device)
+        mask = torch.ones_like(ids)
+        with torch.inference_mode():
+            ours = time_it(lambda: head_logits(model, answer_hidden(model, ids, mask), letters),
+                           device, args.reps)
+            plain = time_it(lambda: model(input_ids=ids, attention_mask=mask).logits[:, -1],
+                            device, args.reps)
+        flops = 2 * n_mm * bs * args.seq  # forward, matmul FLOPs (attention scores excluded)
+        rows.append({"batch": bs, "items_per_s": bs / ours, "plain_items_per_s": bs / plain,
+                     "tflops": flops / ours / 1e12, "mfu": flops / ours / 1e12 / ceiling})
+
+    train = {}
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+
+    from calibtune.train.estep import RegulariserState
+    from calibtune.train.trainer import CalibTrainer
+
+    lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                            task_type="CAUSAL_LM")).train()
+    bs = 8 if not args.tiny else 4
+    ids = torch.randint(0, cfg.vocab_size, (bs, args.seq), device=device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "lm_labels": ids.clone(), "answer_pos": torch.full((bs,), args.seq - 2, device=device),
+             "label": torch.zeros(bs, dtype=torch.long, device=device),
+             "letter_ids": letters.expand(bs, 4).clone(),
+             "option_mask": torch.ones(bs, 4, dtype=torch.bool, device=device),
+             "item_index": torch.arange(bs, device=device)}
+    state = RegulariserState()
+    state.targets = torch.full((bs, 4), 0.25)
+    for method in ("cft", "rcft"):
+        fake = SimpleNamespace(calib_config=SimpleNamespace(
+            method=method, sft_weight=1.0, sft_loss="completion", ece_lambda=1.0,
+            label_smoothing=0.0), reg_state=state, _terms=defaultdict(list))
+
+        def step():
+            loss = CalibTrainer.compute_loss(fake, lora, batch)
+            loss.backward()
+        s = time_it(step, device, args.reps)
+        tokens = bs * args.seq
+        train[method] = {"step_s": s, "tokens_per_s": tokens / s,
+                         "mfu_6N": 6 * n_mm * tokens / s / 1e12 / ceiling}
+    result = {"date": datetime.date.today().isoformat(),
+              "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "model": "tiny" if args.tiny else "Llama-3-8B-shaped, random bf16",
+              "matmul_params": n_mm, "bf16_matmul_tflops": ceiling, "seq": args.seq,
+              "scoring": rows, "lora_steps": train,
+              "rcft_over_cft": train["rcft"]["step_s"] / train["cft"]["step_s"]}
+    print(table([[r["batch"], r["items_per_s"], r["plain_items_per_s"], r["tflops"], r["mfu"]]
+                 for r in rows], ["batch", "items/s", "plain fwd items/s", "TFLOP/s", "MFU"]))
+    print(table([[m, t["step_s"], t["tokens_per_s"], t["mfu_6N"]] for m, t in train.items()],
+                ["method", "s/step", "tokens/s", "MFU (6N)"]))
+    print("wrote", save("gpu_tiny" if args.tiny else "gpu", result))
+
+
+if __name__ == "__main__":
+    main()
