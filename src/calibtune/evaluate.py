@@ -15,7 +15,6 @@ from .data.items import MCQItem
 from .errors import ConfigError, DataError
 from .integrity import atomic_write_text
 from .runs import RunOutputs, write_config, write_run
-from .scores import OptionScores
 from .scoring import LetterScorer, scores_from
 
 log = logging.getLogger(__name__)
@@ -143,8 +142,3 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) ->
                        n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.model)
     shutil.rmtree(partial, ignore_errors=True)
     return result
-
-
-def evaluate_scores(scores: OptionScores, out: str | Path, **kwargs) -> RunOutputs:
-    """Metrics and diagrams for scores already on disk (no model needed)."""
-    return write_run(out, scores, **kwargs)

@@ -16,6 +16,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..data.items import MCQItem
+from ..metrics.binning import calibration_error_from_table
 from ..scoring import LetterScorer
 from .targets import EStepResult, estep_targets, format_bin_table
 
@@ -87,9 +88,9 @@ class EStepCallback(TrainerCallback):
                               batch_size=self.batch_size, progress=False)
         k = max(it.n_options for it in self.items)
         local = np.zeros((len(index), k))
-        shard = [self.items[i] for i in index]
-        for batch, values in scorer.iter_batches(shard):
-            local[batch, : values.shape[1]] = values
+        if index:
+            shard = scorer.score([self.items[i] for i in index]).logits
+            local[:, : shard.shape[1]] = shard
         if was_training:
             model.train()
         logits = gather_logits(index, local, len(self.items), k)
@@ -99,7 +100,8 @@ class EStepCallback(TrainerCallback):
         self.state.update(result, step, step // self.steps_per_epoch)
         self.seconds += time.perf_counter() - start
         acc = float((logits.argmax(1) == labels).mean())
-        log.info("E-step at step %d (train accuracy %.3f):\n%s", step, acc,
+        ece = calibration_error_from_table(result.table, "l1")
+        log.info("E-step at step %d (train accuracy %.3f, train ECE %.3f):\n%s", step, acc, ece,
                  format_bin_table(result.table))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

@@ -10,15 +10,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..data import load_dataset, sample_items
 from ..data.items import MCQItem
 from ..errors import ConfigError
 from ..integrity import atomic_write_json
 from ..prompts import PromptEncoder
 from ..runs import write_config, write_run
-from ..scoring import LetterScorer, scores_from
+from ..scoring import LetterScorer
 from .config import TrainConfig
 from .dataset import MCQCollator, MCQTrainDataset
 from .estep import EStepCallback, RegulariserState, steps_per_epoch
@@ -71,7 +69,7 @@ def _training_args(cfg: TrainConfig, folder: Path):
         report_to=[] if cfg.report_to == "none" else [cfg.report_to], seed=cfg.seed,
         data_seed=cfg.seed, remove_unused_columns=False, bf16=cfg.bf16,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        gradient_checkpointing=cfg.gradient_checkpointing, label_names=["label"],
+        activation_checkpointing=cfg.gradient_checkpointing, label_names=["label"],
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=False)
 
@@ -79,11 +77,8 @@ def _training_args(cfg: TrainConfig, folder: Path):
 def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainConfig,
                    out: Path, title: str) -> dict:
     scorer = LetterScorer(model, tokenizer, prompt=cfg.prompt, batch_size=16, progress=True)
-    logits = np.zeros((len(items), max(it.n_options for it in items)))
-    for batch, values in scorer.iter_batches(items):
-        logits[batch, : values.shape[1]] = values
-    scores = scores_from(items, logits, {"model": cfg.model, "method": cfg.method,
-                                         "prompt": cfg.prompt, "scoring": "letter"})
+    scores = scorer.score(items, {"model": cfg.model, "method": cfg.method, "prompt": cfg.prompt,
+                                  "scoring": "letter"})
     return write_run(out, scores, title=title, context={"model": cfg.model, "method": cfg.method},
                      n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
 
