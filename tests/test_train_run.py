@@ -56,6 +56,10 @@ def test_rcft_reestimates_bins_every_epoch(tiny_llama, data, tmp_path):
     history = json.loads((tmp_path / "run" / "estep_history.json").read_text())
     assert [h["step"] for h in history] == [0, 6, 12]  # 24 items / batch 4 = 6 steps an epoch
     assert history[0]["bins"] != history[-1]["bins"]  # re-estimated from the current model
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    per_epoch = [e for e in log if "heldout_ece" in e]
+    assert [e["step"] for e in per_epoch] == [6, 12, 18]  # held-out ECE logged every epoch
+    assert all(0 <= e["heldout_ece"] <= 1 and e["heldout_n"] == 10 for e in per_epoch)
 
 
 def test_one_forward_pass_per_step(tiny_llama, data, tmp_path):

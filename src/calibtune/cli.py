@@ -170,6 +170,7 @@ def train_cmd(
     eval_data: Optional[str] = typer.Option(None, help="Held-out data (default: same dataset)."),
     eval_split: Optional[str] = typer.Option(None, help="Held-out split (default test)."),
     eval_limit: Optional[int] = typer.Option(None, help="Evaluate on a seeded sample of N items."),
+    epoch_eval_limit: Optional[int] = typer.Option(None, help="Held-out items scored at each epoch end (default 100; 0: off)."),
     method: Optional[str] = typer.Option(None, help="sft | cft | rcft | label_smoothing."),
     sft_loss: Optional[str] = typer.Option(None, help="full | completion (rcft default: full)."),
     sft_weight: Optional[float] = typer.Option(None, help="Weight of the SFT term (0: L_ECE alone)."),
@@ -206,7 +207,8 @@ def train_cmd(
 
         cfg = build_config(TrainConfig, config, dict(
             model=model, data=data, split=split, train_limit=train_limit, eval_data=eval_data,
-            eval_split=eval_split, eval_limit=eval_limit, method=method, sft_loss=sft_loss,
+            eval_split=eval_split, eval_limit=eval_limit, epoch_eval_limit=epoch_eval_limit,
+            method=method, sft_loss=sft_loss,
             sft_weight=sft_weight, ece_lambda=ece_lambda, n_bins=n_bins,
             estep_every_steps=estep_every_steps, label_smoothing=label_smoothing, epochs=epochs,
             max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,

@@ -21,6 +21,7 @@ class TrainConfig:
     eval_split: str | None = "test"
     eval_limit: int | None = 500
     eval_before: bool = True
+    epoch_eval_limit: int = 100  # held-out items scored at every epoch end (0: off)
     prompt: str = "plain"
     method: str = "cft"
     sft_loss: str | None = None  # full | completion; default: full for rcft and sft, else completion

@@ -20,6 +20,7 @@ from ..scoring import LetterScorer
 from .config import TrainConfig
 from .dataset import MCQCollator, MCQTrainDataset
 from .estep import EStepCallback, RegulariserState, steps_per_epoch
+from .monitor import EpochEvalCallback
 from .trainer import CalibTrainer
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,9 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | No
                               steps_per_epoch(len(dataset), cfg.batch_size, world, cfg.grad_accum),
                               cfg.estep_every_steps, resume_from=last)
         extra.insert(0, estep)
+    if cfg.epoch_eval_limit > 0:
+        extra.append(EpochEvalCallback(eval_items[: cfg.epoch_eval_limit], tokenizer, cfg.prompt,
+                                       cfg.n_bins))
     trainer = CalibTrainer(model=model, args=_training_args(cfg, ckpt_dir), train_dataset=dataset,
                            data_collator=MCQCollator(tokenizer, dataset.letter_ids),
                            callbacks=extra, calib_config=cfg, reg_state=reg_state)
