@@ -119,3 +119,21 @@ def test_posthoc_cli_end_to_end(tmp_path):
     res = CliRunner().invoke(app, ["posthoc", "--scores", str(tmp_path / "scores.npz"),
                                    "--method", "daca", "--out", str(tmp_path / "d")])
     assert res.exit_code == 2 and "--reference" in res.output
+
+
+def test_posthoc_daca_cli_with_reference(tmp_path):
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(600, 4))
+    y = rng.integers(0, 4, 600)
+    ids = [str(i) for i in range(600)]
+    mask = np.ones((600, 4), bool)
+    OptionScores(base, y, mask, ids).save(tmp_path / "base.npz")
+    OptionScores(base * 5, y, mask, ids).save(tmp_path / "aligned.npz")
+    out = tmp_path / "daca"
+    res = CliRunner().invoke(app, ["posthoc", "--scores", str(tmp_path / "aligned.npz"),
+                                   "--method", "daca", "--reference", str(tmp_path / "base.npz"),
+                                   "--fit-fraction", "0.5", "--out", str(out), "--n-boot", "0"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["temperature"] == pytest.approx(5.0, rel=1e-3)
+    assert m["calibrator"]["n_agree"] == 300

@@ -141,3 +141,21 @@ def test_full_sequence_loss_equals_the_models_own_loss(tiny_llama):
         ours = full_sequence_loss(model, forward_hidden(model, ids, mask), labels)
         ref = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_train_cli_end_to_end(tiny_llama, data, tmp_path):
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"model: {tiny_llama}\ndata: {data / 'train.jsonl'}\nsplit: null\n"
+                   f"eval_data: {data / 'eval.jsonl'}\neval_split: null\neval_limit: null\n"
+                   "lora_r: 4\nlora_alpha: 8\nbatch_size: 4\n")
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg), "--method", "rcft",
+                                   "--max-steps", "2", "--lambda", "0.5", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "after rcft" in res.output and "untouched" in res.output
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["ece_lambda"] == 0.5 and saved["method"] == "rcft" and saved["lora_r"] == 4
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg), "--method", "dpo"])
+    assert res.exit_code == 2 and "--method must be one of" in res.output
