@@ -34,7 +34,8 @@ def test_diagrams_render_png_and_svg(tmp_path, probs_labels):
     plot_reliability(data, tmp_path / "r.png")
     plot_reliability(data, tmp_path / "r.svg")
     panels = prepare_classwise(p, y)
-    assert len(panels) == 4
+    assert len(panels) == 5 and panels[-1].label == "all options"
+    assert panels[-1].table.n == 400 * 4  # every (item, option) probability, pooled
     plot_classwise(panels, 0.1, tmp_path / "cw.png")
     plot_overlay([data, prepare_reliability(p ** 0.5 / (p ** 0.5).sum(1, keepdims=True), y,
                                             label="tempered")], tmp_path / "o.png")

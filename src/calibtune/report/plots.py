@@ -12,7 +12,9 @@ import numpy as np  # noqa: E402
 
 from ..data.items import LETTERS  # noqa: E402
 from ..integrity import atomic_write  # noqa: E402
-from ..metrics.binning import BinTable, calibration_error_from_table  # noqa: E402
+from ..metrics.binning import (BinTable, bin_edges, bin_statistics,  # noqa: E402
+                               calibration_error_from_table)
+from ..metrics.validation import check_inputs  # noqa: E402
 from ..metrics.calibration import bin_table, classwise_tables  # noqa: E402
 
 
@@ -33,9 +35,14 @@ def prepare_reliability(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray 
 
 def prepare_classwise(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
                       n_bins: int = 10) -> list[ReliabilityData]:
-    """One panel per option class (p_ij against the frequency of y = j)."""
-    return [ReliabilityData(t, f"option {LETTERS[j]}", calibration_error_from_table(t, "l1"))
-            for j, t in enumerate(classwise_tables(probs, labels, n_bins, mask))]
+    """One panel per option class (p_ij against the frequency of y = j), then all classes pooled."""
+    panels = [ReliabilityData(t, f"option {LETTERS[j]}", calibration_error_from_table(t, "l1"))
+              for j, t in enumerate(classwise_tables(probs, labels, n_bins, mask))]
+    p, y, m = check_inputs(probs, labels, mask)
+    onehot = np.arange(p.shape[1])[None, :] == y[:, None]
+    pooled = bin_statistics(p[m], onehot[m], bin_edges(None, n_bins, "uniform"))
+    panels.append(ReliabilityData(pooled, "all options", calibration_error_from_table(pooled, "l1")))
+    return panels
 
 
 def _draw_bins(ax, data: ReliabilityData, color: str = "C0", show_gap: bool = True) -> None:
@@ -82,7 +89,7 @@ def draw_reliability(data: ReliabilityData, title: str | None = None):
 
 
 def plot_classwise(panels: list[ReliabilityData], total: float, path: str | Path) -> None:
-    """One reliability panel per option class, with the averaged cw-ECE in the title."""
+    """One reliability panel per option class and the pooled one; cw-ECE in the title."""
     k = len(panels)
     cols = min(k, 4)
     rows = int(np.ceil(k / cols))
