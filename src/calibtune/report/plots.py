@@ -95,7 +95,7 @@ def plot_classwise(panels: list[ReliabilityData], total: float, path: str | Path
     rows = int(np.ceil(k / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     for i, (ax, data) in enumerate(zip(axes.ravel(), panels)):
-        _draw_bins(ax, data, color=f"C{i % 10}")
+        _draw_bins(ax, data, color="C2" if i == k - 1 else "C0")  # blue options, green pooled
         ax.set_title(f"{data.label}: ECE {data.ece:.3f}", fontsize=9)
     for ax in axes.ravel()[k:]:
         ax.axis("off")
