@@ -83,6 +83,8 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, help="Score a seeded random sample of N items."),
     seed: Optional[int] = typer.Option(None, help="Seed of the sample and the bootstrap (default 0)."),
     prompt: Optional[str] = typer.Option(None, help="plain (the paper's template) or chat."),
+    scoring: Optional[str] = typer.Option(None, help="letter (option letters) or cloze (option texts)."),
+    cloze_norm: Optional[str] = typer.Option(None, help="Cloze length normalisation: none | token | char."),
     adapter: Optional[str] = typer.Option(None, help="A PEFT adapter folder to apply."),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if present)."),
@@ -114,7 +116,8 @@ def eval_cmd(
                          answer_format)
         cfg = build_config(EvalConfig, config, dict(
             model=model, data=data, split=split, limit=limit, seed=seed, prompt=prompt,
-            adapter=adapter, dtype=dtype, device=device, batch_size=batch_size,
+            scoring=scoring, cloze_norm=cloze_norm, adapter=adapter, dtype=dtype, device=device,
+            batch_size=batch_size,
             max_batch_tokens=max_batch_tokens, bins=bins, n_boot=n_boot, chunk_size=chunk_size,
             skip_invalid=skip_invalid or None, trust_remote_code=trust_remote_code or None,
             fields=fields or None, out=out))

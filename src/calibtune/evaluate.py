@@ -7,6 +7,7 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,8 @@ class EvalConfig:
     limit: int | None = None
     seed: int = 0
     prompt: str = "plain"
+    scoring: str = "letter"  # letter | cloze
+    cloze_norm: str = "none"  # none | token | char (cloze only)
     adapter: str | None = None
     dtype: str = "float32"
     device: str | None = None
@@ -53,13 +56,14 @@ def load_eval_items(cfg: EvalConfig) -> tuple[list[MCQItem], list]:
 
 def _fingerprint(cfg: EvalConfig, items: list[MCQItem]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.model, cfg.adapter, cfg.prompt, cfg.dtype, cfg.chunk_size]).encode())
+    h.update(json.dumps([cfg.model, cfg.adapter, cfg.prompt, cfg.scoring, cfg.cloze_norm,
+                         cfg.dtype, cfg.chunk_size]).encode())
     for it in items:
         h.update(f"{it.id}\x00{it.answer}\x00{it.n_options}\x01".encode())
     return h.hexdigest()
 
 
-def score_resumable(scorer: LetterScorer, items: list[MCQItem], encoded: list[list[int]],
+def score_resumable(scorer: Any, items: list[MCQItem], encoded: list,
                     partial: Path, fingerprint: str, chunk_size: int, resume: bool) -> np.ndarray:
     """Option logits of all items, saving each finished chunk so a killed run can go on."""
     k_max = max(it.n_options for it in items)
@@ -90,6 +94,19 @@ def score_resumable(scorer: LetterScorer, items: list[MCQItem], encoded: list[li
     return logits
 
 
+def make_scorer(cfg: EvalConfig, model, tokenizer, progress: bool = True):
+    """The letter or cloze scorer the config asks for (both yield option scores per batch)."""
+    if cfg.scoring == "letter":
+        return LetterScorer(model, tokenizer, prompt=cfg.prompt, batch_size=cfg.batch_size,
+                            max_batch_tokens=cfg.max_batch_tokens, progress=progress)
+    if cfg.scoring == "cloze":
+        from .cloze import ClozeScorer
+
+        return ClozeScorer(model, tokenizer, norm=cfg.cloze_norm, batch_size=cfg.batch_size,
+                           max_batch_tokens=cfg.max_batch_tokens, progress=progress)
+    raise ConfigError(f"--scoring must be letter or cloze, got {cfg.scoring!r}")
+
+
 def _drop_too_long(scorer: LetterScorer, items: list[MCQItem]
                    ) -> tuple[list[MCQItem], list[list[int]], list[DataError]]:
     """With --skip-invalid: keep the items whose prompt fits the model, reject the others."""
@@ -114,8 +131,7 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) ->
     items, rejected = load_eval_items(cfg)  # bad data fails here, before anything is written
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
                                   device=cfg.device, trust_remote_code=cfg.trust_remote_code)
-    scorer = LetterScorer(model, tokenizer, prompt=cfg.prompt, batch_size=cfg.batch_size,
-                          max_batch_tokens=cfg.max_batch_tokens, progress=progress)
+    scorer = make_scorer(cfg, model, tokenizer, progress)
     try:  # letters and context lengths are checked before anything is written
         encoded = scorer.encode(items)
     except DataError:
@@ -133,7 +149,8 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) ->
     partial = out / ".partial"
     logits = score_resumable(scorer, items, encoded, partial, _fingerprint(cfg, items),
                              cfg.chunk_size, resume)
-    meta = {"model": cfg.model, "adapter": cfg.adapter, "prompt": cfg.prompt, "scoring": "letter",
+    meta = {"model": cfg.model, "adapter": cfg.adapter, "prompt": cfg.prompt,
+            "scoring": cfg.scoring, "cloze_norm": cfg.cloze_norm if cfg.scoring == "cloze" else None,
             "data": cfg.data, "split": cfg.split, "limit": cfg.limit, "seed": cfg.seed}
     scores = scores_from(items, logits, meta)
     write_config(out, asdict(cfg))
