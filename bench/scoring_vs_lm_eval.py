@@ -4,7 +4,9 @@ Same model (the embedded SmolLM2-135M-Instruct, converted to a local folder), th
 items, the same prompt (the paper's plain template, letter continuation " A"…" D"), CPU, fp32,
 batch 16. Each tool runs in its own process; we report the scoring phase and the whole process
 (items/s), peak RSS, the ratios, and the agreement of predictions and renormalised option
-log-probabilities.  Usage: python bench/scoring_vs_lm_eval.py [--items 200]
+log-probabilities. With `--scoring cloze`, the same comparison for option-text
+log-likelihoods (lm-eval's usual multiple-choice mode), raw sums compared too.
+Usage: python bench/scoring_vs_lm_eval.py [--items 200] [--scoring letter|cloze]
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ dataset_kwargs:
 test_split: test
 output_type: multiple_choice
 doc_to_text: "{{{{prompt}}}}"
-doc_to_choice: ["A", "B", "C", "D"]
+doc_to_choice: {choice}
 doc_to_target: "{{{{answer}}}}"
 target_delimiter: " "
 metric_list:
@@ -72,13 +74,16 @@ metric_list:
 def main() -> None:
     from calibtune.data import load_dataset, sample_items
     from calibtune.models import builtin_model_folder
+    from calibtune.cloze import cloze_context
     from calibtune.prompts import render_prompt
     from calibtune.scores import OptionScores
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scoring", choices=["letter", "cloze"], default="letter")
     args = ap.parse_args()
+    cloze = args.scoring == "cloze"
     folder = builtin_model_folder("smollm2-135m-instruct")
     items = sample_items(load_dataset("mmlu", "test").items, args.items, args.seed)
     work = Path(tempfile.mkdtemp(prefix="calibtune-bench-"))
@@ -86,12 +91,17 @@ def main() -> None:
         {"id": it.id, "question": it.question, "options": list(it.options), "answer": it.answer})
         + "\n" for it in items))
     (work / "docs.jsonl").write_text("".join(json.dumps(
-        {"prompt": render_prompt(it, "plain"), "answer": it.answer}) + "\n" for it in items))
+        {"prompt": cloze_context(it) if cloze else render_prompt(it, "plain"),
+         "choices": [o.strip() for o in it.options], "answer": it.answer}) + "\n"
+        for it in items))
     (work / "task").mkdir()
-    (work / "task" / "calibtune_bench.yaml").write_text(TASK.format(docs=work / "docs.jsonl"))
+    choice = '"{{choices}}"' if cloze else '["A", "B", "C", "D"]'
+    (work / "task" / "calibtune_bench.yaml").write_text(
+        TASK.format(docs=work / "docs.jsonl", choice=choice))
 
     ours = run_child(CALIBTUNE, "eval", "--model", str(folder), "--data",
                      str(work / "items.jsonl"), "--batch-size", "16", "--n-boot", "0",
+                     "--scoring", args.scoring,
                      "--out", str(work / "calibtune"))
     theirs = run_child(LM_EVAL, str(folder), str(work / "task"))
 
@@ -100,17 +110,21 @@ def main() -> None:
         z = z - z.max(1, keepdims=True)
         return z - np.log(np.exp(z).sum(1, keepdims=True))
 
-    ours_lp = log_softmax(OptionScores.load(work / "calibtune" / "scores.npz").logits)
-    theirs_lp = log_softmax(theirs.pop("lls"))
+    ours_raw = OptionScores.load(work / "calibtune" / "scores.npz").logits
+    theirs_raw = np.asarray(theirs.pop("lls"))
+    ours_lp, theirs_lp = log_softmax(ours_raw), log_softmax(theirs_raw)
     n = len(items)
     result = {
         "items": n, "model": "smollm2-135m-instruct (fp32, CPU)", "batch_size": 16,
+        "scoring": args.scoring,
         "calibtune": {"scoring_s": ours["scoring_s"], "wall_s": ours["wall_s"],
                       "peak_rss_mb": ours["peak_rss_mb"]},
         "lm_eval": {"scoring_s": theirs["scoring_s"], "wall_s": theirs["wall_s"],
                     "peak_rss_mb": theirs["peak_rss_mb"]},
         "agreement": {"same_prediction": float((ours_lp.argmax(1) == theirs_lp.argmax(1)).mean()),
-                      "max_abs_logprob_diff": float(np.abs(ours_lp - theirs_lp).max())},
+                      "max_abs_logprob_diff": float(np.abs(ours_lp - theirs_lp).max()),
+                      "max_abs_raw_diff": (float(np.abs(ours_raw - theirs_raw).max()) if cloze
+                                           else None)},
     }
     for side in ("calibtune", "lm_eval"):
         r = result[side]
@@ -125,7 +139,7 @@ def main() -> None:
                  (("calibtune", c), ("lm-eval", lm))],
                 ["tool", "scoring s", "items/s", "process s", "items/s (e2e)", "peak RSS MB"]))
     print(json.dumps(result["ratios"]), json.dumps(result["agreement"]))
-    print("wrote", save("scoring_vs_lm_eval", result))
+    print("wrote", save("scoring_vs_lm_eval" + ("_cloze" if cloze else ""), result))
 
 
 if __name__ == "__main__":
