@@ -55,27 +55,10 @@ finally:
     print(json.dumps({"scoring_s": spent["s"]}))
 """
 
-TASK = """task: calibtune_bench
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {docs}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{prompt}}}}"
-doc_to_choice: {choice}
-doc_to_target: "{{{{answer}}}}"
-target_delimiter: " "
-metric_list:
-  - metric: acc
-"""
-
-
 def main() -> None:
     from calibtune.data import load_dataset, sample_items
     from calibtune.models import builtin_model_folder
-    from calibtune.cloze import cloze_context
-    from calibtune.prompts import render_prompt
+    from calibtune.lm_eval_task import write_lm_eval_task
     from calibtune.scores import OptionScores
 
     ap = argparse.ArgumentParser()
@@ -90,14 +73,7 @@ def main() -> None:
     (work / "items.jsonl").write_text("".join(json.dumps(
         {"id": it.id, "question": it.question, "options": list(it.options), "answer": it.answer})
         + "\n" for it in items))
-    (work / "docs.jsonl").write_text("".join(json.dumps(
-        {"prompt": cloze_context(it) if cloze else render_prompt(it, "plain"),
-         "choices": [o.strip() for o in it.options], "answer": it.answer}) + "\n"
-        for it in items))
-    (work / "task").mkdir()
-    choice = '"{{choices}}"' if cloze else '["A", "B", "C", "D"]'
-    (work / "task" / "calibtune_bench.yaml").write_text(
-        TASK.format(docs=work / "docs.jsonl", choice=choice))
+    write_lm_eval_task(items, work / "task", "calibtune_bench", args.scoring)
 
     ours = run_child(CALIBTUNE, "eval", "--model", str(folder), "--data",
                      str(work / "items.jsonl"), "--batch-size", "16", "--n-boot", "0",
