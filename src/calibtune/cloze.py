@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from .data.items import MCQItem
 from .errors import ConfigError, DataError, ModelError
-from .scoring import context_limit, pad_batch, pad_token_id, plan_batches
+from .scoring import (collect_logits, context_limit, pad_batch, pad_token_id, plan_batches,
+                      scores_from)
 
 CLOZE_NORMS = ("none", "token", "char")
 
@@ -129,12 +130,5 @@ class ClozeScorer:
         return sums
 
     def score(self, items: list[MCQItem], meta: dict | None = None):
-        from .scoring import scores_from
-
-        if not items:
-            raise DataError("no items to score")
-        logits = np.zeros((len(items), max(it.n_options for it in items)))
-        for batch, block in self.iter_batches(items):
-            logits[batch, : block.shape[1]] = block
-        return scores_from(items, logits, {"scoring": "cloze", "cloze_norm": self.norm,
-                                           **(meta or {})})
+        return scores_from(items, collect_logits(self, items),
+                           {"scoring": "cloze", "cloze_norm": self.norm, **(meta or {})})

@@ -16,7 +16,7 @@ from .data.items import MCQItem
 from .errors import ConfigError, DataError
 from .integrity import atomic_write_text
 from .runs import RunOutputs, write_config, write_run
-from .scoring import LetterScorer, scores_from
+from .scoring import LetterScorer, collect_logits, scores_from
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def score_resumable(scorer: Any, items: list[MCQItem], encoded: list,
                 log.info("chunk %d: reusing saved scores", c)
                 continue
         part = np.zeros((stop - start, k_max))
-        for batch, values in scorer.iter_batches(items[start:stop], encoded[start:stop]):
-            part[batch, : values.shape[1]] = values
+        block = collect_logits(scorer, items[start:stop], encoded[start:stop])
+        part[:, : block.shape[1]] = block
         tmp = chunk_file.with_suffix(".tmp.npy")
         np.save(tmp, part, allow_pickle=False)
         tmp.replace(chunk_file)

@@ -130,7 +130,7 @@ class LetterScorer:
                 raise ModelError(f"the model returned NaN/inf option logits for items {ids}; "
                                  "check the weights and dtype (float16 overflows easily)")
             bar.update(len(batch))
-            yield batch, self._place(logits, [items[i] for i in batch], k_max)
+            yield batch, logits
         bar.close()
 
     def _forward(self, seqs: list[list[int]], pad: int, letters, device) -> np.ndarray:
@@ -144,22 +144,19 @@ class LetterScorer:
             out = head_logits(self.model, h, letters.to(device))
         return out.float().cpu().numpy().astype(np.float64)
 
-    @staticmethod
-    def _place(logits: np.ndarray, items: list[MCQItem], k_max: int) -> np.ndarray:
-        out = logits[:, :k_max].copy()
-        for r, it in enumerate(items):
-            out[r, it.n_options:] = 0.0
-        return out
-
     def score(self, items: list[MCQItem], meta: dict | None = None) -> OptionScores:
         """Score every item; rows come back in the order of `items`."""
-        if not items:
-            raise DataError("no items to score")
-        k_max = max(it.n_options for it in items)
-        logits = np.zeros((len(items), k_max))
-        for batch, block in self.iter_batches(items):
-            logits[batch] = block
-        return scores_from(items, logits, meta)
+        return scores_from(items, collect_logits(self, items), meta)
+
+
+def collect_logits(scorer: Any, items: list[MCQItem], encoded: list | None = None) -> np.ndarray:
+    """All option scores [n, K_max] of `items`, in item order, from any scorer's iter_batches."""
+    if not items:
+        raise DataError("no items to score")
+    logits = np.zeros((len(items), max(it.n_options for it in items)))
+    for batch, block in scorer.iter_batches(items, encoded):
+        logits[batch, : block.shape[1]] = block
+    return logits
 
 
 def scores_from(items: list[MCQItem], logits: np.ndarray, meta: dict | None = None) -> OptionScores:
