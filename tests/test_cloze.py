@@ -36,8 +36,9 @@ def test_cloze_matches_naive_reference_and_norms(model_tok):
     model, tok = model_tok
     items = make_items(7, k=[4, 3, 2])
     ref = [reference_loglik(model, tok, it) for it in items]
-    for bs in (1, 4, 16):
-        raw = ClozeScorer(model, tok, batch_size=bs, progress=False).score(items)
+    for bs, share in [(1, True), (4, True), (16, True), (1, False), (16, False)]:
+        raw = ClozeScorer(model, tok, batch_size=bs, share_context=share,
+                          progress=False).score(items)
         for i, it in enumerate(items):
             np.testing.assert_allclose(raw.logits[i, : it.n_options], ref[i], atol=1e-3)
     tokn = ClozeScorer(model, tok, norm="token", progress=False).score(items)
