@@ -71,3 +71,27 @@ def test_eval_cli_cloze(tmp_path, tiny_llama):
     res = CliRunner().invoke(app, ["eval", "--model", str(tiny_llama), "--data", str(data),
                                    "--scoring", "bogus", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--scoring" in res.output
+
+
+def test_posthoc_on_cloze_scores(tmp_path, tiny_llama):
+    data = write_jsonl(tmp_path / "d.jsonl", items_to_rows(make_items(40, k=[4, 3])))
+    runs = {}
+    for scoring in ("cloze", "letter"):
+        runs[scoring] = tmp_path / scoring
+        res = CliRunner().invoke(app, ["eval", "--model", str(tiny_llama), "--data", str(data),
+                                       "--scoring", scoring, "--n-boot", "0",
+                                       "--out", str(runs[scoring])])
+        assert res.exit_code == 0, res.output
+    cloze_scores = str(runs["cloze"] / "scores.npz")
+    res = CliRunner().invoke(app, ["posthoc", "--scores", cloze_scores, "--scoring", "cloze",
+                                   "--fit-fraction", "0.5", "--n-boot", "0",
+                                   "--out", str(tmp_path / "ts")])
+    assert res.exit_code == 0, res.output
+    assert "**scoring**: cloze (none)" in (tmp_path / "ts" / "report.md").read_text()
+    res = CliRunner().invoke(app, ["posthoc", "--scores", cloze_scores, "--scoring", "letter",
+                                   "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "holds cloze (none) scores, not --scoring letter" in res.output
+    res = CliRunner().invoke(app, ["posthoc", "--scores", cloze_scores, "--method", "daca",
+                                   "--reference", str(runs["letter"] / "scores.npz"),
+                                   "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "score both models the same way" in res.output

@@ -134,6 +134,7 @@ def posthoc_cmd(
     fit_fraction: Optional[float] = typer.Option(None, help="Share of items to fit on (default 0.1); the rest is reported."),
     seed: Optional[int] = typer.Option(None, help="Seed of the fit/report split."),
     reference: Optional[str] = typer.Option(None, help="Base model's scores.npz on the same items (daca)."),
+    scoring: Optional[str] = typer.Option(None, help="letter | cloze: refuse scores made the other way."),
     bins: Optional[int] = typer.Option(None, help="Number of confidence bins."),
     n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for intervals."),
     config: Optional[Path] = typer.Option(None, help="YAML file of these options."),
@@ -148,7 +149,7 @@ def posthoc_cmd(
 
         cfg = build_config(PosthocConfig, config, dict(
             scores=scores, method=method, fit_fraction=fit_fraction, seed=seed,
-            reference=reference, bins=bins, n_boot=n_boot, out=out))
+            reference=reference, scoring=scoring, bins=bins, n_boot=n_boot, out=out))
         if not cfg.scores:
             raise CalibtuneError("--scores is required")
         result = run_posthoc(cfg)
@@ -192,6 +193,8 @@ def train_cmd(
     lora_targets: Optional[str] = typer.Option(None, help="all-linear or comma-separated module names."),
     full_finetune: bool = typer.Option(False, help="Train all weights instead of a LoRA adapter."),
     prompt: Optional[str] = typer.Option(None, help="plain | chat."),
+    scoring: Optional[str] = typer.Option(None, help="letter (option letters) or cloze (option texts)."),
+    cloze_norm: Optional[str] = typer.Option(None, help="Cloze score RCFT regularises: none | token | char."),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16."),
     save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
     seed: Optional[int] = typer.Option(None, help="Seed of sampling, shuffling and init."),
@@ -217,7 +220,8 @@ def train_cmd(
             max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
             learning_rate=learning_rate, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_dropout=lora_dropout, lora_targets=lora_targets,
-            lora=False if full_finetune else None, prompt=prompt, dtype=dtype,
+            lora=False if full_finetune else None, prompt=prompt, scoring=scoring,
+            cloze_norm=cloze_norm, dtype=dtype,
             save_steps=save_steps, seed=seed, report_to=report_to, out=out))
         result = run_training(cfg, resume=resume)
     except CalibtuneError as err:

@@ -16,7 +16,7 @@ from .data.items import MCQItem
 from .errors import ConfigError, DataError
 from .integrity import atomic_write_text
 from .runs import RunOutputs, write_config, write_run
-from .scoring import LetterScorer, collect_logits, scores_from
+from .scoring import collect_logits, make_scorer, scores_from
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +94,7 @@ def score_resumable(scorer: Any, items: list[MCQItem], encoded: list,
     return logits
 
 
-def make_scorer(cfg: EvalConfig, model, tokenizer, progress: bool = True):
-    """The letter or cloze scorer the config asks for (both yield option scores per batch)."""
-    if cfg.scoring == "letter":
-        return LetterScorer(model, tokenizer, prompt=cfg.prompt, batch_size=cfg.batch_size,
-                            max_batch_tokens=cfg.max_batch_tokens, progress=progress)
-    if cfg.scoring == "cloze":
-        from .cloze import ClozeScorer
-
-        return ClozeScorer(model, tokenizer, norm=cfg.cloze_norm, batch_size=cfg.batch_size,
-                           max_batch_tokens=cfg.max_batch_tokens, progress=progress)
-    raise ConfigError(f"--scoring must be letter or cloze, got {cfg.scoring!r}")
-
-
-def _drop_too_long(scorer: LetterScorer, items: list[MCQItem]
+def _drop_too_long(scorer: Any, items: list[MCQItem]
                    ) -> tuple[list[MCQItem], list[list[int]], list[DataError]]:
     """With --skip-invalid: keep the items whose prompt fits the model, reject the others."""
     kept, encoded, errors = [], [], []
@@ -131,7 +118,9 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) ->
     items, rejected = load_eval_items(cfg)  # bad data fails here, before anything is written
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
                                   device=cfg.device, trust_remote_code=cfg.trust_remote_code)
-    scorer = make_scorer(cfg, model, tokenizer, progress)
+    scorer = make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt,
+                         cloze_norm=cfg.cloze_norm, batch_size=cfg.batch_size,
+                         max_batch_tokens=cfg.max_batch_tokens, progress=progress)
     try:  # letters and context lengths are checked before anything is written
         encoded = scorer.encode(items)
     except DataError:

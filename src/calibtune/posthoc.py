@@ -25,6 +25,7 @@ class PosthocConfig:
     fit_fraction: float = 0.1
     seed: int = 0
     reference: str | None = None
+    scoring: str | None = None  # letter | cloze: refuse scores made the other way
     bins: int = 10
     n_boot: int = 1000
     out: str = "runs/posthoc"
@@ -48,8 +49,22 @@ def calibrated_scores(scores: OptionScores, probs: np.ndarray, meta: dict) -> Op
                         scores.meta | meta)
 
 
+def scoring_mode(scores: OptionScores) -> str:
+    """How the scores were made: 'letter', or 'cloze (norm)' (older files: letter)."""
+    mode = scores.meta.get("scoring") or "letter"
+    return f"cloze ({scores.meta.get('cloze_norm') or 'none'})" if mode == "cloze" else mode
+
+
+def check_scoring(scores: OptionScores, cfg: PosthocConfig) -> None:
+    """A calibrator fitted on letter scores means nothing on cloze scores, and vice versa."""
+    mode = scoring_mode(scores)
+    if cfg.scoring and not mode.startswith(cfg.scoring):
+        raise ConfigError(f"{cfg.scores} holds {mode} scores, not --scoring {cfg.scoring}")
+
+
 def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
     scores = OptionScores.load(cfg.scores)
+    check_scoring(scores, cfg)
     fit_idx, report_idx = split_indices(len(scores), cfg.fit_fraction, cfg.seed)
     fit, report = scores.subset(fit_idx), scores.subset(report_idx)
     if cfg.method == "daca":
@@ -60,6 +75,9 @@ def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
         if ref.ids.tolist() != scores.ids.tolist():
             raise ConfigError(f"{cfg.reference} scores other items than {cfg.scores}; score the "
                               "same items with both models")
+        if scoring_mode(ref) != scoring_mode(scores):
+            raise ConfigError(f"{cfg.reference} holds {scoring_mode(ref)} scores but {cfg.scores} "
+                              f"{scoring_mode(scores)}; score both models the same way")
         cal = DACATemperature().fit_unsupervised(fit.logits, ref.subset(fit_idx).logits, fit.mask)
     else:
         if cfg.reference:
@@ -81,7 +99,8 @@ def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
     if "temperature" in cal.get_params():
         extra["temperature"] = cal.get_params()["temperature"]
     result = write_run(out, after, title=f"calibtune posthoc — {cfg.method}",
-                       context={"scores": cfg.scores, "method": cfg.method,
+                       context={"scores": cfg.scores, "scoring": scoring_mode(scores),
+                                "method": cfg.method,
                                 "fit items": len(fit_idx), "report items": len(report_idx),
                                 "seed": cfg.seed},
                        n_bins=cfg.bins, n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.method,

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data.items import MCQItem
-from .errors import DataError, ModelError
+from .errors import ConfigError, DataError, ModelError
 from .prompts import PromptEncoder, letter_token_ids
 from .scores import OptionScores
 
@@ -147,6 +147,24 @@ class LetterScorer:
     def score(self, items: list[MCQItem], meta: dict | None = None) -> OptionScores:
         """Score every item; rows come back in the order of `items`."""
         return scores_from(items, collect_logits(self, items), meta)
+
+
+SCORINGS = ("letter", "cloze")
+
+
+def make_scorer(model: Any, tokenizer: Any, scoring: str = "letter", *, prompt: str = "plain",
+                cloze_norm: str = "none", batch_size: int = 16,
+                max_batch_tokens: int | None = 8192, progress: bool = True) -> Any:
+    """The letter or cloze scorer (both yield option scores per batch and `score` items)."""
+    if scoring == "letter":
+        return LetterScorer(model, tokenizer, prompt=prompt, batch_size=batch_size,
+                            max_batch_tokens=max_batch_tokens, progress=progress)
+    if scoring == "cloze":
+        from .cloze import ClozeScorer
+
+        return ClozeScorer(model, tokenizer, norm=cloze_norm, batch_size=batch_size,
+                           max_batch_tokens=max_batch_tokens, progress=progress)
+    raise ConfigError(f"--scoring must be {' or '.join(SCORINGS)}, got {scoring!r}")
 
 
 def collect_logits(scorer: Any, items: list[MCQItem], encoded: list | None = None) -> np.ndarray:

@@ -23,6 +23,8 @@ class TrainConfig:
     eval_before: bool = True
     epoch_eval_limit: int = 100  # held-out items scored at every epoch end (0: off)
     prompt: str = "plain"
+    scoring: str = "letter"  # letter | cloze: how options are scored in training and evaluation
+    cloze_norm: str = "none"  # none | token | char: the cloze option score RCFT regularises
     method: str = "cft"
     sft_loss: str | None = None  # full | completion; default: full for rcft and sft, else completion
     sft_weight: float = 1.0  # 0 with rcft gives the paper's "L_ECE alone" ablation
@@ -55,6 +57,14 @@ class TrainConfig:
     out: str = "runs/train"
 
     def __post_init__(self) -> None:
+        from ..cloze import CLOZE_NORMS
+        from ..scoring import SCORINGS
+
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"--scoring must be {' or '.join(SCORINGS)}, got {self.scoring!r}")
+        if self.cloze_norm not in CLOZE_NORMS:
+            raise ConfigError(f"--cloze-norm must be one of {', '.join(CLOZE_NORMS)}, "
+                              f"got {self.cloze_norm!r}")
         if self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.sft_loss is None:

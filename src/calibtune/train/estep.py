@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,7 +17,6 @@ from transformers import TrainerCallback
 
 from ..data.items import MCQItem
 from ..metrics.binning import calibration_error_from_table
-from ..scoring import LetterScorer
 from .targets import EStepResult, estep_targets, format_bin_table
 
 log = logging.getLogger(__name__)
@@ -65,11 +64,12 @@ def gather_logits(local_index: list[int], local_logits: np.ndarray, n: int, k: i
 
 
 class EStepCallback(TrainerCallback):
-    def __init__(self, state: RegulariserState, items: list[MCQItem], tokenizer: Any, prompt: str,
-                 n_bins: int, steps_per_epoch: int, every_steps: int | None = None,
-                 batch_size: int = 16, resume_from: str | None = None) -> None:
-        self.state, self.items, self.tokenizer, self.prompt = state, items, tokenizer, prompt
-        self.n_bins, self.every_steps, self.batch_size = n_bins, every_steps, batch_size
+    def __init__(self, state: RegulariserState, items: list[MCQItem],
+                 scorer_for: Callable[[Any], Any], n_bins: int, steps_per_epoch: int,
+                 every_steps: int | None = None, resume_from: str | None = None) -> None:
+        """`scorer_for(model)` gives the scorer training uses (letter or cloze, same settings)."""
+        self.state, self.items, self.scorer_for = state, items, scorer_for
+        self.n_bins, self.every_steps = n_bins, every_steps
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.resume_from = resume_from
         self.seconds = 0.0
@@ -84,8 +84,7 @@ class EStepCallback(TrainerCallback):
         index = list(range(rank, len(self.items), world))
         was_training = model.training
         model.eval()
-        scorer = LetterScorer(model, self.tokenizer, prompt=self.prompt,
-                              batch_size=self.batch_size, progress=False)
+        scorer = self.scorer_for(model)
         k = max(it.n_options for it in self.items)
         local = np.zeros((len(index), k))
         if index:

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from transformers import TrainerCallback
 
 from ..data.items import MCQItem
 from ..metrics.calibration import ece
 from ..metrics.proper import accuracy
-from ..scoring import LetterScorer
 
 log = logging.getLogger(__name__)
 
@@ -17,14 +16,13 @@ log = logging.getLogger(__name__)
 class EpochEvalCallback(TrainerCallback):
     """Scores a fixed held-out sample with the current model and adds it to the log history."""
 
-    def __init__(self, items: list[MCQItem], tokenizer: Any, prompt: str, n_bins: int) -> None:
-        self.items, self.tokenizer, self.prompt, self.n_bins = items, tokenizer, prompt, n_bins
+    def __init__(self, items: list[MCQItem], scorer_for: Callable[[Any], Any], n_bins: int) -> None:
+        self.items, self.scorer_for, self.n_bins = items, scorer_for, n_bins
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         was_training = model.training
         model.eval()
-        scores = LetterScorer(model, self.tokenizer, prompt=self.prompt, progress=False
-                              ).score(self.items)
+        scores = self.scorer_for(model).score(self.items)
         if was_training:
             model.train()
         probs = scores.probs()

@@ -16,7 +16,8 @@ from ..errors import ConfigError
 from ..integrity import atomic_write_json
 from ..prompts import PromptEncoder
 from ..runs import write_config, write_run
-from ..scoring import LetterScorer
+from ..scoring import make_scorer
+from .cloze_dataset import ClozeCollator, ClozeTrainDataset
 from .config import TrainConfig
 from .dataset import MCQCollator, MCQTrainDataset
 from .estep import EStepCallback, RegulariserState, steps_per_epoch
@@ -44,6 +45,18 @@ def load_train_eval_items(cfg: TrainConfig) -> tuple[list[MCQItem], list[MCQItem
         raise ConfigError(f"{len(overlap)} evaluation items are also training items (e.g. "
                           f"{sorted(overlap)[0]}); choose disjoint --split and --eval-split")
     return train, evaluation
+
+
+def build_dataset(cfg: TrainConfig, items: list[MCQItem], tokenizer: Any) -> tuple[Any, Any]:
+    """(dataset, collator) of the run's mode. In cloze mode RCFT and label smoothing need
+    every option's sequence; CFT and SFT only the gold one."""
+    if cfg.scoring == "cloze":
+        all_options = cfg.method in ("rcft", "label_smoothing")
+        dataset = ClozeTrainDataset(items, tokenizer, cfg.max_length, all_options)
+        return dataset, ClozeCollator(tokenizer, dataset.k_max)
+    encoder = PromptEncoder(tokenizer, cfg.prompt, max(it.n_options for it in items))
+    dataset = MCQTrainDataset(items, encoder, cfg.max_length)
+    return dataset, MCQCollator(tokenizer, dataset.letter_ids)
 
 
 def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
@@ -75,11 +88,18 @@ def _training_args(cfg: TrainConfig, folder: Path):
         disable_tqdm=False)
 
 
+def config_scorer(cfg: TrainConfig, model: Any, tokenizer: Any, progress: bool = False) -> Any:
+    """The scorer of this run's mode: the E-step, the epoch monitor and the final evaluation
+    all read options the way training does."""
+    return make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt, cloze_norm=cfg.cloze_norm,
+                       progress=progress)
+
+
 def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainConfig,
                    out: Path, title: str) -> dict:
-    scorer = LetterScorer(model, tokenizer, prompt=cfg.prompt, batch_size=16, progress=True)
+    scorer = config_scorer(cfg, model, tokenizer, progress=True)
     scores = scorer.score(items, {"model": cfg.model, "method": cfg.method, "prompt": cfg.prompt,
-                                  "scoring": "letter"})
+                                  "scoring": cfg.scoring, "cloze_norm": cfg.cloze_norm})
     return write_run(out, scores, title=title, context={"model": cfg.model, "method": cfg.method},
                      n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
 
@@ -105,25 +125,27 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | No
     model.config.use_cache = False
     if cfg.lora:
         model = _wrap_lora(model, cfg)
-    encoder = PromptEncoder(tokenizer, cfg.prompt, max(it.n_options for it in train_items))
-    dataset = MCQTrainDataset(train_items, encoder, cfg.max_length)
+    dataset, collator = build_dataset(cfg, train_items, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     write_config(out, asdict(cfg))
 
     reg_state = RegulariserState()
+
+    def scorer_for(current_model: Any) -> Any:
+        return config_scorer(cfg, current_model, tokenizer)
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     extra = list(callbacks or [])
     estep = None
     if cfg.method == "rcft":
-        estep = EStepCallback(reg_state, train_items, tokenizer, cfg.prompt, cfg.n_bins,
+        estep = EStepCallback(reg_state, train_items, scorer_for, cfg.n_bins,
                               steps_per_epoch(len(dataset), cfg.batch_size, world, cfg.grad_accum),
                               cfg.estep_every_steps, resume_from=last)
         extra.insert(0, estep)
     if cfg.epoch_eval_limit > 0:
-        extra.append(EpochEvalCallback(eval_items[: cfg.epoch_eval_limit], tokenizer, cfg.prompt,
-                                       cfg.n_bins))
+        extra.append(EpochEvalCallback(eval_items[: cfg.epoch_eval_limit], scorer_for, cfg.n_bins))
     trainer = CalibTrainer(model=model, args=_training_args(cfg, ckpt_dir), train_dataset=dataset,
-                           data_collator=MCQCollator(tokenizer, dataset.letter_ids),
+                           data_collator=collator,
                            callbacks=extra, calib_config=cfg, reg_state=reg_state)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)

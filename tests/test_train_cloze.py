@@ -1,0 +1,107 @@
+"""Training in cloze mode: the losses read the option texts' log-likelihoods, the E-step and the
+evaluation score the same way, and the numbers match the cloze scorer's."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from calibtune.cloze import ClozeScorer
+from calibtune.metrics import bin_table
+from calibtune.models import load_model
+from calibtune.scores import OptionScores
+from calibtune.train.cloze_dataset import ClozeCollator, ClozeTrainDataset
+from calibtune.train.config import TrainConfig
+from calibtune.train.run import run_training
+from calibtune.train.trainer import CalibTrainer, forward_hidden
+
+from conftest import items_to_rows, make_items, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cloze-train-data")
+    write_jsonl(d / "train.jsonl", items_to_rows(make_items(16, k=[3, 2], seed=3)))
+    rows = items_to_rows(make_items(8, k=[3], seed=4))
+    for r in rows:
+        r["id"] = "eval-" + r["id"]
+    write_jsonl(d / "eval.jsonl", rows)
+    return d
+
+
+def config(model, data, tmp_path, **kw):
+    base = dict(model=str(model), data=str(data / "train.jsonl"), split=None,
+                eval_data=str(data / "eval.jsonl"), eval_split=None, eval_limit=None,
+                scoring="cloze", epochs=1, batch_size=4, lora_r=4, lora_alpha=8,
+                lora_dropout=0.0, learning_rate=5e-3, save_steps=50, logging_steps=1,
+                out=str(tmp_path / "run"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def cloze_terms(model, tok, items, **cfg):
+    """The trainer's cloze loss terms on one batch of `items` (no Trainer needed)."""
+    all_options = cfg.get("method") in ("rcft", "label_smoothing")
+    dataset = ClozeTrainDataset(items, tok, 1024, all_options)
+    batch = ClozeCollator(tok, dataset.k_max)([dataset[i] for i in range(len(dataset))])
+    fake = SimpleNamespace(calib_config=TrainConfig(scoring="cloze", **cfg))
+    with torch.no_grad():
+        hidden = forward_hidden(model, batch["input_ids"], batch["attention_mask"])
+        return CalibTrainer._cloze_terms(fake, model, hidden, batch)
+
+
+@pytest.mark.parametrize("norm", ["none", "token", "char"])
+def test_rcft_option_scores_equal_the_cloze_scorer(tiny_qwen, norm):
+    model, tok = load_model(str(tiny_qwen), device="cpu")
+    items = make_items(5, k=[3, 2, 4])
+    _, option_scores = cloze_terms(model, tok, items, method="rcft", cloze_norm=norm)
+    ref = ClozeScorer(model, tok, norm=norm, progress=False).score(items)
+    np.testing.assert_allclose(option_scores.numpy()[ref.mask], ref.logits[ref.mask], atol=2e-4)
+
+
+def test_cft_loss_is_the_gold_texts_mean_token_nll(tiny_qwen):
+    model, tok = load_model(str(tiny_qwen), device="cpu")
+    items = make_items(5, k=[3, 4])
+    sft, option_scores = cloze_terms(model, tok, items, method="cft")
+    assert option_scores is None
+    raw = ClozeScorer(model, tok, norm="token", progress=False).score(items)
+    gold = raw.logits[np.arange(len(items)), raw.labels]
+    assert float(sft) == pytest.approx(-gold.mean(), abs=2e-4)
+    # label smoothing: (1 - eps) gold + eps * mean over the item's options (per-token NLL)
+    smooth, _ = cloze_terms(model, tok, items, method="label_smoothing", label_smoothing=0.2)
+    spread = (raw.logits * raw.mask).sum(1) / raw.mask.sum(1)
+    assert float(smooth) == pytest.approx(-(0.8 * gold + 0.2 * spread).mean(), abs=2e-4)
+
+
+@pytest.mark.parametrize("method", ["sft", "cft", "rcft", "label_smoothing"])
+def test_every_method_trains_in_cloze_mode(method, tiny_llama, data, tmp_path):
+    result = run_training(config(tiny_llama, data, tmp_path, method=method, max_steps=3))
+    scores = OptionScores.load(result.out / "eval" / "scores.npz")
+    assert scores.meta["scoring"] == "cloze" and scores.mask.sum(1).tolist() == [3] * 8
+    logged = {k for e in json.loads((result.out / "train_log.json").read_text()) for k in e}
+    assert ("loss_ece" in logged) == (method == "rcft") and "loss_sft" in logged
+
+
+def test_cloze_estep_bins_come_from_the_cloze_scorer(tiny_llama, data, tmp_path):
+    cfg = config(tiny_llama, data, tmp_path, method="rcft", cloze_norm="token", max_steps=2,
+                 eval_before=False, epoch_eval_limit=0)
+    run_training(cfg)
+    first = json.loads((tmp_path / "run" / "estep_history.json").read_text())[0]
+    from calibtune.data import load_dataset
+
+    items = load_dataset(cfg.data).items
+    model, tok = load_model(str(tiny_llama), device="cpu")
+    s = ClozeScorer(model, tok, norm="token", progress=False).score(items)
+    table = bin_table(s.probs(), s.labels, 10, mask=s.mask)
+    assert first["bins"]["count"] == table.count.tolist()
+    np.testing.assert_allclose(first["bins"]["accuracy"], table.accuracy, atol=1e-9)
+
+
+def test_cloze_config_is_validated():
+    from calibtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--scoring"):
+        TrainConfig(scoring="logits")
+    with pytest.raises(ConfigError, match="--cloze-norm"):
+        TrainConfig(scoring="cloze", cloze_norm="bytes")
