@@ -50,12 +50,13 @@ def build_tokenizer(extra_words: list[str] | None = None):
 
 
 def build_model_folder(path: Path, arch: str = "llama", vocab_size: int = 128, seed: int = 0,
-                       max_positions: int = 512) -> Path:
+                       max_positions: int = 512, hidden_size: int = 32) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     tokenizer = build_tokenizer()
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+    common = dict(vocab_size=len(tokenizer), hidden_size=hidden_size,
+                  intermediate_size=2 * hidden_size,
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)

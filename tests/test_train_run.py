@@ -159,3 +159,39 @@ def test_train_cli_end_to_end(tiny_llama, data, tmp_path):
     assert saved["ece_lambda"] == 0.5 and saved["method"] == "rcft" and saved["lora_r"] == 4
     res = CliRunner().invoke(app, ["train", "--config", str(cfg), "--method", "dpo"])
     assert res.exit_code == 2 and "--method must be one of" in res.output
+
+
+def test_qlora_trains_on_4bit_weights(data, tmp_path):
+    import importlib.util
+
+    from conftest import build_model_folder
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("pip install 'calibtune[qlora]'")
+    model = build_model_folder(tmp_path / "m64", hidden_size=64)  # NF4 blocks are 64 wide
+    seen = {}
+
+    class Inspect(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen["types"] = {type(m).__name__ for m in model.modules()}
+
+    result = run_training(config(model, data, tmp_path, method="rcft", max_steps=2,
+                                 load_in_4bit=True), callbacks=[Inspect()])
+    assert "Linear4bit" in seen["types"]  # frozen weights really are NF4, LoRA on top
+    adapter = load_file(result.out / "adapter" / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    after = json.loads((result.out / "eval" / "metrics.json").read_text())
+    assert 0 <= after["ece"] <= 1
+    with pytest.raises(ConfigError, match="full-finetune"):
+        TrainConfig(load_in_4bit=True, lora=False)
+
+
+@pytest.mark.parametrize("env", [{"ACCELERATE_USE_FSDP": "true"},
+                                 {"ACCELERATE_USE_DEEPSPEED": "true",
+                                  "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}])
+def test_fsdp_and_zero3_are_refused_up_front(env, monkeypatch, tiny_llama, data, tmp_path):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match="not supported yet"):
+        run_training(config(tiny_llama, data, tmp_path, method="rcft", max_steps=1))
+    assert not (tmp_path / "run").exists()  # nothing started

@@ -192,6 +192,7 @@ def train_cmd(
     lora_dropout: Optional[float] = typer.Option(None, help="LoRA dropout (default 0.05)."),
     lora_targets: Optional[str] = typer.Option(None, help="all-linear or comma-separated module names."),
     full_finetune: bool = typer.Option(False, help="Train all weights instead of a LoRA adapter."),
+    load_in_4bit: bool = typer.Option(False, help="QLoRA: NF4 4-bit frozen weights (needs bitsandbytes)."),
     prompt: Optional[str] = typer.Option(None, help="plain | chat."),
     scoring: Optional[str] = typer.Option(None, help="letter (option letters) or cloze (option texts)."),
     cloze_norm: Optional[str] = typer.Option(None, help="Cloze score RCFT regularises: none | token | char."),
@@ -220,7 +221,8 @@ def train_cmd(
             max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
             learning_rate=learning_rate, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_dropout=lora_dropout, lora_targets=lora_targets,
-            lora=False if full_finetune else None, prompt=prompt, scoring=scoring,
+            lora=False if full_finetune else None, load_in_4bit=load_in_4bit or None,
+            prompt=prompt, scoring=scoring,
             cloze_norm=cloze_norm, dtype=dtype,
             save_steps=save_steps, seed=seed, report_to=report_to, out=out))
         result = run_training(cfg, resume=resume)

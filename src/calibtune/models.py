@@ -146,9 +146,29 @@ def resolve_model(spec: str) -> Path:
                      "a local model folder, nor a .gguf file (models are never fetched from a hub)")
 
 
+def quantization_config(load_in_4bit: bool, dtype: str) -> Any:
+    """bitsandbytes NF4 (double-quantised, QLoRA's recipe) with `dtype` compute, or None."""
+    if not load_in_4bit:
+        return None
+    import importlib.util
+
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("--load-in-4bit needs bitsandbytes: pip install 'calibtune[qlora]'")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, dtype))
+
+
 def load_model(spec: str, *, adapter: str | None = None, dtype: str = "float32",
-               device: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) in eval mode, on `device` (CUDA when available by default)."""
+               device: str | None = None, trust_remote_code: bool = False,
+               load_in_4bit: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) in eval mode, on `device` (CUDA when available by default).
+
+    `load_in_4bit` quantises the frozen weights to NF4 for QLoRA training (the output head and
+    embeddings stay in `dtype`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -156,10 +176,12 @@ def load_model(spec: str, *, adapter: str | None = None, dtype: str = "float32",
         raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     folder = resolve_model(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    quant = quantization_config(load_in_4bit, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
+            folder, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+            **({"quantization_config": quant, "device_map": device} if quant else {}))
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load model from {folder}: {err}") from None
     if adapter:
@@ -168,7 +190,8 @@ def load_model(spec: str, *, adapter: str | None = None, dtype: str = "float32",
         if not (Path(adapter) / "adapter_config.json").exists():
             raise ModelError(f"{adapter} holds no adapter_config.json: not a PEFT adapter folder")
         model = PeftModel.from_pretrained(model, adapter)
-    model.to(device)
+    if quant is None:  # a quantised model is placed by device_map and cannot be moved
+        model.to(device)
     model.eval()
     return model, tokenizer
 

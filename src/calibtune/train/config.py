@@ -45,6 +45,7 @@ class TrainConfig:
     lora_alpha: int = 64
     lora_dropout: float = 0.05
     lora_targets: str = "all-linear"
+    load_in_4bit: bool = False  # QLoRA: NF4 frozen weights (bitsandbytes), LoRA in `dtype`
     max_length: int = 1024  # training items with longer prompts are dropped (with a warning)
     dtype: str = "float32"
     bf16: bool = False
@@ -80,5 +81,8 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.n_bins < 1:
             raise ConfigError(f"--n-bins must be >= 1, got {self.n_bins}")
+        if self.load_in_4bit and not self.lora:
+            raise ConfigError("--load-in-4bit trains a LoRA adapter on frozen 4-bit weights; "
+                              "it cannot be combined with --full-finetune")
         if self.estep_every_steps is not None and self.estep_every_steps < 1:
             raise ConfigError("--estep-every-steps must be >= 1")

@@ -104,6 +104,20 @@ def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainC
                      n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
 
 
+def check_sharding() -> None:
+    """FSDP and ZeRO-3 shard the output head outside the forward call, where the losses read
+    its rows; refuse them up front instead of failing (or silently reading shards) mid-run."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise ConfigError("FSDP is not supported yet (the losses read output-head rows outside "
+                          "the forward call); use DDP or DeepSpeed ZeRO-2 (configs/accelerate/)")
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true") and \
+            env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise ConfigError("DeepSpeed ZeRO-3 is not supported yet (the output head is sharded "
+                          "outside the forward call); use ZeRO-2 (configs/accelerate/"
+                          "deepspeed_zero2.yaml), with --load-in-4bit if memory is short")
+
+
 def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | None = None
                  ) -> TrainResult:
     """Train, save the adapter to OUT/adapter, and evaluate before/after on the held-out items."""
@@ -112,6 +126,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | No
 
     from ..models import load_model
 
+    check_sharding()
     train_items, eval_items = load_train_eval_items(cfg)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
@@ -121,8 +136,16 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | No
     if not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device="cpu")
+    # The Trainer places an unquantised model itself; a 4-bit one is placed as it loads.
+    device = "cuda" if cfg.load_in_4bit and torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=device,
+                                  load_in_4bit=cfg.load_in_4bit)
     model.config.use_cache = False
+    if cfg.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.lora:
         model = _wrap_lora(model, cfg)
     dataset, collator = build_dataset(cfg, train_items, tokenizer)
