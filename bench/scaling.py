@@ -2,7 +2,8 @@
 
 Scoring should cost the same per item at any n (no per-item overhead growth) and grow with
 prompt length; the metrics library should summarise a million items in about a second.
-Usage: python bench/scaling.py [--sizes 100,200,400]
+Usage: python bench/scaling.py [--sizes 1000,5000,14033]   (14,033 = every MMLU item)
+Each size's row is saved as soon as it is measured, so a long sweep that is stopped keeps them.
 """
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100,200,400")
+    ap.add_argument("--skip-length", action="store_true", help="only the sweep over sizes")
     args = ap.parse_args()
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
-    pool = load_dataset("mmlu", "test").items
+    pool = load_dataset("mmlu", "all").items
     scorer = LetterScorer(model, tok, batch_size=16, progress=False)
     scorer.score(sample_items(pool, 16, 99))  # warm-up
     by_n = []
@@ -54,7 +56,12 @@ def main() -> None:
         t = time.perf_counter()
         scorer.score(items)
         s = time.perf_counter() - t
-        by_n.append({"items": n, "seconds": s, "items_per_s": n / s, "tokens_per_s": tokens / s})
+        by_n.append({"items": len(items), "tokens": tokens, "seconds": s,
+                     "items_per_s": len(items) / s, "tokens_per_s": tokens / s})
+        print(by_n[-1], flush=True)
+        save("scaling_items", {"by_items": by_n})
+    if args.skip_length:
+        return
     lengths = np.array([len(x) for x in PromptEncoder(tok, "plain", 4).encode_prompts(pool)])
     by_len = []
     for lo, hi in [(0, 64), (64, 128), (128, 256), (256, 512)]:

@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,16 @@ from .errors import CalibtuneError  # noqa: E402
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure and restore the calibration of aligned LLMs on multiple-choice questions.")
 console = Console(stderr=True)
+
+
+# Options that several commands share, declared once.
+ModelOpt = Annotated[Optional[str], typer.Option(help="Built-in name, model folder or .gguf file.")]
+PromptOpt = Annotated[Optional[str], typer.Option(help="plain (the paper's template) or chat.")]
+ScoringOpt = Annotated[Optional[str], typer.Option(help="letter (option letters) or cloze (option texts).")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of sampling, splits, shuffling and the bootstrap (default 0).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(help="YAML file of these options; the command line wins.")]
+OutOpt = Annotated[Optional[str], typer.Option(help="Output folder.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -77,13 +87,13 @@ def _fields(question, options, answer, id_field, subject, answer_format) -> dict
 
 @app.command("eval")
 def eval_cmd(
-    model: Optional[str] = typer.Option(None, help="Built-in name, model folder or .gguf file."),
+    model: ModelOpt = None,
     data: Optional[str] = typer.Option(None, help="Built-in dataset name or a .jsonl/.csv/.parquet file."),
     split: Optional[str] = typer.Option(None, help="Split of a built-in dataset (mmlu: all|train|test)."),
     limit: Optional[int] = typer.Option(None, help="Score a seeded random sample of N items."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the sample and the bootstrap (default 0)."),
-    prompt: Optional[str] = typer.Option(None, help="plain (the paper's template) or chat."),
-    scoring: Optional[str] = typer.Option(None, help="letter (option letters) or cloze (option texts)."),
+    seed: SeedOpt = None,
+    prompt: PromptOpt = None,
+    scoring: ScoringOpt = None,
     cloze_norm: Optional[str] = typer.Option(None, help="Cloze length normalisation: none | token | char."),
     adapter: Optional[str] = typer.Option(None, help="A PEFT adapter folder to apply."),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16."),
@@ -102,9 +112,9 @@ def eval_cmd(
     answer_format: Optional[str] = typer.Option(None, help="auto | index | letter | text."),
     trust_remote_code: bool = typer.Option(False, help="Allow a model folder's own code to run."),
     resume: bool = typer.Option(False, help="Reuse the saved chunks of an interrupted run in --out."),
-    config: Optional[Path] = typer.Option(None, help="YAML file of these options."),
-    out: Optional[str] = typer.Option(None, help="Output folder."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: ConfigOpt = None,
+    out: OutOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Score a dataset with a model and report its calibration."""
     _setup_logging(verbose)
@@ -132,14 +142,14 @@ def posthoc_cmd(
     scores: Optional[str] = typer.Option(None, help="scores.npz of an eval run."),
     method: Optional[str] = typer.Option(None, help="identity | temperature | vector | matrix | histogram | isotonic | daca."),
     fit_fraction: Optional[float] = typer.Option(None, help="Share of items to fit on (default 0.1); the rest is reported."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the fit/report split."),
+    seed: SeedOpt = None,
     reference: Optional[str] = typer.Option(None, help="Base model's scores.npz on the same items (daca)."),
     scoring: Optional[str] = typer.Option(None, help="letter | cloze: refuse scores made the other way."),
     bins: Optional[int] = typer.Option(None, help="Number of confidence bins."),
     n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for intervals."),
-    config: Optional[Path] = typer.Option(None, help="YAML file of these options."),
-    out: Optional[str] = typer.Option(None, help="Output folder."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: ConfigOpt = None,
+    out: OutOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Fit a post-hoc calibrator on part of saved scores and report on the disjoint rest."""
     _setup_logging(verbose)
@@ -167,7 +177,7 @@ def posthoc_cmd(
 
 @app.command("train")
 def train_cmd(
-    model: Optional[str] = typer.Option(None, help="Built-in name, model folder or .gguf file."),
+    model: ModelOpt = None,
     data: Optional[str] = typer.Option(None, help="Training data: built-in name or file."),
     split: Optional[str] = typer.Option(None, help="Split of a built-in training dataset (default train)."),
     train_limit: Optional[int] = typer.Option(None, help="Train on a seeded sample of N items."),
@@ -193,17 +203,17 @@ def train_cmd(
     lora_targets: Optional[str] = typer.Option(None, help="all-linear or comma-separated module names."),
     full_finetune: bool = typer.Option(False, help="Train all weights instead of a LoRA adapter."),
     load_in_4bit: bool = typer.Option(False, help="QLoRA: NF4 4-bit frozen weights (needs bitsandbytes)."),
-    prompt: Optional[str] = typer.Option(None, help="plain | chat."),
-    scoring: Optional[str] = typer.Option(None, help="letter (option letters) or cloze (option texts)."),
+    prompt: PromptOpt = None,
+    scoring: ScoringOpt = None,
     cloze_norm: Optional[str] = typer.Option(None, help="Cloze score RCFT regularises: none | token | char."),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16."),
     save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
-    seed: Optional[int] = typer.Option(None, help="Seed of sampling, shuffling and init."),
+    seed: SeedOpt = None,
     report_to: Optional[str] = typer.Option(None, help="none | tensorboard."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
-    config: Optional[Path] = typer.Option(None, help="YAML file of these options."),
-    out: Optional[str] = typer.Option(None, help="Output folder."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: ConfigOpt = None,
+    out: OutOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Fine-tune for calibration (CFT / RCFT) or a baseline, then evaluate on held-out items."""
     _setup_logging(verbose)
