@@ -34,7 +34,7 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happ
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "httpx", "urllib3", "accelerate", "peft"):
+    for noisy in ("transformers", "httpx", "urllib3", "accelerate", "peft", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:  # transformers' weight-loading bars say nothing a user needs
         from transformers.utils import logging as hf_logging
