@@ -105,3 +105,24 @@ def test_cloze_config_is_validated():
         TrainConfig(scoring="logits")
     with pytest.raises(ConfigError, match="--cloze-norm"):
         TrainConfig(scoring="cloze", cloze_norm="bytes")
+
+
+def test_cloze_adapter_scores_the_same_after_reloading(tiny_llama, data, tmp_path):
+    """The in-training evaluation (shared-context cache through the LoRA model) equals a fresh
+    `calibtune eval --adapter` of the saved adapter."""
+    from typer.testing import CliRunner
+
+    from calibtune.cli import app
+
+    result = run_training(config(tiny_llama, data, tmp_path, method="cft", max_steps=3,
+                                 cloze_norm="token"))
+    res = CliRunner().invoke(app, ["eval", "--model", str(tiny_llama), "--adapter",
+                                   str(result.out / "adapter"), "--data", str(data / "eval.jsonl"),
+                                   "--scoring", "cloze", "--cloze-norm", "token", "--n-boot", "0",
+                                   "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    again = OptionScores.load(tmp_path / "ev" / "scores.npz")
+    during = OptionScores.load(result.out / "eval" / "scores.npz")
+    before = OptionScores.load(result.out / "eval_before" / "scores.npz")
+    np.testing.assert_allclose(again.logits, during.logits, atol=1e-4)
+    assert np.abs(during.logits - before.logits).max() > 1e-3  # the adapter changed the scores
