@@ -44,8 +44,8 @@ enc = PromptEncoder(tok, "plain", 4)
 ds = MCQTrainDataset(items, enc, 384)
 batch = MCQCollator(tok, ds.letter_ids)([ds[i] for i in range(bs)])
 state = RegulariserState()
-class Fake: pass
-fake = Fake(); fake.calib_config = cfg; fake.reg_state = state; fake._terms = defaultdict(list)
+fake = CalibTrainer.__new__(CalibTrainer)  # its loss methods, without a Trainer's setup
+fake.calib_config = cfg; fake.reg_state = state; fake._terms = defaultdict(list)
 model.eval()
 logits = np.zeros((len(items), 4))
 t = time.perf_counter()
