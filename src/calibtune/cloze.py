@@ -205,8 +205,7 @@ class ClozeScorer:
         last_ctx = out.last_hidden_state[:, -1].repeat_interleave(k_max, 0)
         predictors = torch.cat([last_ctx[:, None], hidden[:, :-1]], 1)
         flat = selected_logliks(self.model, predictors, cont_ids, cont_mask.bool())
-        sums = flat.double().cpu().numpy().reshape(len(group), k_max)
-        return self._per_item(group, sums.reshape(-1), k_max, stride=k_max)
+        return self._per_item(group, flat.double().cpu().numpy(), k_max, stride=k_max)
 
     @staticmethod
     def _per_item(group: list[ClozeItem], flat: np.ndarray, k_max: int,

@@ -89,8 +89,7 @@ def load_evals_jsonl(path: Path, name: str, parse: Callable[[str, str], Parsed])
                                         "answer": answer}, _PARSED_FIELDS, file=str(path),
                                        row=line_no)  # the same checks as any user file
             except (ValueError, KeyError, IndexError, TypeError) as err:
-                dropped.append(DataError(str(err), file=str(path), row=line_no,
-                                                 field="input"))
+                dropped.append(DataError(str(err), file=str(path), row=line_no, field="input"))
                 continue
             except DataError as err:  # e.g. two identical options
                 dropped.append(err)
