@@ -95,3 +95,6 @@ def test_posthoc_on_cloze_scores(tmp_path, tiny_llama):
                                    "--reference", str(runs["letter"] / "scores.npz"),
                                    "--out", str(tmp_path / "y")])
     assert res.exit_code == 2 and "score both models the same way" in res.output
+    res = CliRunner().invoke(app, ["posthoc", "--scores", cloze_scores, "--scoring", "logits",
+                                   "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "--scoring must be letter or cloze" in res.output

@@ -57,6 +57,10 @@ def scoring_mode(scores: OptionScores) -> str:
 
 def check_scoring(scores: OptionScores, cfg: PosthocConfig) -> None:
     """A calibrator fitted on letter scores means nothing on cloze scores, and vice versa."""
+    from .scoring import SCORINGS
+
+    if cfg.scoring and cfg.scoring not in SCORINGS:
+        raise ConfigError(f"--scoring must be {' or '.join(SCORINGS)}, got {cfg.scoring!r}")
     mode = scoring_mode(scores)
     if cfg.scoring and not mode.startswith(cfg.scoring):
         raise ConfigError(f"{cfg.scores} holds {mode} scores, not --scoring {cfg.scoring}")
