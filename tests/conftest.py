@@ -90,3 +90,24 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def items_to_rows(items: list[MCQItem]) -> list[dict]:
     return [{"id": it.id, "question": it.question, "options": list(it.options),
              "answer": it.answer, "subject": it.subject} for it in items]
+
+
+def write_train_eval(folder: Path, train_items: list[MCQItem], eval_items: list[MCQItem]) -> Path:
+    """train.jsonl and eval.jsonl in `folder`; eval ids are prefixed so the two never overlap."""
+    write_jsonl(folder / "train.jsonl", items_to_rows(train_items))
+    rows = items_to_rows(eval_items)
+    for r in rows:
+        r["id"] = "eval-" + r["id"]
+    write_jsonl(folder / "eval.jsonl", rows)
+    return folder
+
+
+def tiny_train_config(model: Path, data: Path, tmp_path: Path, **overrides):
+    """A TrainConfig for a seconds-long LoRA run on a tiny model and `write_train_eval` files."""
+    from calibtune.train.config import TrainConfig
+
+    base = dict(model=str(model), data=str(data / "train.jsonl"), split=None,
+                eval_data=str(data / "eval.jsonl"), eval_split=None, eval_limit=None,
+                batch_size=4, lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=5e-3,
+                logging_steps=1, out=str(tmp_path / "run"))
+    return TrainConfig(**(base | overrides))

@@ -16,28 +16,18 @@ from calibtune.train.config import TrainConfig
 from calibtune.train.run import run_training
 from calibtune.train.trainer import CalibTrainer, forward_hidden
 
-from conftest import items_to_rows, make_items, write_jsonl
+from conftest import make_items, tiny_train_config, write_train_eval
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cloze-train-data")
-    write_jsonl(d / "train.jsonl", items_to_rows(make_items(16, k=[3, 2], seed=3)))
-    rows = items_to_rows(make_items(8, k=[3], seed=4))
-    for r in rows:
-        r["id"] = "eval-" + r["id"]
-    write_jsonl(d / "eval.jsonl", rows)
-    return d
+    return write_train_eval(tmp_path_factory.mktemp("cloze-train-data"),
+                            make_items(16, k=[3, 2], seed=3), make_items(8, k=[3], seed=4))
 
 
 def config(model, data, tmp_path, **kw):
-    base = dict(model=str(model), data=str(data / "train.jsonl"), split=None,
-                eval_data=str(data / "eval.jsonl"), eval_split=None, eval_limit=None,
-                scoring="cloze", epochs=1, batch_size=4, lora_r=4, lora_alpha=8,
-                lora_dropout=0.0, learning_rate=5e-3, save_steps=50, logging_steps=1,
-                out=str(tmp_path / "run"))
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(model, data, tmp_path,
+                             **({"scoring": "cloze", "epochs": 1, "save_steps": 50} | kw))
 
 
 def cloze_terms(model, tok, items, **cfg):

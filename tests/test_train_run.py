@@ -12,27 +12,17 @@ from calibtune.errors import ConfigError
 from calibtune.train.config import TrainConfig
 from calibtune.train.run import run_training
 
-from conftest import items_to_rows, make_items, write_jsonl
+from conftest import make_items, tiny_train_config, write_train_eval
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("train-data")
-    write_jsonl(d / "train.jsonl", items_to_rows(make_items(24, k=[4, 3], seed=1)))
-    rows = items_to_rows(make_items(10, seed=2))
-    for r in rows:
-        r["id"] = "eval-" + r["id"]
-    write_jsonl(d / "eval.jsonl", rows)
-    return d
+    return write_train_eval(tmp_path_factory.mktemp("train-data"),
+                            make_items(24, k=[4, 3], seed=1), make_items(10, seed=2))
 
 
 def config(model, data, tmp_path, **kw):
-    base = dict(model=str(model), data=str(data / "train.jsonl"), split=None,
-                eval_data=str(data / "eval.jsonl"), eval_split=None, eval_limit=None,
-                epochs=2, batch_size=4, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                learning_rate=5e-3, save_steps=3, logging_steps=1, out=str(tmp_path / "run"))
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(model, data, tmp_path, **({"epochs": 2, "save_steps": 3} | kw))
 
 
 @pytest.mark.parametrize("method", ["sft", "cft", "rcft", "label_smoothing"])

@@ -6,7 +6,6 @@ item, each a full context + option sequence: gradients flow through every row).
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +13,11 @@ import torch
 
 from ..cloze import encode_cloze
 from ..data.items import MCQItem
-from ..errors import DataError
 from ..scoring import pad_batch, pad_token_id
+from .dataset import ExampleDataset
 
-log = logging.getLogger(__name__)
 
-
-class ClozeTrainDataset(torch.utils.data.Dataset):
+class ClozeTrainDataset(ExampleDataset):
     """Per item: the sequences to forward (gold only, or all options) and their bookkeeping."""
 
     def __init__(self, items: list[MCQItem], tokenizer: Any, max_length: int,
@@ -44,17 +41,7 @@ class ClozeTrainDataset(torch.utils.data.Dataset):
                 "n_options": item.n_options,
                 "item_index": index,
             })
-        if self.dropped:
-            log.warning("dropped %d of %d training items longer than --max-length %d tokens "
-                        "(e.g. %s)", len(self.dropped), len(items), max_length, self.dropped[0])
-        if not self.examples:
-            raise DataError(f"every training item is longer than --max-length {max_length}")
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.examples[i]
+        self._check_kept(len(items), max_length)
 
 
 @dataclass

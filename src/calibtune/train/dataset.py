@@ -15,7 +15,28 @@ from ..scoring import pad_token_id
 log = logging.getLogger(__name__)
 
 
-class MCQTrainDataset(torch.utils.data.Dataset):
+class ExampleDataset(torch.utils.data.Dataset):
+    """A list of prepared examples; items over the length limit are dropped, not truncated."""
+
+    examples: list[dict]
+    dropped: list[str]
+
+    def _check_kept(self, n_items: int, max_length: int) -> None:
+        """Warn about dropped items; fail when none is left."""
+        if self.dropped:
+            log.warning("dropped %d of %d training items longer than --max-length %d tokens "
+                        "(e.g. %s)", len(self.dropped), n_items, max_length, self.dropped[0])
+        if not self.examples:
+            raise DataError(f"every training item is longer than --max-length {max_length}")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.examples[i]
+
+
+class MCQTrainDataset(ExampleDataset):
     """Each example: prompt ids + the gold letter, its answer position and option bookkeeping."""
 
     def __init__(self, items: list[MCQItem], encoder: PromptEncoder, max_length: int) -> None:
@@ -36,18 +57,7 @@ class MCQTrainDataset(torch.utils.data.Dataset):
                 "n_options": item.n_options,
                 "item_index": index,
             })
-
-        if self.dropped:
-            log.warning("dropped %d of %d training items longer than --max-length %d tokens "
-                        "(e.g. %s)", len(self.dropped), len(items), max_length, self.dropped[0])
-        if not self.examples:
-            raise DataError(f"every training item is longer than --max-length {max_length}")
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.examples[i]
+        self._check_kept(len(items), max_length)
 
 
 @dataclass
