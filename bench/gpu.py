@@ -72,7 +72,7 @@ def time_it(fn, device, reps):
 
 
 def main() -> None:
-    from calibtune.heads import answer_hidden, head_logits
+    from calibtune.heads import answer_logits
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
@@ -90,7 +90,7 @@ def main() -> None:
         ids = torch.randint(0, cfg.vocab_size, (bs, args.seq), device=device)
         mask = torch.ones_like(ids)
         with torch.inference_mode():
-            ours = time_it(lambda: head_logits(model, answer_hidden(model, ids, mask), letters),
+            ours = time_it(lambda: answer_logits(model, ids, mask, letters),
                            device, args.reps)
             plain = time_it(lambda: model(input_ids=ids, attention_mask=mask).logits[:, -1],
                             device, args.reps)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from calibtune.errors import DataError, ModelError
-from calibtune.heads import answer_hidden, head_logits, last_positions
+from calibtune.heads import answer_logits, last_positions
 from calibtune.models import load_model
 from calibtune.prompts import PromptEncoder, letter_token_ids, render_prompt
 from calibtune.scores import OptionScores
@@ -43,7 +43,7 @@ def test_option_logits_match_full_forward(model_and_tok):
         mask = torch.ones_like(ids)
         with torch.no_grad():
             full = model(input_ids=ids, attention_mask=mask).logits[0, -1, enc.letter_ids]
-            ours = head_logits(model, answer_hidden(model, ids, mask), torch.tensor(enc.letter_ids))
+            ours = answer_logits(model, ids, mask, torch.tensor(enc.letter_ids))
         torch.testing.assert_close(ours[0], full, atol=1e-4, rtol=1e-4)
 
 

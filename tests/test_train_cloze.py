@@ -14,7 +14,7 @@ from calibtune.scores import OptionScores
 from calibtune.train.cloze_dataset import ClozeCollator, ClozeTrainDataset
 from calibtune.train.config import TrainConfig
 from calibtune.train.run import run_training
-from calibtune.train.trainer import CalibTrainer, forward_hidden
+from calibtune.train.trainer import CalibTrainer
 
 from conftest import make_items, tiny_train_config, write_train_eval
 
@@ -36,9 +36,11 @@ def cloze_terms(model, tok, items, **cfg):
     dataset = ClozeTrainDataset(items, tok, 1024, all_options)
     batch = ClozeCollator(tok, dataset.k_max)([dataset[i] for i in range(len(dataset))])
     fake = SimpleNamespace(calib_config=TrainConfig(scoring="cloze", **cfg))
+    fake._cloze_terms = lambda head, hidden, inputs: CalibTrainer._cloze_terms(fake, head, hidden,
+                                                                               inputs)
     with torch.no_grad():
-        hidden = forward_hidden(model, batch["input_ids"], batch["attention_mask"])
-        return CalibTrainer._cloze_terms(fake, model, hidden, batch)
+        terms, _ = CalibTrainer.loss_terms(fake, model, batch)
+    return terms
 
 
 @pytest.mark.parametrize("norm", ["none", "token", "char"])

@@ -56,18 +56,18 @@ def test_one_forward_pass_per_step(tiny_llama, data, tmp_path):
     from calibtune.train import trainer as trainer_module
 
     calls = []
-    original = trainer_module.forward_hidden
+    original = trainer_module.through_forward
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    trainer_module.forward_hidden = counting
+    trainer_module.through_forward = counting
     try:
         run_training(config(tiny_llama, data, tmp_path, method="rcft", max_steps=3,
                             eval_before=False))
     finally:
-        trainer_module.forward_hidden = original
+        trainer_module.through_forward = original
     assert len(calls) == 3
 
 
@@ -121,14 +121,15 @@ def test_bad_method_is_a_config_error():
 def test_full_sequence_loss_equals_the_models_own_loss(tiny_llama):
     from calibtune.models import load_model
     from calibtune.train.losses import full_sequence_loss
-    from calibtune.train.trainer import forward_hidden
+    from calibtune.heads import through_forward
 
     model, _ = load_model(str(tiny_llama), device="cpu")
     ids = torch.tensor([[5, 9, 12, 7, 8, 1], [6, 10, 11, 1, 1, 1]])
     mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]])
     labels = ids.masked_fill(mask == 0, -100)
     with torch.no_grad():
-        ours = full_sequence_loss(model, forward_hidden(model, ids, mask), labels)
+        ours = through_forward(model, lambda hidden, head: full_sequence_loss(head, hidden, labels),
+                               input_ids=ids, attention_mask=mask).value
         ref = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 

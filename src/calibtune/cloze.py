@@ -23,7 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from .data.items import MCQItem
 from .errors import ConfigError, DataError, ModelError
-from .heads import head_logits, positions_from_mask, unwrap
+from .heads import Head, through_forward
 from .scoring import (collect_logits, context_limit, pad_batch, pad_token_id, plan_batches,
                       scores_from)
 
@@ -97,14 +97,14 @@ def normalise(sums: np.ndarray, n_tokens: np.ndarray, n_chars: np.ndarray, norm:
     return sums
 
 
-def selected_logliks(model: Any, predictors: torch.Tensor, targets: torch.Tensor,
+def selected_logliks(head: Head, predictors: torch.Tensor, targets: torch.Tensor,
                      select: torch.Tensor) -> torch.Tensor:
     """Per row, the sum of log π(targets[t] | states[t]) over positions where `select` holds.
 
     `predictors` [R, T, d] are the hidden states that predict `targets` [R, T]; only selected
     positions meet the (full-vocabulary) output head. Differentiable: training uses it too.
     """
-    logp = torch.log_softmax(head_logits(model, predictors[select]).float(), dim=-1)
+    logp = torch.log_softmax(head(predictors[select]).float(), dim=-1)
     token_ll = logp.gather(1, targets[select][:, None]).squeeze(1)
     rows = torch.arange(select.shape[0], device=select.device)[:, None].expand_as(select)
     return token_ll.new_zeros(select.shape[0]).index_add(0, rows[select], token_ll)
@@ -157,7 +157,7 @@ class ClozeScorer:
                    disable=not self.progress)
         for batch in plan.batches:
             group = [encoded[i] for i in batch]
-            with torch.inference_mode():
+            with torch.no_grad():
                 sums = self._shared(group, k_max) if self.share_context \
                     else self._unshared(group, k_max)
             if not np.isfinite(sums).all():
@@ -169,29 +169,29 @@ class ClozeScorer:
 
     def _unshared(self, group: list[ClozeItem], k_max: int) -> np.ndarray:
         """K full rows per item, right-padded: the simple path, and the test's second opinion."""
-        from .heads import hidden_states
-
         device = next(self.model.parameters()).device
         rows = [r for e in group for r in e.rows()]
         ids, mask = pad_batch(rows, pad_token_id(self.tokenizer), "right")
         ids, mask = ids.to(device), mask.to(device)
-        hidden = hidden_states(self.model, ids, mask)
         n_cont = torch.tensor([n for e in group for n in e.n_tokens], device=device)
         select = continuation_mask(mask.sum(1), n_cont, ids.shape[1])
-        flat = selected_logliks(self.model, hidden[:, :-1], ids[:, 1:], select)
+        flat = through_forward(
+            self.model, lambda hidden, head: selected_logliks(head, hidden[:, :-1], ids[:, 1:],
+                                                              select),
+            input_ids=ids, attention_mask=mask).value
         return self._per_item(group, flat.double().cpu().numpy(), k_max)
 
     def _shared(self, group: list[ClozeItem], k_max: int) -> np.ndarray:
         """Contexts once (left-padded, cached), then all K continuations on the cached keys."""
         device = next(self.model.parameters()).device
-        decoder = unwrap(self.model).get_decoder()
         pad = pad_token_id(self.tokenizer)
         ctx_ids, ctx_mask = pad_batch([e.context for e in group], pad, "left")
         ctx_ids, ctx_mask = ctx_ids.to(device), ctx_mask.to(device)
-        out = decoder(input_ids=ctx_ids, attention_mask=ctx_mask,
-                      position_ids=positions_from_mask(ctx_mask), use_cache=True)
-        cache = getattr(out, CACHE_FIELD)
+        first = through_forward(self.model, lambda hidden, head: hidden[:, -1],
+                                input_ids=ctx_ids, attention_mask=ctx_mask, use_cache=True)
+        cache = getattr(first.output, CACHE_FIELD)
         cache.batch_repeat_interleave(k_max)
+        last_ctx = first.value.repeat_interleave(k_max, 0)
         # Items with fewer than k_max options get a one-token dummy row, dropped below.
         conts = [(e.continuations + [[pad]] * k_max)[:k_max] for e in group]
         cont_ids, cont_mask = pad_batch([c for cs in conts for c in cs], pad, "right")
@@ -199,12 +199,15 @@ class ClozeScorer:
         ctx_mask_k = ctx_mask.repeat_interleave(k_max, 0)
         ctx_len = ctx_mask_k.sum(1, keepdim=True)
         positions = ctx_len + torch.arange(cont_ids.shape[1], device=device)[None, :]
-        hidden = decoder(input_ids=cont_ids, attention_mask=torch.cat([ctx_mask_k, cont_mask], 1),
-                         position_ids=positions, use_cache=True, **{CACHE_FIELD: cache}
-                         ).last_hidden_state
-        last_ctx = out.last_hidden_state[:, -1].repeat_interleave(k_max, 0)
-        predictors = torch.cat([last_ctx[:, None], hidden[:, :-1]], 1)
-        flat = selected_logliks(self.model, predictors, cont_ids, cont_mask.bool())
+
+        def continuation_logliks(hidden: torch.Tensor, head: Head) -> torch.Tensor:
+            predictors = torch.cat([last_ctx[:, None], hidden[:, :-1]], 1)
+            return selected_logliks(head, predictors, cont_ids, cont_mask.bool())
+
+        flat = through_forward(self.model, continuation_logliks, input_ids=cont_ids,
+                               attention_mask=torch.cat([ctx_mask_k, cont_mask], 1),
+                               position_ids=positions, use_cache=True,
+                               **{CACHE_FIELD: cache}).value
         return self._per_item(group, flat.double().cpu().numpy(), k_max, stride=k_max)
 
     @staticmethod

@@ -1,14 +1,21 @@
-"""Answer-position logits without full-vocabulary logits everywhere.
+"""Answer-position logits without full-vocabulary logits everywhere, inside one forward call.
 
-The decoder's last hidden state is gathered at each row's answer position, and only the rows of
-the output head that are needed (the K option letters, or the whole vocabulary at that one
-position) are applied. Used by the scorer and the trainer alike, so both read the same numbers.
+Every number calibtune reads from a model comes from `through_forward`: one call of the
+top-level model (so DDP, FSDP and DeepSpeed wrappers see a normal forward), with the decoder's
+final hidden states captured by a hook and the caller's `compute(hidden, head)` run inside the
+output head's own forward call. That is where a sharding engine (FSDP, ZeRO-3) has the head's
+weights gathered, so `head` may apply any of its rows: the K option letters at the answer
+position, or the whole vocabulary at the positions a loss needs. The model's own logits are
+kept for the last position only and serve as the anchor that joins its outputs to the loss.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def unwrap(model: Any) -> Any:
@@ -32,34 +39,83 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(attention_mask.bool(), idx, torch.full_like(idx, -1)).max(-1).values
 
 
-def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Final (normed) hidden states [B, T, d] of the decoder, computed once."""
+@dataclass
+class Head:
+    """The output head (with the model's final-logit soft-capping), applied to chosen rows."""
+
+    module: torch.nn.Module
+    softcap: float | None = None
+
+    def __call__(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Logits of `hidden` [..., d] over the vocabulary, or over `token_ids` rows only."""
+        weight = self.module.weight if token_ids is None else self.module.weight[token_ids]
+        bias = getattr(self.module, "bias", None)
+        if bias is not None and token_ids is not None:
+            bias = bias[token_ids]
+        logits = torch.nn.functional.linear(hidden, weight, bias)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def output_head(model: Any) -> Head:
     inner = unwrap(model)
-    out = inner.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=positions_from_mask(attention_mask), use_cache=False)
-    return out.last_hidden_state
+    return Head(inner.get_output_embeddings(),
+                getattr(inner.config, "final_logit_softcapping", None))
 
 
-def head_logits(model: Any, hidden: torch.Tensor, token_ids: torch.Tensor | None = None
-                ) -> torch.Tensor:
-    """Apply the output head to `hidden` [..., d], restricted to `token_ids` rows if given."""
+@dataclass
+class ForwardResult:
+    """What `through_forward` returns: `compute`'s value and the model's own output."""
+
+    value: Any
+    output: Any
+
+    @property
+    def anchor(self) -> torch.Tensor:
+        """0 × the model's own (last-position) logits: add it to a loss so the top-level
+        module's outputs take part in backward, as sharding engines' hooks expect."""
+        return self.output.logits.float().sum() * 0.0
+
+
+def through_forward(model: Any, compute: Callable[[torch.Tensor, Head], T], *,
+                    input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    position_ids: torch.Tensor | None = None, **kwargs: Any) -> ForwardResult:
+    """One top-level forward call; `compute(final hidden states [B, T, d], head)` runs inside
+    the output head's forward, where its weights are live under every engine."""
     inner = unwrap(model)
-    head = inner.get_output_embeddings()
-    weight = head.weight if token_ids is None else head.weight[token_ids]
-    bias = getattr(head, "bias", None)
-    if bias is not None and token_ids is not None:
-        bias = bias[token_ids]
-    logits = torch.nn.functional.linear(hidden, weight, bias)
-    cap = getattr(inner.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    decoder, head_module = inner.get_decoder(), inner.get_output_embeddings()
+    head = output_head(model)
+    captured: dict[str, Any] = {}
+
+    def on_decoder(module, args, out):
+        captured["hidden"] = out.last_hidden_state
+
+    def on_head(module, args, out):
+        captured["value"] = compute(captured["hidden"], head)
+
+    hooks = [decoder.register_forward_hook(on_decoder),
+             # prepend: before an engine's own post-forward hook frees the gathered weights
+             head_module.register_forward_hook(on_head, prepend=True)]
+    if position_ids is None:
+        position_ids = positions_from_mask(attention_mask)
+    kwargs.setdefault("use_cache", False)
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask,
+                    position_ids=position_ids, logits_to_keep=1, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ForwardResult(captured["value"], out)
 
 
-def answer_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  answer_pos: torch.Tensor | None = None) -> torch.Tensor:
-    """Hidden state [B, d] at the position whose next token is the answer letter."""
-    hidden = hidden_states(model, input_ids, attention_mask)
-    if answer_pos is None:
-        answer_pos = last_positions(attention_mask)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), answer_pos]
+def answer_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [B, K] (or [B, V]) at each row's last real token, restricted to `token_ids`."""
+    def at_answer(hidden: torch.Tensor, head: Head) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return head(hidden[rows, last_positions(attention_mask)], token_ids)
+
+    return through_forward(model, at_answer, input_ids=input_ids,
+                           attention_mask=attention_mask).value

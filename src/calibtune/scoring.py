@@ -136,12 +136,11 @@ class LetterScorer:
     def _forward(self, seqs: list[list[int]], pad: int, letters, device) -> np.ndarray:
         import torch
 
-        from .heads import answer_hidden, head_logits
+        from .heads import answer_logits
 
         ids, mask = pad_batch(seqs, pad, self.padding_side)
-        with torch.inference_mode():
-            h = answer_hidden(self.model, ids.to(device), mask.to(device))
-            out = head_logits(self.model, h, letters.to(device))
+        with torch.no_grad():
+            out = answer_logits(self.model, ids.to(device), mask.to(device), letters.to(device))
         return out.float().cpu().numpy().astype(np.float64)
 
     def score(self, items: list[MCQItem], meta: dict | None = None) -> OptionScores:

@@ -23,17 +23,15 @@ def smoothed_completion_loss(answer_logits: torch.Tensor, answer_token: torch.Te
     return -((1 - smoothing) * gold + smoothing * spread).mean()
 
 
-def full_sequence_loss(model, hidden: torch.Tensor, lm_labels: torch.Tensor) -> torch.Tensor:
+def full_sequence_loss(head, hidden: torch.Tensor, lm_labels: torch.Tensor) -> torch.Tensor:
     """L_SFT2: next-token cross-entropy over question and answer (−100 marks padding).
 
     The output head is applied only to positions that have a next token to predict, so padding
-    costs no vocabulary-sized logits.
+    costs no vocabulary-sized logits. `head` is the output head of `heads.through_forward`.
     """
-    from ..heads import head_logits
-
     targets = lm_labels[:, 1:]
     keep = targets != -100
-    logits = head_logits(model, hidden[:, :-1][keep])  # [n_tokens, V]
+    logits = head(hidden[:, :-1][keep])  # [n_tokens, V]
     return F.cross_entropy(logits.float(), targets[keep])
 
 

@@ -4,42 +4,23 @@ In letter mode the losses read the answer letter's position; in cloze mode the o
 summed log-likelihoods (one row per option), so CFT is the completion loss on the gold text and
 RCFT regularises the softmax over the K option log-likelihoods.
 
-A single forward pass per step: the decoder's final hidden states are captured by a hook on the
-top-level call (so DDP / DeepSpeed wrappers see a normal forward), the answer position's state
-is gathered, and only the rows of the output head that a loss needs are applied.
+A single forward pass per step (`heads.through_forward`): the loss terms are computed inside the
+top-level call, from the decoder's final hidden states and only the rows of the output head a
+loss needs, so DDP, FSDP and ZeRO-3 all see every parameter used within a forward call.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import torch
 from transformers import Trainer
 
 from ..cloze import continuation_mask, selected_logliks
-from ..heads import head_logits, positions_from_mask, unwrap
+from ..heads import Head, through_forward
 from .config import TrainConfig
 from .estep import RegulariserState
 from .losses import (completion_loss, ece_regulariser, full_sequence_loss,
                      smoothed_completion_loss)
-
-
-def forward_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                   ) -> torch.Tensor:
-    """Final hidden states [B, T, d] from one top-level forward call (logits of one position
-    only, which we discard: every loss applies the head to the states it needs)."""
-    captured: dict[str, torch.Tensor] = {}
-    decoder = unwrap(model).get_decoder()
-    hook = decoder.register_forward_hook(
-        lambda mod, args, out: captured.__setitem__("h", out.last_hidden_state))
-    try:
-        out = model(input_ids=input_ids, attention_mask=attention_mask,
-                    position_ids=positions_from_mask(attention_mask), use_cache=False,
-                    logits_to_keep=1)
-    finally:
-        hook.remove()
-    del out
-    return captured["h"]
 
 
 class CalibTrainer(Trainer):
@@ -50,25 +31,28 @@ class CalibTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: scale for GA
         self._terms: dict[str, list[float]] = defaultdict(list)
 
+    def loss_terms(self, model, inputs) -> tuple[tuple, torch.Tensor]:
+        """((SFT term or None, option scores or None), anchor) from one forward call."""
+        terms = self._cloze_terms if self.calib_config.scoring == "cloze" else self._letter_terms
+        result = through_forward(model, lambda hidden, head: terms(head, hidden, inputs),
+                                 input_ids=inputs["input_ids"],
+                                 attention_mask=inputs["attention_mask"])
+        return result.value, result.anchor
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        hidden = forward_hidden(model, inputs["input_ids"], inputs["attention_mask"])
-        if self.calib_config.scoring == "cloze":
-            sft, option_scores = self._cloze_terms(model, hidden, inputs)
-        else:
-            sft, option_scores = self._letter_terms(model, hidden, inputs)
+        (sft, option_scores), loss = self.loss_terms(model, inputs)
         cfg = self.calib_config
-        loss = hidden.new_zeros((), dtype=torch.float32)
         if sft is not None:
             loss = loss + cfg.sft_weight * sft
             self._terms["loss_sft"].append(float(sft.detach()))
         if option_scores is not None:
-            targets = self.reg_state.targets.to(hidden.device)[inputs["item_index"]]
+            targets = self.reg_state.targets.to(loss.device)[inputs["item_index"]]
             reg = ece_regulariser(option_scores, inputs["option_mask"], targets)
             loss = loss + cfg.ece_lambda * reg
             self._terms["loss_ece"].append(float(reg.detach()))
-        return (loss, {"hidden": hidden}) if return_outputs else loss
+        return (loss, {"option_scores": option_scores}) if return_outputs else loss
 
-    def _letter_terms(self, model, hidden, inputs):
+    def _letter_terms(self, head: Head, hidden: torch.Tensor, inputs: dict):
         """(SFT term or None, K option-letter logits for the regulariser or None)."""
         cfg = self.calib_config
         rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -78,29 +62,29 @@ class CalibTrainer(Trainer):
         sft = None
         if cfg.sft_weight > 0:
             if cfg.sft_loss == "full":
-                sft = full_sequence_loss(model, hidden, inputs["lm_labels"])
+                sft = full_sequence_loss(head, hidden, inputs["lm_labels"])
             elif cfg.method == "label_smoothing":
-                sft = smoothed_completion_loss(head_logits(model, h_answer), answer_token,
+                sft = smoothed_completion_loss(head(h_answer), answer_token,
                                                letter_ids, inputs["option_mask"],
                                                cfg.label_smoothing)
             else:
-                sft = completion_loss(head_logits(model, h_answer), answer_token)
-        option_logits = head_logits(model, h_answer, letter_ids[0]) if cfg.method == "rcft" else None
+                sft = completion_loss(head(h_answer), answer_token)
+        option_logits = head(h_answer, letter_ids[0]) if cfg.method == "rcft" else None
         return sft, option_logits
 
-    def _cloze_terms(self, model, hidden, inputs):
+    def _cloze_terms(self, head: Head, hidden: torch.Tensor, inputs: dict):
         """The same terms on option texts: per row the summed log-likelihood of its option."""
         cfg = self.calib_config
         ids, mask, n_cont = inputs["input_ids"], inputs["attention_mask"], inputs["n_cont"]
         select = continuation_mask(mask.sum(1), n_cont, ids.shape[1])
-        loglik = selected_logliks(model, hidden[:, :-1], ids[:, 1:], select)  # [rows]
+        loglik = selected_logliks(head, hidden[:, :-1], ids[:, 1:], select)  # [rows]
         row_item = inputs["row_item"]
         gold = inputs["row_option"] == inputs["label"][row_item]
         per_token = loglik / n_cont
         sft = None
         if cfg.sft_weight > 0:
             if cfg.sft_loss == "full":
-                sft = full_sequence_loss(model, hidden[gold], inputs["lm_labels"][gold])
+                sft = full_sequence_loss(head, hidden[gold], inputs["lm_labels"][gold])
             elif cfg.method == "label_smoothing":  # (1 − ε)·gold + ε·mean over the K options
                 n_items = inputs["label"].shape[0]
                 spread = per_token.new_zeros(n_items).index_add(0, row_item, per_token)
