@@ -177,12 +177,16 @@ def test_qlora_trains_on_4bit_weights(data, tmp_path):
         TrainConfig(load_in_4bit=True, lora=False)
 
 
-@pytest.mark.parametrize("env", [{"ACCELERATE_USE_FSDP": "true"},
-                                 {"ACCELERATE_USE_DEEPSPEED": "true",
-                                  "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}])
-def test_fsdp_and_zero3_are_refused_up_front(env, monkeypatch, tiny_llama, data, tmp_path):
+@pytest.mark.parametrize("env,match", [
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "fsdp_version: 2"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
+      "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}, "FULL_STATE_DICT"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+     "ZeRO-3 is not supported")])
+def test_sharded_settings_calibtune_cannot_serve_are_refused(env, match, monkeypatch,
+                                                                   tiny_llama, data, tmp_path):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    with pytest.raises(ConfigError, match="not supported yet"):
+    with pytest.raises(ConfigError, match=match):
         run_training(config(tiny_llama, data, tmp_path, method="rcft", max_steps=1))
     assert not (tmp_path / "run").exists()  # nothing started

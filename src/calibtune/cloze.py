@@ -128,6 +128,10 @@ class ClozeScorer:
         self.batch_size, self.max_batch_tokens, self.progress = batch_size, max_batch_tokens, progress
         self.share_context = share_context
 
+    def items_per_batch(self, k_max: int) -> int:
+        """At most this many items share a forward call: `batch_size` counts option rows."""
+        return max(1, self.batch_size // k_max)
+
     def encode(self, items: list[MCQItem]) -> list[ClozeItem]:
         return encode_cloze(self.tokenizer, items, context_limit(self.model))
 
@@ -151,7 +155,7 @@ class ClozeScorer:
         cost = [len(e.context) + sum(e.n_tokens) if self.share_context
                 else sum(len(e.context) + n for n in e.n_tokens) for e in encoded]
         rows_per_item = 1 if self.share_context else k_max
-        plan = plan_batches([c // rows_per_item for c in cost], max(1, self.batch_size // k_max),
+        plan = plan_batches([c // rows_per_item for c in cost], self.items_per_batch(k_max),
                             self.max_batch_tokens and self.max_batch_tokens // rows_per_item)
         bar = tqdm(total=len(items), desc="scoring (cloze)", unit="item",
                    disable=not self.progress)

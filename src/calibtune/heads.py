@@ -1,12 +1,13 @@
 """Answer-position logits without full-vocabulary logits everywhere, inside one forward call.
 
 Every number calibtune reads from a model comes from `through_forward`: one call of the
-top-level model (so DDP, FSDP and DeepSpeed wrappers see a normal forward), with the decoder's
-final hidden states captured by a hook and the caller's `compute(hidden, head)` run inside the
-output head's own forward call. That is where a sharding engine (FSDP, ZeRO-3) has the head's
-weights gathered, so `head` may apply any of its rows: the K option letters at the answer
-position, or the whole vocabulary at the positions a loss needs. The model's own logits are
-kept for the last position only and serve as the anchor that joins its outputs to the loss.
+top-level model (so DDP, FSDP and DeepSpeed wrappers see a normal forward, and FSDP gathers the
+sharded layers and head as usual), with the decoder's final hidden states captured by a hook
+and the caller's `compute(hidden, head)` run inside the output head's own forward call, where
+its weights are live under any engine. `head` may apply any of its rows: the K option letters
+at the answer position, or the whole vocabulary at the positions a loss needs. The model's own
+logits are kept for the last position only and serve as the anchor that joins its outputs to
+the loss.
 """
 from __future__ import annotations
 

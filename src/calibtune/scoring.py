@@ -82,6 +82,10 @@ class LetterScorer:
         self.prompt, self.batch_size, self.max_batch_tokens = prompt, batch_size, max_batch_tokens
         self.padding_side, self.progress = padding_side, progress
 
+    def items_per_batch(self, k_max: int) -> int:
+        """At most this many items share a forward call (before the token budget splits)."""
+        return self.batch_size
+
     def encode(self, items: list[MCQItem]) -> list[list[int]]:
         """Prompt token ids of every item, checked against the model's context length.
 

@@ -2,7 +2,9 @@
 
 Runs at the start of training and then at every epoch (or every N steps). All ranks score a
 shard of the training set and gather the logits, so every rank holds the same bin accuracies
-and targets. The state is saved with each checkpoint so a resumed run continues identically.
+and targets; under FSDP / ZeRO-3 the shards are dealt so that every rank makes the same number
+of forward calls. The state is saved with each checkpoint so a resumed run continues
+identically.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from transformers import TrainerCallback
 
 from ..data.items import MCQItem
 from ..metrics.binning import calibration_error_from_table
+from .parallel import lockstep_chunks, rank_and_world, sharding_engine
 from .targets import EStepResult, estep_targets, format_bin_table
 
 log = logging.getLogger(__name__)
@@ -78,18 +81,10 @@ class EStepCallback(TrainerCallback):
         import time
 
         start = time.perf_counter()
-        rank, world = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        index = list(range(rank, len(self.items), world))
         was_training = model.training
         model.eval()
-        scorer = self.scorer_for(model)
         k = max(it.n_options for it in self.items)
-        local = np.zeros((len(index), k))
-        if index:
-            shard = scorer.score([self.items[i] for i in index]).logits
-            local[:, : shard.shape[1]] = shard
+        index, local = self.score_shard(self.scorer_for(model), k)
         if was_training:
             model.train()
         logits = gather_logits(index, local, len(self.items), k)
@@ -102,6 +97,25 @@ class EStepCallback(TrainerCallback):
         ece = calibration_error_from_table(result.table, "l1")
         log.info("E-step at step %d (train accuracy %.3f, train ECE %.3f):\n%s", step, acc, ece,
                  format_bin_table(result.table))
+
+    def score_shard(self, scorer: Any, k: int) -> tuple[list[int], np.ndarray]:
+        """(item indices, option logits [n, K]) this rank scores. Unsharded ranks take every
+        world-th item in one call; sharded ones (FSDP, ZeRO-3) one batch-sized chunk per call,
+        the same number of calls on every rank."""
+        rank, world = rank_and_world()
+        if sharding_engine() is None or world == 1:
+            chunks = [list(range(rank, len(self.items), world))]
+        else:
+            chunks = lockstep_chunks(len(self.items), scorer.items_per_batch(k), rank, world)
+        index = [i for chunk in chunks for i in chunk]
+        local = np.zeros((len(index), k))
+        row = 0
+        for chunk in chunks:
+            if chunk:
+                shard = scorer.score([self.items[i] for i in chunk]).logits
+                local[row: row + len(chunk), : shard.shape[1]] = shard
+            row += len(chunk)
+        return index, local
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.resume_from and self.state.load(Path(self.resume_from)):

@@ -22,6 +22,7 @@ from .config import TrainConfig
 from .dataset import MCQCollator, MCQTrainDataset
 from .estep import EStepCallback, RegulariserState, steps_per_epoch
 from .monitor import EpochEvalCallback
+from .parallel import check_engine, sharding_engine
 from .trainer import CalibTrainer
 
 log = logging.getLogger(__name__)
@@ -90,32 +91,39 @@ def _training_args(cfg: TrainConfig, folder: Path):
 
 def config_scorer(cfg: TrainConfig, model: Any, tokenizer: Any, progress: bool = False) -> Any:
     """The scorer of this run's mode: the E-step, the epoch monitor and the final evaluation
-    all read options the way training does."""
+    all read options the way training does. Sharded ranks batch by count only (no token
+    budget), so equal shares of items cost every rank the same number of forward calls."""
     return make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt, cloze_norm=cfg.cloze_norm,
-                       progress=progress)
+                       max_batch_tokens=None if sharding_engine() else 8192, progress=progress)
 
 
 def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainConfig,
-                   out: Path, title: str) -> dict:
-    scorer = config_scorer(cfg, model, tokenizer, progress=True)
+                   out: Path, title: str, write: bool = True) -> dict | None:
+    """Score `items` (every rank, in step: a sharded model answers only when all ranks call
+    it) and write the run folder from rank 0 (`write`)."""
+    scorer = config_scorer(cfg, model, tokenizer, progress=write)
     scores = scorer.score(items, {"model": cfg.model, "method": cfg.method, "prompt": cfg.prompt,
                                   "scoring": cfg.scoring, "cloze_norm": cfg.cloze_norm})
+    if not write:
+        return None
     return write_run(out, scores, title=title, context={"model": cfg.model, "method": cfg.method},
                      n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
 
 
-def check_sharding() -> None:
-    """FSDP and ZeRO-3 shard the output head outside the forward call, where the losses read
-    its rows; refuse them up front instead of failing (or silently reading shards) mid-run."""
-    env = os.environ
-    if env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        raise ConfigError("FSDP is not supported yet (the losses read output-head rows outside "
-                          "the forward call); use DDP or DeepSpeed ZeRO-2 (configs/accelerate/)")
-    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true") and \
-            env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
-        raise ConfigError("DeepSpeed ZeRO-3 is not supported yet (the output head is sharded "
-                          "outside the forward call); use ZeRO-2 (configs/accelerate/"
-                          "deepspeed_zero2.yaml), with --load-in-4bit if memory is short")
+def save_adapter(trainer: Any, out: Path) -> None:
+    """The adapter to OUT/adapter, atomically. Every rank calls: under FSDP / ZeRO-3 the
+    Trainer gathers the sharded weights, and rank 0 writes them."""
+    main = trainer.is_world_process_zero()
+    adapter, tmp = out / "adapter", out / ".adapter.tmp"
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        shutil.rmtree(adapter, ignore_errors=True)
+        os.replace(tmp, adapter)
 
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | None = None
@@ -126,7 +134,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | No
 
     from ..models import load_model
 
-    check_sharding()
+    check_engine()
     train_items, eval_items = load_train_eval_items(cfg)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
@@ -173,27 +181,23 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | No
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     train_seconds = time.perf_counter() - start
-    if not trainer.is_world_process_zero():
-        return TrainResult(out, None, {}, train_seconds, estep.seconds if estep else 0.0)
-
-    adapter = out / "adapter"
-    tmp = out / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    shutil.rmtree(adapter, ignore_errors=True)
-    os.replace(tmp, adapter)
-    atomic_write_json(out / "train_log.json", trainer.state.log_history)
-    if reg_state.history:
-        atomic_write_json(out / "estep_history.json", reg_state.history)
+    save_adapter(trainer, out)
+    main = trainer.is_world_process_zero()
+    if main:
+        atomic_write_json(out / "train_log.json", trainer.state.log_history)
+        if reg_state.history:
+            atomic_write_json(out / "estep_history.json", reg_state.history)
 
     model = trainer.model.eval()
     before = None
     if cfg.eval_before and cfg.lora:
         with model.disable_adapter():
             before = evaluate_items(model, tokenizer, eval_items, cfg, out / "eval_before",
-                                    f"{cfg.model} before {cfg.method}")
+                                    f"{cfg.model} before {cfg.method}", write=main)
     after = evaluate_items(model, tokenizer, eval_items, cfg, out / "eval",
-                           f"{cfg.model} after {cfg.method}")
+                           f"{cfg.model} after {cfg.method}", write=main)
+    if not main:
+        return TrainResult(out, None, {}, train_seconds, estep.seconds if estep else 0.0)
     summary = {"method": cfg.method, "train_items": len(train_items),
                "eval_items": len(eval_items), "train_seconds": round(train_seconds, 1),
                "estep_seconds": round(estep.seconds, 1) if estep else 0.0,
