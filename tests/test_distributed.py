@@ -1,4 +1,4 @@
-"""The multi-process path on CPU: 2 processes over gloo (torchrun; the Trainer runs on accelerate)."""
+"""The multi-process path on CPU: 2 processes over gloo (torchrun or `accelerate launch`)."""
 import json
 import os
 import subprocess
@@ -14,14 +14,20 @@ from conftest import items_to_rows, make_items, write_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_cpu_processes_share_estep_statistics(tmp_path, tiny_llama):
+def write_data(tmp_path: Path, n_train: int) -> Path:
+    """train.jsonl (mixed K) and eval.jsonl (disjoint ids) in tmp_path/data."""
     data = tmp_path / "data"
     data.mkdir()
-    write_jsonl(data / "train.jsonl", items_to_rows(make_items(16, k=[4, 3], seed=3)))
+    write_jsonl(data / "train.jsonl", items_to_rows(make_items(n_train, k=[4, 3], seed=3)))
     rows = items_to_rows(make_items(6, seed=4))
     for r in rows:
         r["id"] = "eval-" + r["id"]
     write_jsonl(data / "eval.jsonl", rows)
+    return data
+
+
+def test_two_cpu_processes_share_estep_statistics(tmp_path, tiny_llama):
+    data = write_data(tmp_path, 16)
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -58,14 +64,8 @@ def test_fsdp_trains_the_same_adapter_as_ddp(scoring, tmp_path, tiny_llama):
 
     from calibtune.scores import OptionScores
 
-    data = tmp_path / "data"
-    data.mkdir()
     # 40 items: the E-step deals several batch-sized chunks, one rank runs a chunk short
-    write_jsonl(data / "train.jsonl", items_to_rows(make_items(40, k=[4, 3], seed=3)))
-    rows = items_to_rows(make_items(6, seed=4))
-    for r in rows:
-        r["id"] = "eval-" + r["id"]
-    write_jsonl(data / "eval.jsonl", rows)
+    data = write_data(tmp_path, 40)
     port = 29540 if scoring == "letter" else 29550
     fsdp = run_worker(tiny_llama, data, tmp_path / "fsdp", scoring, "fsdp", port)
     ddp = run_worker(tiny_llama, data, tmp_path / "ddp", scoring, "ddp", port + 1)
