@@ -16,15 +16,21 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.txt requirements-assets.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
 	touch $@
 
+# DeepSpeed, for the ZeRO-3 test on CPU processes: its sdist builds against the torch installed
+# above (build isolation would fetch another, CUDA, torch).
+$(VENV)/.deepspeed: $(VENV)/.installed
+	$(PY) -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
+	touch $@
+
 demo: install
 	$(VENV)/bin/calibtune eval --model smollm2-135m-instruct --data mmlu --split test \
 		--limit 500 --out runs/demo
 
-test: install
+test: install $(VENV)/.deepspeed
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install $(VENV)/.deepspeed
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

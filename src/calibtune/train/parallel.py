@@ -22,12 +22,17 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _deepspeed_zero_stage() -> str:
-    """DeepSpeed's ZeRO stage as `accelerate launch` passes it: a flag or a JSON file."""
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+def _deepspeed_zero() -> dict:
+    """DeepSpeed's ZeRO settings as `accelerate launch` passes them: flags or a JSON file."""
+    env = os.environ
+    path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     if path and Path(path).is_file():
-        return str(json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", ""))
-    return os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+        zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
+        return {"stage": str(zero.get("stage", "")),
+                "save_whole": bool(zero.get("stage3_gather_16bit_weights_on_model_save"))}
+    return {"stage": env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", ""),
+            "save_whole": env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "").lower()
+            in ("1", "true")}
 
 
 def sharding_engine() -> str | None:
@@ -37,14 +42,15 @@ def sharding_engine() -> str | None:
     if env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
         return "fsdp"
     if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true") and \
-            _deepspeed_zero_stage() == "3":
+            _deepspeed_zero()["stage"] == "3":
         return "zero3"
     return None
 
 
 def check_engine() -> None:
-    """Refuse up front the sharded settings calibtune cannot serve: FSDP1 (untested; FSDP2 is
-    tested on CPU processes), FSDP without a whole adapter at the end, and ZeRO-3."""
+    """Refuse up front the sharded settings calibtune cannot serve: FSDP1 (untested; FSDP2 and
+    ZeRO-3 are tested on CPU processes), and those under which the adapter could not be saved
+    whole at the end."""
     env = os.environ
     if sharding_engine() == "fsdp":
         if env.get("FSDP_VERSION", "1") != "2":
@@ -55,11 +61,10 @@ def check_engine() -> None:
             raise ConfigError(f"FSDP with state dict type {kind}: the adapter is saved whole, "
                               "so set fsdp_state_dict_type: FULL_STATE_DICT (configs/accelerate/"
                               "fsdp.yaml)")
-    if sharding_engine() == "zero3":
-        raise ConfigError("DeepSpeed ZeRO-3 is not supported: it gathers a module's weights for "
-                          "backward only when the gradient reaches that module's output, and the "
-                          "losses apply the output head's rows on a path of their own; use FSDP2 "
-                          "(configs/accelerate/fsdp.yaml) to shard the model, or ZeRO-2")
+    if sharding_engine() == "zero3" and not _deepspeed_zero()["save_whole"]:
+        raise ConfigError("DeepSpeed ZeRO-3 without zero3_save_16bit_model (stage3_gather_16bit_"
+                          "weights_on_model_save): the adapter could not be saved whole; set it "
+                          "to true (configs/accelerate/deepspeed_zero3.yaml)")
 
 
 def lockstep_chunks(n_items: int, chunk_size: int, rank: int, world: int) -> list[list[int]]:

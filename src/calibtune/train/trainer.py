@@ -6,7 +6,7 @@ RCFT regularises the softmax over the K option log-likelihoods.
 
 A single forward pass per step (`heads.through_forward`): the loss terms are computed inside the
 top-level call, from the decoder's final hidden states and only the rows of the output head a
-loss needs, so DDP and FSDP2 see every parameter used within a forward call.
+loss needs, so DDP, FSDP2 and ZeRO-3 see every parameter used within a forward call.
 """
 from __future__ import annotations
 

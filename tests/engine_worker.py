@@ -1,9 +1,12 @@
-"""Run by test_distributed.py under torchrun: RCFT on 2 CPU processes (gloo), DDP or FSDP2.
+"""Run by test_distributed.py under `accelerate launch`: RCFT on 2 CPU processes (gloo), with
+DDP, FSDP2 or DeepSpeed ZeRO-3.
 
-accelerate enables FSDP only on accelerator devices; on CPU processes it silently falls back to
-DDP. When the environment asks for FSDP (as `accelerate launch --config_file
-configs/accelerate/fsdp.yaml` sets it), this worker makes the CPU state take that FSDP plugin,
-so the Trainer shards the model exactly as it would on GPUs (torch's FSDP2 runs on gloo).
+accelerate enables FSDP and DeepSpeed only on accelerator devices; on CPU processes it silently
+falls back to DDP. So when the environment asks for FSDP (as `accelerate launch --config_file
+configs/accelerate/fsdp.yaml` sets it), this worker makes the CPU state take that FSDP plugin
+(torch's FSDP2 runs on gloo); for DeepSpeed it lets the Trainer ask for a non-CPU device, which
+DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu, gloo) then provides. The Trainer shards the
+model exactly as it would on GPUs.
 """
 import json
 import os
@@ -12,9 +15,9 @@ import sys
 from accelerate import state as accelerate_state
 from accelerate.utils import DistributedType
 
+from calibtune.train import run as run_module
 from calibtune.train import trainer as trainer_module
 from calibtune.train.config import TrainConfig
-from calibtune.train.run import run_training
 
 original_init = accelerate_state.AcceleratorState.__init__
 
@@ -28,15 +31,29 @@ def fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
 
 
 accelerate_state.AcceleratorState.__init__ = fsdp_on_cpu
+original_args = run_module._training_args
 
-# What the output head's weight is between forward calls: a DTensor shard under FSDP.
-head_types = []
+
+def deepspeed_on_cpu(cfg, folder):
+    args = original_args(cfg, folder)
+    args.use_cpu = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true"
+    return args
+
+
+run_module._training_args = deepspeed_on_cpu
+
+# How the output head's weight is held between forward calls: a DTensor shard under FSDP, an
+# empty placeholder under ZeRO-3, the whole matrix under DDP.
+head_kinds = []
 original_loss = trainer_module.CalibTrainer.compute_loss
 
 
 def recording_compute_loss(self, model, inputs, *args, **kwargs):
     head = self.accelerator.unwrap_model(model).get_output_embeddings().weight
-    head_types.append(type(head).__name__)
+    kind = type(head).__name__
+    if hasattr(head, "ds_id"):
+        kind = f"zero3-{tuple(head.ds_shape)}-holds-{head.numel()}"
+    head_kinds.append(kind)
     return original_loss(self, model, inputs, *args, **kwargs)
 
 
@@ -47,8 +64,8 @@ cfg = TrainConfig(model=model, data=f"{data}/train.jsonl", split=None,
                   method="rcft", scoring=scoring, max_steps=4, estep_every_steps=2, batch_size=2,
                   lora_r=4, lora_alpha=8, learning_rate=5e-3, save_steps=100, eval_before=True,
                   out=out)
-result = run_training(cfg)
+result = run_module.run_training(cfg)
 rank = int(os.environ.get("RANK", "0"))
 with open(f"{out}/rank{rank}.json", "w") as f:
-    json.dump({"world": int(os.environ.get("WORLD_SIZE", "1")), "head_types": head_types,
+    json.dump({"world": int(os.environ.get("WORLD_SIZE", "1")), "head_kinds": head_kinds,
                "after": result.metrics_after}, f)
