@@ -60,12 +60,6 @@ class Head:
         return logits
 
 
-def output_head(model: Any) -> Head:
-    inner = unwrap(model)
-    return Head(inner.get_output_embeddings(),
-                getattr(inner.config, "final_logit_softcapping", None))
-
-
 @dataclass
 class ForwardResult:
     """What `through_forward` returns: `compute`'s value and the model's own output."""
@@ -87,7 +81,7 @@ def through_forward(model: Any, compute: Callable[[torch.Tensor, Head], T], *,
     the output head's forward, where its weights are live under every engine."""
     inner = unwrap(model)
     decoder, head_module = inner.get_decoder(), inner.get_output_embeddings()
-    head = output_head(model)
+    head = Head(head_module, getattr(inner.config, "final_logit_softcapping", None))
     captured: dict[str, Any] = {}
 
     def on_decoder(module, args, out):

@@ -188,6 +188,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | No
         if reg_state.history:
             atomic_write_json(out / "estep_history.json", reg_state.history)
 
+    no_result = TrainResult(out, None, {}, train_seconds, estep.seconds if estep else 0.0)
+    if not main and sharding_engine() is None:
+        return no_result  # only a sharded model needs every rank to answer
+
     model = trainer.model.eval()
     before = None
     if cfg.eval_before and cfg.lora:
@@ -197,7 +201,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | No
     after = evaluate_items(model, tokenizer, eval_items, cfg, out / "eval",
                            f"{cfg.model} after {cfg.method}", write=main)
     if not main:
-        return TrainResult(out, None, {}, train_seconds, estep.seconds if estep else 0.0)
+        return no_result
     summary = {"method": cfg.method, "train_items": len(train_items),
                "eval_items": len(eval_items), "train_seconds": round(train_seconds, 1),
                "estep_seconds": round(estep.seconds, 1) if estep else 0.0,
