@@ -51,8 +51,8 @@ def check_engine() -> None:
     """Refuse up front the sharded settings calibtune cannot serve: FSDP1 (untested; FSDP2 and
     ZeRO-3 are tested on CPU processes), and those under which the adapter could not be saved
     whole at the end."""
-    env = os.environ
-    if sharding_engine() == "fsdp":
+    env, engine = os.environ, sharding_engine()
+    if engine == "fsdp":
         if env.get("FSDP_VERSION", "1") != "2":
             raise ConfigError("FSDP version 1 is not supported (calibtune is tested with FSDP2); "
                               "set fsdp_version: 2 (configs/accelerate/fsdp.yaml)")
@@ -61,7 +61,7 @@ def check_engine() -> None:
             raise ConfigError(f"FSDP with state dict type {kind}: the adapter is saved whole, "
                               "so set fsdp_state_dict_type: FULL_STATE_DICT (configs/accelerate/"
                               "fsdp.yaml)")
-    if sharding_engine() == "zero3" and not _deepspeed_zero()["save_whole"]:
+    if engine == "zero3" and not _deepspeed_zero()["save_whole"]:
         raise ConfigError("DeepSpeed ZeRO-3 without zero3_save_16bit_model (stage3_gather_16bit_"
                           "weights_on_model_save): the adapter could not be saved whole; set it "
                           "to true (configs/accelerate/deepspeed_zero3.yaml)")

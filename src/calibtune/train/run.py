@@ -93,8 +93,9 @@ def config_scorer(cfg: TrainConfig, model: Any, tokenizer: Any, progress: bool =
     """The scorer of this run's mode: the E-step, the epoch monitor and the final evaluation
     all read options the way training does. Sharded ranks batch by count only (no token
     budget), so equal shares of items cost every rank the same number of forward calls."""
+    budget = {"max_batch_tokens": None} if sharding_engine() else {}
     return make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt, cloze_norm=cfg.cloze_norm,
-                       max_batch_tokens=None if sharding_engine() else 8192, progress=progress)
+                       progress=progress, **budget)
 
 
 def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainConfig,
