@@ -1,8 +1,13 @@
 """Prompt templates and option-letter tokens, shared by scoring and training.
 
-`plain` is the paper's template (no chat template): the question with options labelled A., B., …
-and the cue ``### Answer:``; the letter follows a space. `chat` wraps the same text in the
-tokenizer's chat template with a generation prompt; the letter is the first assistant token.
+- `plain` (ours): ``### Question: <question>\nA. …\nB. …\n ### Answer:``, no chat template; the
+  letter follows a space.
+- `reference`: the reference code's template, exactly (METHOD.md §2):
+  ``### Question: Question: <q>\n\nOptions:\nA. …\nB. …\n\nAnswer with only a single letter:\n
+  ### Answer:`` with the letter appended without a space. The paper's printed template is not
+  available to us, so no style here is called the paper's.
+- `chat`: the question and options in the tokenizer's chat template with a generation prompt;
+  the letter is the first assistant token.
 """
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ from typing import Any
 from .data.items import LETTERS, MCQItem
 from .errors import ConfigError, ModelError
 
-PROMPT_STYLES = ("plain", "chat")
+PROMPT_STYLES = ("plain", "reference", "chat")
+REFERENCE_INSTRUCTION = "Answer with only a single letter:"
 CHAT_INSTRUCTION = "Answer with the letter of the correct option only."
 
 
@@ -27,6 +33,10 @@ def render_prompt(item: MCQItem, style: str, tokenizer: Any = None) -> str:
     """The text the model reads before it answers."""
     if style == "plain":
         return f"### Question: {format_question(item)}\n ### Answer:"
+    if style == "reference":
+        options = "\n".join(f"{LETTERS[i]}. {opt.strip()}" for i, opt in enumerate(item.options))
+        return (f"### Question: Question: {item.question.strip()}\n\nOptions:\n{options}\n\n"
+                f"{REFERENCE_INSTRUCTION}\n ### Answer:")
     if style == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ModelError("prompt style 'chat' needs a tokenizer with a chat template; "
@@ -37,7 +47,8 @@ def render_prompt(item: MCQItem, style: str, tokenizer: Any = None) -> str:
 
 
 def letter_prefix(style: str) -> str:
-    """What precedes the letter in the model's answer: a space after 'Answer:', none in chat."""
+    """What precedes the letter in the model's answer: a space after the plain template's
+    'Answer:', none after the reference template's (as its code appends it) or in chat."""
     return " " if style == "plain" else ""
 
 
@@ -74,6 +85,6 @@ class PromptEncoder:
     def encode_prompts(self, items: list[MCQItem]) -> list[list[int]]:
         """Token ids of each item's prompt (the answer letter comes right after the last one)."""
         texts = [render_prompt(it, self.style, self.tokenizer) for it in items]
-        # the chat template already holds its special tokens; the plain prompt gets the BOS
+        # the chat template already holds its special tokens; plain prompts get the BOS
         # token where the tokenizer adds one by default
-        return self.tokenizer(texts, add_special_tokens=self.style == "plain")["input_ids"]
+        return self.tokenizer(texts, add_special_tokens=self.style != "chat")["input_ids"]

@@ -15,6 +15,13 @@ from .errors import CalibtuneError
 from .integrity import atomic_write
 
 
+def option_mask(n_options, k_max: int | None = None) -> np.ndarray:
+    """[n, K_max] boolean mask: True for the options each item has (n_options[i] of them)."""
+    n_options = np.asarray(n_options, dtype=np.int64)
+    k_max = int(n_options.max()) if k_max is None else k_max
+    return np.arange(k_max)[None, :] < n_options[:, None]
+
+
 @dataclass
 class OptionScores:
     """Option logits [n, K_max], gold labels [n], option mask [n, K_max] and item ids [n].

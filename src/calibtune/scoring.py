@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .data.items import MCQItem
 from .errors import ConfigError, DataError, ModelError
 from .prompts import PromptEncoder, letter_token_ids
-from .scores import OptionScores
+from .scores import OptionScores, option_mask
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def collect_logits(scorer: Any, items: list[MCQItem], encoded: list | None = Non
 def scores_from(items: list[MCQItem], logits: np.ndarray, meta: dict | None = None) -> OptionScores:
     """Wrap raw option logits of `items` into `OptionScores` (mask from each item's K)."""
     k_max = logits.shape[1]
-    mask = np.arange(k_max)[None, :] < np.array([it.n_options for it in items])[:, None]
+    mask = option_mask([it.n_options for it in items], k_max)
     return OptionScores(logits=np.where(mask, logits, 0.0),
                         labels=np.array([it.answer for it in items]), mask=mask,
                         ids=np.array([it.id for it in items]), meta=dict(meta or {}))

@@ -1,6 +1,8 @@
 """Binning, written once and used by every ECE variant, the RCFT E-step and the diagrams.
 
 Bins are left-closed [e_k, e_{k+1}) except the last, which also holds 1.0 (METHOD.md §3).
+Equal-width edges are exactly k/M (one correctly rounded division each), so a confidence of
+exactly 0.3 lies in the bin that starts at 0.3; `np.linspace` would give 0.30000000000000004.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ def bin_edges(values: np.ndarray, n_bins: int, strategy: str = "uniform") -> np.
     if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise MetricInputError(f"n_bins must be a positive integer, got {n_bins!r}")
     if strategy == "uniform":
-        return np.linspace(0.0, 1.0, n_bins + 1)
+        return np.arange(n_bins + 1, dtype=np.float64) / n_bins
     if strategy == "quantile":
         edges = np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0, 1, n_bins + 1))
         edges[0], edges[-1] = 0.0, 1.0

@@ -24,13 +24,14 @@ class ClozeTrainDataset(ExampleDataset):
                  all_options: bool) -> None:
         self.items = items
         self.k_max = max(it.n_options for it in items)
-        self.examples, self.dropped = [], []
-        for index, (item, enc) in enumerate(zip(items, encode_cloze(tokenizer, items, None))):
+        self.examples, self.dropped, self.kept_items = [], [], []
+        for item, enc in zip(items, encode_cloze(tokenizer, items, None)):
             if len(enc.context) + max(enc.n_tokens) > max_length:
                 self.dropped.append(item.id)
                 continue
             options = list(range(item.n_options)) if all_options else [item.answer]
             rows = enc.rows()
+            self.kept_items.append(item)
             self.examples.append({
                 "input_ids": rows[item.answer],  # the gold sequence (also sets length grouping)
                 "rows": [rows[k] for k in options],
@@ -39,7 +40,7 @@ class ClozeTrainDataset(ExampleDataset):
                 "n_chars": [enc.n_chars[k] for k in options],
                 "label": item.answer,
                 "n_options": item.n_options,
-                "item_index": index,
+                "item_index": len(self.kept_items),
             })
         self._check_kept(len(items), max_length)
 

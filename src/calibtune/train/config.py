@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from .losses import SFT_NORMALISATIONS
+from .targets import ECE_REDUCTIONS, ECE_TARGETS
 
 METHODS = ("sft", "cft", "rcft", "label_smoothing")
 
@@ -28,7 +30,10 @@ class TrainConfig:
     method: str = "cft"
     sft_loss: str | None = None  # full | completion; default: full for rcft and sft, else completion
     sft_weight: float = 1.0  # 0 with rcft gives the paper's "L_ECE alone" ablation
+    sft_normalise: str = "token"  # token | sequence: mean over tokens, or per-sequence sum
     ece_lambda: float = 1.0
+    ece_targets: str = "live"  # live | frozen: M-step targets from current or E-step probabilities
+    ece_reduction: str = "item"  # item | bin: mean over items, or every bin the same weight
     n_bins: int = 10
     estep_every_steps: int | None = None  # default: at the start and every epoch
     label_smoothing: float = 0.1
@@ -75,6 +80,11 @@ class TrainConfig:
         if self.method == "sft" and self.sft_loss != "full":
             raise ConfigError("--method sft is the full-sequence loss; use --method cft for "
                               "the completion-only loss")
+        for name, value, allowed in (("--sft-normalise", self.sft_normalise, SFT_NORMALISATIONS),
+                                     ("--ece-targets", self.ece_targets, ECE_TARGETS),
+                                     ("--ece-reduction", self.ece_reduction, ECE_REDUCTIONS)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.ece_lambda < 0 or self.sft_weight < 0:
             raise ConfigError("--lambda and --sft-weight must be >= 0")
         if not 0 <= self.label_smoothing < 1:

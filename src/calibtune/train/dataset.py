@@ -16,10 +16,14 @@ log = logging.getLogger(__name__)
 
 
 class ExampleDataset(torch.utils.data.Dataset):
-    """A list of prepared examples; items over the length limit are dropped, not truncated."""
+    """A list of prepared examples; items over the length limit are dropped, not truncated.
+
+    `kept_items[e["item_index"]]` is the item of example e: the E-step scores exactly these.
+    """
 
     examples: list[dict]
     dropped: list[str]
+    kept_items: list[MCQItem]
 
     def _check_kept(self, n_items: int, max_length: int) -> None:
         """Warn about dropped items; fail when none is left."""
@@ -46,16 +50,18 @@ class MCQTrainDataset(ExampleDataset):
         prompts = encoder.encode_prompts(items)
         self.examples = []
         self.dropped: list[str] = []
-        for index, (item, ids) in enumerate(zip(items, prompts)):
+        self.kept_items: list[MCQItem] = []
+        for item, ids in zip(items, prompts):
             if len(ids) + 1 > max_length:  # dropped, not truncated: a cut prompt loses its options
                 self.dropped.append(item.id)
                 continue
+            self.kept_items.append(item)
             self.examples.append({
                 "input_ids": list(ids) + [self.letter_ids[item.answer]],
                 "answer_pos": len(ids) - 1,
                 "label": item.answer,
                 "n_options": item.n_options,
-                "item_index": index,
+                "item_index": len(self.kept_items),
             })
         self._check_kept(len(items), max_length)
 

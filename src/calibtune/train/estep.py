@@ -8,6 +8,7 @@ identically.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -19,30 +20,76 @@ from transformers import TrainerCallback
 
 from ..data.items import MCQItem
 from ..metrics.binning import calibration_error_from_table
+from ..metrics.proper import accuracy
+from ..metrics.validation import softmax
+from ..scores import option_mask
 from .parallel import lockstep_chunks, rank_and_world, sharding_engine
-from .targets import EStepResult, estep_targets, format_bin_table
+from .targets import EStepResult, estep_targets, format_bin_table, live_targets
 
 log = logging.getLogger(__name__)
 STATE_FILE = "calibtune_estep.npz"
+HISTORY_FILE = "calibtune_estep_history.json"
 
 
 class RegulariserState:
-    """Targets [n_train, K] of the current M-step, and when the E-step last ran."""
+    """What the M-step reads from the last E-step: bin edges, accuracies â_k and counts N_k
+    (live targets), the frozen per-item targets and bins, and when the E-step last ran."""
 
     def __init__(self) -> None:
         self.targets: torch.Tensor | None = None
+        self.bin_of_item: np.ndarray | None = None
+        self.edges: np.ndarray | None = None
+        self.bin_accuracy: np.ndarray | None = None
+        self.bin_count: np.ndarray | None = None
+        self.bin_count_raw: np.ndarray | None = None
         self.last_estep_step = -1
         self.last_estep_epoch = -1
         self.history: list[dict] = []
 
-    def update(self, result: EStepResult, step: int, epoch: int) -> None:
+    def update(self, result: EStepResult, step: int, epoch: int, extra: dict | None = None
+               ) -> None:
         self.targets = torch.tensor(result.targets, dtype=torch.float32)
+        self.bin_of_item = result.bin_of_item
+        self.edges = result.table.edges
+        self.bin_accuracy, self.bin_count = result.bin_accuracy, result.bin_count
+        self.bin_count_raw = result.table.count
         self.last_estep_step, self.last_estep_epoch = step, epoch
-        self.history.append({"step": step, "epoch": epoch, "bins": result.table.to_dict()})
+        self.history.append({"step": step, "epoch": epoch, "bins": result.table.to_dict(),
+                             **(extra or {})})
+
+    def batch_targets(self, option_scores: torch.Tensor, option_mask: torch.Tensor,
+                      item_index: torch.Tensor, mode: str, reduction: str
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(targets [B, K], per-item weights [B] or None) for one M-step batch.
+
+        `live` re-bins every item by its current confidence (targets are constants: no gradient
+        through them); `frozen` reads the last E-step's. `bin` reduction weights each item by
+        n / (M' · N_k) — every non-empty bin the same total weight, as the reference's 1/N_k,
+        scaled so that the expected batch term is the mean over bins of their mean error.
+        """
+        idx = item_index.cpu().numpy()
+        if mode == "live":
+            z = option_scores.detach().float().masked_fill(~option_mask, float("-inf"))
+            probs = torch.softmax(z, dim=-1).cpu().numpy()
+            targets, bins = live_targets(probs, option_mask.cpu().numpy(), self.edges,
+                                         self.bin_accuracy)
+            targets = torch.tensor(targets, dtype=torch.float32)
+        else:
+            targets, bins = self.targets[item_index.cpu()], self.bin_of_item[idx]
+        weights = None
+        if reduction == "bin":
+            n_items = float(self.bin_count_raw.sum())
+            n_full = int(np.count_nonzero(self.bin_count_raw))
+            weights = torch.tensor(n_items / (n_full * self.bin_count[bins]), dtype=torch.float32)
+            weights = weights.to(option_scores.device)
+        return targets.to(option_scores.device), weights
 
     def save(self, folder: Path) -> None:
-        np.savez(folder / STATE_FILE, targets=self.targets.numpy(),
+        np.savez(folder / STATE_FILE, targets=self.targets.numpy(), bin_of_item=self.bin_of_item,
+                 edges=self.edges, bin_accuracy=self.bin_accuracy, bin_count=self.bin_count,
+                 bin_count_raw=self.bin_count_raw,
                  steps=np.array([self.last_estep_step, self.last_estep_epoch]))
+        (folder / HISTORY_FILE).write_text(json.dumps(self.history))
 
     def load(self, folder: Path) -> bool:
         path = Path(folder) / STATE_FILE
@@ -50,7 +97,13 @@ class RegulariserState:
             return False
         with np.load(path, allow_pickle=False) as z:
             self.targets = torch.tensor(z["targets"])
+            self.bin_of_item, self.edges = z["bin_of_item"], z["edges"]
+            self.bin_accuracy, self.bin_count = z["bin_accuracy"], z["bin_count"]
+            self.bin_count_raw = z["bin_count_raw"]
             self.last_estep_step, self.last_estep_epoch = (int(v) for v in z["steps"])
+        history = Path(folder) / HISTORY_FILE
+        if history.exists():
+            self.history = json.loads(history.read_text())
         return True
 
 
@@ -89,12 +142,13 @@ class EStepCallback(TrainerCallback):
             model.train()
         logits = gather_logits(index, local, len(self.items), k)
         labels = np.array([it.answer for it in self.items])
-        mask = np.arange(k)[None, :] < np.array([it.n_options for it in self.items])[:, None]
+        mask = option_mask([it.n_options for it in self.items], k)
         result = estep_targets(logits, labels, mask, self.n_bins)
-        self.state.update(result, step, step // self.steps_per_epoch)
-        self.seconds += time.perf_counter() - start
-        acc = float((logits.argmax(1) == labels).mean())
+        acc = accuracy(softmax(logits, mask), labels, mask)
         ece = calibration_error_from_table(result.table, "l1")
+        self.state.update(result, step, step // self.steps_per_epoch,
+                          {"train_accuracy": acc, "train_ece": ece, "n": len(self.items)})
+        self.seconds += time.perf_counter() - start
         log.info("E-step at step %d (train accuracy %.3f, train ECE %.3f):\n%s", step, acc, ece,
                  format_bin_table(result.table))
 

@@ -170,7 +170,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | No
     extra = list(callbacks or [])
     estep = None
     if cfg.method == "rcft":
-        estep = EStepCallback(reg_state, train_items, scorer_for, cfg.n_bins,
+        estep = EStepCallback(reg_state, dataset.kept_items, scorer_for, cfg.n_bins,
                               steps_per_epoch(len(dataset), cfg.batch_size, world, cfg.grad_accum),
                               cfg.estep_every_steps, resume_from=last)
         extra.insert(0, estep)

@@ -46,8 +46,10 @@ class CalibTrainer(Trainer):
             loss = loss + cfg.sft_weight * sft
             self._terms["loss_sft"].append(float(sft.detach()))
         if option_scores is not None:
-            targets = self.reg_state.targets.to(loss.device)[inputs["item_index"]]
-            reg = ece_regulariser(option_scores, inputs["option_mask"], targets)
+            targets, weights = self.reg_state.batch_targets(
+                option_scores, inputs["option_mask"], inputs["item_index"], cfg.ece_targets,
+                cfg.ece_reduction)
+            reg = ece_regulariser(option_scores, inputs["option_mask"], targets, weights)
             loss = loss + cfg.ece_lambda * reg
             self._terms["loss_ece"].append(float(reg.detach()))
         return (loss, {"option_scores": option_scores}) if return_outputs else loss
@@ -62,7 +64,7 @@ class CalibTrainer(Trainer):
         sft = None
         if cfg.sft_weight > 0:
             if cfg.sft_loss == "full":
-                sft = full_sequence_loss(head, hidden, inputs["lm_labels"])
+                sft = full_sequence_loss(head, hidden, inputs["lm_labels"], cfg.sft_normalise)
             elif cfg.method == "label_smoothing":
                 sft = smoothed_completion_loss(head(h_answer), answer_token,
                                                letter_ids, inputs["option_mask"],
@@ -84,15 +86,16 @@ class CalibTrainer(Trainer):
         sft = None
         if cfg.sft_weight > 0:
             if cfg.sft_loss == "full":
-                sft = full_sequence_loss(head, hidden[gold], inputs["lm_labels"][gold])
+                sft = full_sequence_loss(head, hidden[gold], inputs["lm_labels"][gold],
+                                         cfg.sft_normalise)
             elif cfg.method == "label_smoothing":  # (1 − ε)·gold + ε·mean over the K options
                 n_items = inputs["label"].shape[0]
                 spread = per_token.new_zeros(n_items).index_add(0, row_item, per_token)
                 spread = spread / inputs["option_mask"].sum(1)
                 sft = -((1 - cfg.label_smoothing) * per_token[gold]
                         + cfg.label_smoothing * spread).mean()
-            else:  # completion-only: mean token NLL of the gold option's text
-                sft = -per_token[gold].mean()
+            else:  # completion-only: NLL of the gold option's text, per token or summed
+                sft = -(per_token if cfg.sft_normalise == "token" else loglik)[gold].mean()
         option_scores = None
         if cfg.method == "rcft":
             norm = {"token": n_cont, "char": inputs["n_chars"]}.get(cfg.cloze_norm)
