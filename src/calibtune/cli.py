@@ -169,7 +169,9 @@ def posthoc_cmd(
     b = m["before"]
     Console().print(f"{cfg.method}: fitted on {m['n_fit']} items, reported on {m['n_report']}")
     if "temperature" in m:
-        Console().print(f"temperature T = {m['temperature']:.4f}")
+        t = m["temperature"]
+        Console().print(f"temperature T = {t:.4f}" if t is not None and t != float("inf") else
+                        "temperature T = inf (uniform: the logits carry no information)")
     for key in ("accuracy", "mean_confidence", "ece", "cw_ece", "nll", "brier"):
         Console().print(f"  {key:16s} {b[key]:.4f} -> {m[key]:.4f}")
     Console().print(f"wrote {result.folder}/")

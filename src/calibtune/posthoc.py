@@ -66,6 +66,18 @@ def check_scoring(scores: OptionScores, cfg: PosthocConfig) -> None:
         raise ConfigError(f"{cfg.scores} holds {mode} scores, not --scoring {cfg.scoring}")
 
 
+def fit_note(params: dict) -> str:
+    """One sentence for the report when a temperature fit stopped at a limit, else ''."""
+    if params.get("at_bound") == "upper":
+        return ("**Temperature fit: T = ∞.** NLL keeps falling all the way to the uniform "
+                "distribution: the logits carry no information about correctness on the fit "
+                "items, so the calibrated probabilities are uniform (confidence 1/K).")
+    if params.get("at_bound") == "lower":
+        return (f"**Temperature fit stopped at its lower bound T = "
+                f"{params.get('min_temperature')}**; the optimum may lie below it.")
+    return ""
+
+
 def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
     scores = OptionScores.load(cfg.scores)
     check_scoring(scores, cfg)
@@ -100,8 +112,10 @@ def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
              "n_fit": int(len(fit_idx)), "n_report": int(len(report_idx)),
              "before": {k: before[k] for k in ("accuracy", "mean_confidence", "ece", "cw_ece",
                                                "nll", "brier")}}
-    if "temperature" in cal.get_params():
-        extra["temperature"] = cal.get_params()["temperature"]
+    params = cal.get_params()
+    if "temperature" in params:
+        extra["temperature"] = params["temperature"]  # inf is written as null, see at_bound
+        extra["temperature_at_bound"] = params["at_bound"]
     result = write_run(out, after, title=f"calibtune posthoc — {cfg.method}",
                        context={"scores": cfg.scores, "scoring": scoring_mode(scores),
                                 "method": cfg.method,
@@ -116,7 +130,8 @@ def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
     rows = "\n".join(f"| {k} | {before[k]:.4f} | {result.metrics[k]:.4f} |"
                      for k in ("accuracy", "mean_confidence", "ece", "cw_ece", "nll", "brier"))
     report_md = (out / "report.md").read_text(encoding="utf-8")
-    atomic_write_text(out / "report.md", report_md + (
+    note = fit_note(params)
+    atomic_write_text(out / "report.md", report_md + (f"\n{note}\n" if note else "") + (
         f"\n## Before and after, on the {len(report_idx)} held-out items\n\n"
         f"| metric | before | after |\n|---|---|---|\n{rows}\n\n"
         "![before vs after](before_after.png)\n"))

@@ -9,7 +9,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from .integrity import atomic_write_json, atomic_write_text
@@ -44,7 +43,7 @@ def write_run(folder: str | Path, scores: OptionScores, *, title: str, context: 
     if extra_metrics:
         metrics.update(extra_metrics)
     scores.save(folder / "scores.npz")
-    atomic_write_json(folder / "metrics.json", _plain(metrics))
+    atomic_write_json(folder / "metrics.json", metrics)
     rel = prepare_reliability(probs, scores.labels, scores.mask, n_bins, label)
     plot_reliability(rel, folder / "reliability.png")
     plot_reliability(rel, folder / "reliability.svg")
@@ -53,16 +52,3 @@ def write_run(folder: str | Path, scores: OptionScores, *, title: str, context: 
     atomic_write_text(folder / "report.md", render_report(
         metrics, title=title, context=context, figures=["reliability.png", "classwise.png"]))
     return RunOutputs(folder, metrics)
-
-
-def _plain(obj):
-    """JSON-ready copy: NumPy scalars to Python, NaN kept (json writes NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    return obj

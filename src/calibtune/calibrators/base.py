@@ -107,16 +107,47 @@ def make_calibrator(method: str, **kwargs) -> Calibrator:
     return REGISTRY[method](**kwargs)
 
 
-def redistribute_top(probs: np.ndarray, new_top: np.ndarray) -> np.ndarray:
-    """Set each row's top probability to `new_top`; the others share the rest in proportion.
+def keep_top(probs: np.ndarray, new_top: np.ndarray, mask: np.ndarray | None = None
+             ) -> np.ndarray:
+    """Distributions whose top option is each row's current argmax, with mass `new_top` there.
 
-    Used by top-label binning methods. The argmax can change when `new_top` falls below another
-    option's new share, which is why those methods may change accuracy.
+    A top-label calibrator calibrates the confidence *of the predicted option*, so the
+    prediction must not change. The other options share 1 − c in proportion to their current
+    probabilities, each capped just below c (water-filling: capped options give their excess to
+    the uncapped ones in proportion), so none overtakes the prediction. A value c below 1/K
+    cannot be the top of a K-option distribution: it is raised to 1/K (the other options then
+    sit just below it), so the reported confidence is max(c, 1/K) — the 1/K floor of
+    docs/theory.md. Rows sum to 1 over `mask`.
     """
-    n = len(probs)
-    top = probs.argmax(axis=1)
-    rest = 1.0 - probs[np.arange(n), top]
-    scale = np.where(rest > 0, (1.0 - new_top) / np.where(rest > 0, rest, 1.0), 0.0)
-    out = probs * scale[:, None]
-    out[np.arange(n), top] = new_top
-    return out
+    p = np.where(mask, probs, 0.0) if mask is not None else np.asarray(probs, dtype=np.float64)
+    m = np.ones(p.shape, bool) if mask is None else np.asarray(mask, bool)
+    n = len(p)
+    rows = np.arange(n)
+    top = np.where(m, p, -np.inf).argmax(axis=1)
+    k = m.sum(axis=1)
+    c = np.maximum(np.clip(np.asarray(new_top, dtype=np.float64), 0.0, 1.0), 1.0 / k)
+    rest = m.copy()
+    rest[rows, top] = False
+    weight = np.where(rest, p, 0.0)
+    no_weight = weight.sum(axis=1) <= 0
+    weight[no_weight] = rest[no_weight]  # nothing to go by: share equally
+    cap = c * (1.0 - 1e-9)
+    share = np.zeros_like(p)
+    free = rest.copy()
+    left = 1.0 - c
+    for _ in range(p.shape[1]):
+        w = np.where(free, weight, 0.0)
+        total = w.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            proposal = np.where(free, left[:, None] * w / np.where(total > 0, total, 1.0)[:, None],
+                                0.0)
+        over = free & (proposal > cap[:, None])
+        if not over.any():
+            share = np.where(free, proposal, share)
+            break
+        share = np.where(over, cap[:, None], share)
+        left = left - np.where(over, cap[:, None], 0.0).sum(axis=1)
+        free &= ~over
+    out = share
+    out[rows, top] = 1.0 - share.sum(axis=1)  # = c, or a hair above it where every cap binds
+    return np.where(m, out, 0.0)

@@ -8,18 +8,16 @@ Confidence Calibrator", NeurIPS 2025.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-
 from ..errors import ConfigError
-from ..metrics.validation import log_softmax, softmax
-from .simple import TemperatureScaling
+from ..metrics.validation import softmax
+from .simple import TemperatureScaling, fit_inverse_temperature
 
 
 class DACATemperature(TemperatureScaling):
     name = "daca"
 
-    def __init__(self, bounds: tuple[float, float] = (1e-2, 1e2)) -> None:
-        super().__init__(bounds)
+    def __init__(self, min_temperature: float = 1e-2) -> None:
+        super().__init__(min_temperature)
         self.n_agree = 0
 
     def fit_unsupervised(self, logits: np.ndarray, reference_logits: np.ndarray,
@@ -34,15 +32,11 @@ class DACATemperature(TemperatureScaling):
         agree = softmax(z, m).argmax(1) == softmax(r, m).argmax(1)
         if agree.sum() == 0:
             raise ConfigError("the two models agree on no item; DACA cannot fit a temperature")
-        za, ma, target = z[agree], m[agree], softmax(r[agree], m[agree])
-
-        def kl(log_t):
-            logq = log_softmax(za / np.exp(log_t), ma)
-            return float(-np.mean(np.sum(np.where(ma, target * logq, 0.0), axis=1)))
-
-        lo, hi = np.log(self.bounds[0]), np.log(self.bounds[1])
-        res = minimize_scalar(kl, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
-        self.temperature = float(np.exp(res.x))
+        za, ma = np.where(m, z, 0.0)[agree], m[agree]
+        # min KL(base ‖ aligned_T) = min cross-entropy to the base distribution: convex in 1/T
+        self.inverse_temperature, self.at_bound = fit_inverse_temperature(
+            za, ma, softmax(r[agree], ma), 1.0 / self.min_temperature)
+        self._warn_at_bound()
         self.n_agree = int(agree.sum())
         self.fitted_ = True
         return self

@@ -35,53 +35,98 @@ class Identity(Calibrator):
         pass
 
 
+def fit_inverse_temperature(z: np.ndarray, m: np.ndarray, target: np.ndarray, beta_max: float
+                            ) -> tuple[float, str | None]:
+    """β = 1/T minimising mean_i −Σ_j t_ij log softmax(β z_i)_j over β ∈ [0, beta_max].
+
+    The objective is convex in β, so the search is exact, and β = 0 (T = ∞: the uniform
+    distribution) is a legitimate answer: it is the optimum exactly when the slope at β = 0,
+    mean_i Σ_j (1/K_i − t_ij) z_ij, is ≥ 0 — the logits then say nothing about the target (a
+    model at chance accuracy). Returns (β, where the fit stopped: None, "upper" for T = ∞ or
+    "lower" for T at its lower bound 1/beta_max).
+    """
+    uniform = m / m.sum(axis=1, keepdims=True)
+    slope_at_zero = float(np.mean(np.sum(np.where(m, (uniform - target) * z, 0.0), axis=1)))
+    if slope_at_zero >= 0:
+        return 0.0, "upper"
+
+    def objective(beta: float) -> float:
+        logp = np.where(m, log_softmax(z * beta, m), 0.0)
+        return float(-np.mean(np.sum(target * logp, axis=1)))
+
+    res = minimize_scalar(objective, bounds=(0.0, beta_max), method="bounded",
+                          options={"xatol": 1e-12})
+    beta = float(res.x)
+    return beta, ("lower" if beta >= beta_max * (1 - 1e-6) else None)
+
+
 class TemperatureScaling(Calibrator):
     """One temperature T > 0 dividing all logits, fitted by minimising NLL.
 
-    NLL is convex in 1/T, so a bounded 1-D search on log T finds the optimum; the gradient at it
-    is checked to be ~0 (stored as `grad_at_optimum`). Cannot change the argmax, so accuracy is
+    NLL is convex in β = 1/T, so a bounded search on β ∈ [0, 1/T_min] is exact; T = ∞ (β = 0,
+    the uniform distribution) is allowed, because it is the honest answer when the logits carry
+    no information about correctness. Where the fit stops at a limit, `at_bound` says so
+    ("upper": T = ∞; "lower": T = T_min) and the run folder and report record it. The gradient
+    at the optimum is stored as `grad_at_optimum`. Cannot change the argmax, so accuracy is
     kept. Reference: Guo et al., "On Calibration of Modern Neural Networks", ICML 2017.
     """
 
     name = "temperature"
 
-    def __init__(self, bounds: tuple[float, float] = (1e-2, 1e2)) -> None:
+    def __init__(self, min_temperature: float = 1e-2) -> None:
         super().__init__()
-        if not 0 < bounds[0] < bounds[1]:
-            raise ConfigError(f"temperature bounds must satisfy 0 < low < high, got {bounds}")
-        self.bounds = bounds
-        self.temperature = 1.0
+        if not min_temperature > 0:
+            raise ConfigError(f"min_temperature must be > 0, got {min_temperature}")
+        self.min_temperature = float(min_temperature)
+        self.inverse_temperature = 1.0
+        self.at_bound: str | None = None
         self.grad_at_optimum = float("nan")
 
+    @property
+    def temperature(self) -> float:
+        """T = 1/β; inf when the fit chose the uniform distribution."""
+        return 1.0 / self.inverse_temperature if self.inverse_temperature > 0 else float("inf")
+
     def _fit(self, z, y, m) -> None:
-        lo, hi = np.log(self.bounds[0]), np.log(self.bounds[1])
-        res = minimize_scalar(lambda lt: _nll(z / np.exp(lt), y, m), bounds=(lo, hi),
-                              method="bounded", options={"xatol": 1e-10})
-        self.temperature = float(np.exp(res.x))
-        self.grad_at_optimum = self.nll_gradient(z, y, m, self.temperature)
-        if np.isclose(res.x, lo, atol=1e-6) or np.isclose(res.x, hi, atol=1e-6):
-            log.warning("temperature hit its bound %.3g: NLL keeps falling toward it, so the "
-                        "logits carry (almost) no information about correctness — typical of "
-                        "a model at chance accuracy", self.temperature)
+        onehot = np.eye(z.shape[1])[y]
+        self.inverse_temperature, self.at_bound = fit_inverse_temperature(
+            z, m, onehot, 1.0 / self.min_temperature)
+        self.grad_at_optimum = self.nll_gradient(z, y, m, self.inverse_temperature)
+        self._warn_at_bound()
+
+    def _warn_at_bound(self) -> None:
+        if self.at_bound == "upper":
+            log.warning("%s: T = inf (uniform probabilities): NLL falls all the way to the "
+                        "uniform distribution, so the logits carry no information about "
+                        "correctness — typical of a model at chance accuracy", self.name)
+        elif self.at_bound == "lower":
+            log.warning("%s: T stopped at its lower bound %.3g", self.name, self.min_temperature)
 
     @staticmethod
-    def nll_gradient(z, y, m, temperature: float) -> float:
-        """d NLL / d log T at `temperature` (analytic): mean(z_y − E_p[z]) / T."""
-        p = softmax(z / temperature, m)
+    def nll_gradient(z, y, m, inverse_temperature: float) -> float:
+        """d NLL / dβ at β = 1/T (analytic): mean(E_p[z] − z_y); 0 at an interior optimum."""
+        p = softmax(z * inverse_temperature, m)
         expected = np.sum(np.where(m, p * z, 0.0), axis=1)
-        return float(np.mean(z[np.arange(len(y)), y] - expected) / temperature)
+        return float(np.mean(expected - z[np.arange(len(y)), y]))
 
     def _transform(self, z, m):
-        return softmax(z / self.temperature, m)
+        return softmax(z * self.inverse_temperature, m)
 
     def get_params(self) -> dict:
-        return {"temperature": self.temperature, "grad_at_optimum": self.grad_at_optimum,
-                "bounds": list(self.bounds)}
+        return {"temperature": self.temperature, "inverse_temperature": self.inverse_temperature,
+                "at_bound": self.at_bound, "grad_at_optimum": self.grad_at_optimum,
+                "min_temperature": self.min_temperature}
 
     def set_params(self, params: dict) -> None:
-        self.temperature = float(params["temperature"])
-        self.grad_at_optimum = float(params.get("grad_at_optimum", float("nan")))
-        self.bounds = tuple(params.get("bounds", self.bounds))
+        if "inverse_temperature" in params:
+            self.inverse_temperature = float(params["inverse_temperature"])
+        else:  # files written before β was stored
+            t = params.get("temperature")
+            self.inverse_temperature = 0.0 if t is None else 1.0 / float(t)
+        self.at_bound = params.get("at_bound")
+        g = params.get("grad_at_optimum")
+        self.grad_at_optimum = float("nan") if g is None else float(g)
+        self.min_temperature = float(params.get("min_temperature", self.min_temperature))
 
 
 class _AffineScaling(Calibrator):
@@ -124,7 +169,6 @@ class _AffineScaling(Calibrator):
         res = minimize(objective, theta0, jac=True, method="L-BFGS-B",
                        options={"maxiter": 2000, "gtol": 1e-9})
         self.weight, self.bias = self._unpack(res.x, k)
-        self.n_options = k
 
     def _transform(self, z, m):
         if z.shape[1] != self.bias.shape[0]:

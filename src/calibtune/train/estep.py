@@ -19,6 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..data.items import MCQItem
+from ..integrity import atomic_write_json
 from ..metrics.binning import calibration_error_from_table
 from ..metrics.proper import accuracy
 from ..metrics.validation import softmax
@@ -89,7 +90,7 @@ class RegulariserState:
                  edges=self.edges, bin_accuracy=self.bin_accuracy, bin_count=self.bin_count,
                  bin_count_raw=self.bin_count_raw,
                  steps=np.array([self.last_estep_step, self.last_estep_epoch]))
-        (folder / HISTORY_FILE).write_text(json.dumps(self.history))
+        atomic_write_json(folder / HISTORY_FILE, self.history)
 
     def load(self, folder: Path) -> bool:
         path = Path(folder) / STATE_FILE
