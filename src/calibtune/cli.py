@@ -23,7 +23,7 @@ console = Console(stderr=True)
 
 # Options that several commands share, declared once.
 ModelOpt = Annotated[Optional[str], typer.Option(help="Built-in name, model folder or .gguf file.")]
-PromptOpt = Annotated[Optional[str], typer.Option(help="plain (the paper's template) or chat.")]
+PromptOpt = Annotated[Optional[str], typer.Option(help="plain (ours) | reference (the reference code's template) | chat.")]
 ScoringOpt = Annotated[Optional[str], typer.Option(help="letter (option letters) or cloze (option texts).")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of sampling, splits, shuffling and the bootstrap (default 0).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(help="YAML file of these options; the command line wins.")]
