@@ -1,0 +1,322 @@
+"""diagnose(): every rule of docs/theory.md §5 on synthetic scores on either side, and the edges."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from calibtune.metrics import MetricInputError, classwise_ece, ece
+from calibtune.theory import (TrainingRun, collapse_measures, critical_accuracy, diagnose,
+                              generalisation_gap_floor)
+
+FAST = dict(n_boot=100, n_sim=400)
+
+
+def make_scores(conf, correct, k: int, rng=None, pred=None):
+    """Probabilities [n, k] whose top option has probability conf_i, right iff correct_i."""
+    conf = np.asarray(conf, dtype=np.float64)
+    correct = np.asarray(correct).astype(bool)
+    n = conf.size
+    rng = rng or np.random.default_rng(0)
+    pred = rng.integers(0, k, n) if pred is None else np.broadcast_to(pred, (n,)).copy()
+    pred = np.where(np.isclose(conf, 1.0 / k), 0, pred)
+    p = np.repeat(((1.0 - conf) / (k - 1))[:, None], k, axis=1)
+    p[np.arange(n), pred] = conf
+    wrong = (pred + 1 + rng.integers(0, k - 1, n)) % k
+    return p, np.where(correct, pred, wrong)
+
+
+def scores(n=1000, k=4, shift=0.0, seed=0, low=0.3):
+    """Confidences U[low, 1]; correct ~ Bernoulli(conf − shift): calibrated when shift = 0."""
+    rng = np.random.default_rng(seed)
+    conf = low + (1 - low) * rng.random(n)
+    correct = rng.random(n) < np.clip(conf - shift, 0, 1)
+    return make_scores(conf, correct, k, rng)
+
+
+def check_common(d):
+    assert json.dumps(d.to_dict(), allow_nan=False)
+    md = d.to_markdown()
+    assert f"Recommendation: {d.recommendation}" in md and "Rules applied" in md
+    assert all(b.holds for b in d.bounds), [b.name for b in d.bounds if not b.holds]
+    assert d.recommendation in ("none", "temperature", "cft", "rcft")
+    assert d.rules and d.rules[0].startswith("R0")
+
+
+def test_numbers_match_the_metrics():
+    p, y = scores(shift=0.1)
+    d = diagnose(p, y, **FAST)
+    assert d.ece.estimate == pytest.approx(ece(p, y), abs=1e-12)
+    assert d.cw_ece.estimate == pytest.approx(classwise_ece(p, y), abs=1e-12)
+    assert d.accuracy.estimate == pytest.approx(np.mean(p.argmax(1) == y))
+    assert d.mean_confidence == pytest.approx(p.max(1).mean())
+    assert d.ece.low <= d.ece.estimate <= d.ece.high
+    assert d.over + d.under == pytest.approx(d.ece.estimate, abs=1e-12)
+    assert d.noise.n_sim == 400 and d.ece.n_boot == 100
+    check_common(d)
+
+
+def test_r0_calibrated_within_noise():
+    p, y = scores(shift=0.0, seed=1)
+    d = diagnose(p, y, **FAST)
+    assert d.ece.estimate <= d.noise.q95
+    assert d.within_noise and d.recommendation == "none"
+    assert d.regime == "calibrated within noise" and d.gap_kind == "within noise"
+    # accuracy constraint and training data change nothing when there is nothing to fix
+    d2 = diagnose(p, y, keep_accuracy=True, train={"accuracy": 0.99}, **FAST)
+    assert d2.recommendation == "none" and len(d2.rules) == 1
+    check_common(d)
+
+
+def test_r0_edge_sits_at_the_noise_q95():
+    """Same confidences, outcomes moved one by one: the call flips where ECE crosses q95."""
+    rng = np.random.default_rng(2)
+    conf = 0.3 + 0.7 * rng.random(400)
+    correct = rng.random(400) < conf
+    d0 = diagnose(*make_scores(conf, correct, 4, np.random.default_rng(0)), **FAST)
+    calls = []
+    for flip in range(0, 60, 4):  # turn `flip` correct items wrong → over-confidence grows
+        c = correct.copy()
+        c[np.flatnonzero(c)[:flip]] = False
+        d = diagnose(*make_scores(conf, c, 4, np.random.default_rng(0)), **FAST)
+        assert d.noise.q95 == d0.noise.q95          # the floor depends on confidences only
+        calls.append((d.ece.estimate <= d.noise.q95, d.within_noise))
+    assert all(a == b for a, b in calls)
+    assert calls[0][0] and not calls[-1][0]         # both sides of the edge are reached
+
+
+def test_r1_keep_accuracy_gives_temperature():
+    p, y = scores(shift=0.15)
+    d = diagnose(p, y, keep_accuracy=True, **FAST)
+    assert d.recommendation == "temperature" and d.direction == "overconfident"
+    assert any(r.startswith("R1") for r in d.rules)
+    d = diagnose(p, y, keep_accuracy=True, train={"accuracy": 0.99, "confidence": 0.9}, **FAST)
+    assert d.recommendation == "temperature" and d.regime == "non-calibratable"
+    check_common(d)
+
+
+def test_no_training_run_defaults_to_cft():
+    p, y = scores(shift=0.15)
+    d = diagnose(p, y, **FAST)
+    assert d.recommendation == "cft" and d.regime == "not determined"
+    assert d.gap_kind == "spread overconfidence" and d.gap is None
+    assert any("Proposition 4" in r for r in d.rules)
+    check_common(d)
+
+
+def _edge_train(d, offset):
+    """A_T in (A_H, C_H) puts the P6 floor at 2A_T − A_H − C_H = q95 + offset."""
+    a_h, c_h = d.accuracy.estimate, d.mean_confidence
+    return (d.noise.q95 + offset + a_h + c_h) / 2
+
+
+def test_r2_generalisation_gap_floor_on_either_side_of_the_noise_band():
+    p, y = scores(n=1500, shift=0.2, seed=3)
+    d = diagnose(p, y, **FAST)
+    for offset, regime, rec in [(0.01, "non-calibratable", "rcft"), (-0.01, "calibratable", "cft")]:
+        a_t = _edge_train(d, offset)
+        dd = diagnose(p, y, train={"accuracy": a_t}, **FAST)
+        assert dd.gap.floor == pytest.approx(dd.noise.q95 + offset, abs=1e-9)
+        assert dd.regime == regime and dd.recommendation == rec
+        check_common(dd)
+    # the whole mean gap lies between A_H and A_T: floor = C_H − A_H
+    dd = diagnose(p, y, train={"accuracy": 0.99, "confidence": 0.97, "n": 3000}, **FAST)
+    assert dd.gap.floor == pytest.approx(dd.mean_gap, abs=1e-12)
+    assert dd.gap.fit_slack == pytest.approx(0.02) and dd.regime == "non-calibratable"
+    # no generalisation gap (training items as miscalibrated as held-out ones): calibratable
+    dd = diagnose(p, y, train={"accuracy": d.accuracy.estimate + 0.005}, **FAST)
+    assert dd.gap.floor == 0.0 and dd.recommendation == "cft"
+
+
+def test_r2_requires_the_gap_to_exceed_its_sampling_error():
+    """Floor above q95 but a gap no larger than its own noise (few training items): calibratable."""
+    rng = np.random.default_rng(4)
+    conf = np.full(60, 0.97)                     # near-certain confidences: q95 tiny
+    correct = rng.random(60) < 0.8
+    p, y = make_scores(conf, correct, 4, rng)
+    train = {"accuracy": 0.97}                   # = C_H: the floor is the whole gap G ≈ 0.25
+    d = diagnose(p, y, train=train, **FAST)
+    assert d.gap.floor > d.noise.q95 and d.regime == "non-calibratable"
+    d = diagnose(p, y, train=dict(train, n=5), **FAST)
+    assert d.gap.floor > d.noise.q95
+    assert abs(d.gap.gap) <= 1.96 * d.gap_se and d.regime == "calibratable"
+    assert d.recommendation == "cft"
+
+
+def test_letter_prior_on_either_side():
+    rng = np.random.default_rng(5)
+    n, k = 800, 4
+    conf = 0.6 + 0.4 * rng.random(n)
+    gold = rng.integers(0, k, n)
+    pred = np.where(rng.random(n) < 0.8, 0, gold)      # 80% of answers are "A"
+    p = np.repeat(((1 - conf) / (k - 1))[:, None], k, axis=1)
+    p[np.arange(n), pred] = conf
+    c = collapse_measures(p, gold)
+    assert c.top_option == 0 and c.letter_prior
+    assert c.top_pred_share > 0.8 and c.top_gold_share == pytest.approx(np.mean(gold == 0))
+    assert c.pred_entropy < c.gold_entropy
+    assert c.wrong_share_on_top > 0.9
+    d = diagnose(p, gold, **FAST)
+    assert d.gap_kind == "letter prior" and any(f.startswith("letter prior") for f in d.flags)
+    check_common(d)
+    # the same predictions against gold labels that are mostly "A" too: no prior
+    gold2 = np.where(rng.random(n) < 0.8, 0, gold)
+    assert not collapse_measures(p, gold2).letter_prior
+    # spread predictions: no prior
+    p3, y3 = scores(shift=0.2, seed=6)
+    c3 = collapse_measures(p3, y3)
+    assert not c3.letter_prior and c3.pred_entropy > 0.95
+
+
+def test_letter_prior_thresholds_k2():
+    """K = 2, balanced gold: 60% predictions on A is a prior (excess 0.10), 59% is not."""
+    n = 2000
+    gold = np.array([0, 1] * (n // 2))
+    for share, expected in [(0.60, True), (0.59, False)]:
+        pred = gold.copy()
+        # move predictions of gold-B items to A until A holds `share` of the predictions
+        move = np.flatnonzero(gold == 1)[: int(round((share - 0.5) * n))]
+        pred[move] = 0
+        p = np.where(np.arange(2)[None, :] == pred[:, None], 0.9, 0.1)
+        c = collapse_measures(p, gold)
+        assert c.excess == pytest.approx(share - 0.5)
+        assert c.letter_prior is expected
+
+
+def test_collapse_on_one_item_is_not_significant():
+    c = collapse_measures(np.array([[0.9, 0.1]]), np.array([1]))
+    assert c.top_pred_share == 1.0 and c.excess == 1.0
+    assert c.p_value >= 0.5 and not c.letter_prior
+
+
+def test_underconfident_and_mixed_sign():
+    rng = np.random.default_rng(7)
+    conf = 0.3 + 0.3 * rng.random(1000)
+    p, y = make_scores(conf, rng.random(1000) < conf + 0.3, 4, rng)
+    d = diagnose(p, y, **FAST)
+    assert d.direction == "underconfident" and d.gap_kind == "spread underconfidence"
+    assert d.recommendation == "cft"
+    # over-confident high bin, under-confident low bin, cancelling on average
+    conf = np.r_[np.full(500, 0.35), np.full(500, 0.95)]
+    correct = np.r_[np.arange(500) < 325, np.arange(500) < 325]   # 0.65 vs 0.35, 0.65 vs 0.95
+    p, y = make_scores(conf, correct, 4, rng)
+    d = diagnose(p, y, **FAST)
+    assert d.direction == "no significant direction"
+    assert d.gap_kind.startswith("mixed-sign") and not d.within_noise
+    assert d.over == pytest.approx(0.15) and d.under == pytest.approx(0.15)
+    assert d.mean_gap == pytest.approx(0.0, abs=1e-12)
+    check_common(d)
+
+
+# ---------------------------------------------------------------------------- edges
+
+
+def test_edge_one_item():
+    d = diagnose(np.array([[0.9, 0.1]]), np.array([0]), **FAST)
+    assert d.n == 1 and d.ece.estimate == pytest.approx(0.1) and d.within_noise
+    assert d.recommendation == "none"
+    d = diagnose(np.array([[0.9, 0.1]]), np.array([1]), train={"accuracy": 1.0}, **FAST)
+    assert d.accuracy.estimate == 0.0 and d.ece.estimate == pytest.approx(0.9)
+    assert d.noise.q95 == pytest.approx(0.9) and d.within_noise   # one item tells nothing
+    check_common(d)
+
+
+def test_edge_k2_all_in_one_bin():
+    rng = np.random.default_rng(8)
+    n = 200
+    conf = 0.9 + 0.09 * rng.random(n)          # every confidence in [0.9, 1.0)
+    p, y = make_scores(conf, rng.random(n) < 0.6, 2, rng)
+    d = diagnose(p, y, **FAST)
+    mean_gap = next(b for b in d.bounds if b.name.startswith("P1"))
+    assert mean_gap.value == pytest.approx(d.ece.estimate, abs=1e-12)   # P1 is exact in one bin
+    assert d.noise_bounds.n_nonempty == 1 and d.recommendation == "cft"
+    check_common(d)
+
+
+def test_edge_accuracy_zero_and_one():
+    n, k = 50, 4
+    p = np.full((n, k), 0.25)                   # uniform rows: argmax option A, never right
+    y = np.full(n, 2)
+    d = diagnose(p, y, **FAST)
+    assert d.accuracy.estimate == 0.0 and d.ece.estimate == pytest.approx(0.25)
+    chance = next(b for b in d.bounds if b.name.startswith("P2"))
+    assert chance.value == pytest.approx(0.25)                          # the floor is attained
+    assert any(f.startswith("below chance") for f in d.flags)
+    assert d.collapse.letter_prior and d.collapse.wrong_share_on_top == 1.0
+    check_common(d)
+    p, y = make_scores(np.full(n, 0.6), np.ones(n, bool), k)
+    d = diagnose(p, y, **FAST)
+    assert d.accuracy.estimate == 1.0 and d.ece.estimate == pytest.approx(0.4)
+    assert d.direction == "underconfident" and d.collapse.wrong_share_on_top is None
+    check_common(d)
+
+
+def test_logits_and_mixed_option_counts():
+    rng = np.random.default_rng(9)
+    n, k = 300, 5
+    logits = 3 * rng.normal(size=(n, k))
+    mask = np.ones((n, k), bool)
+    mask[: n // 2, 4] = False                   # half the items have 4 options
+    y = np.where(mask[:, 4], rng.integers(0, 5, n), rng.integers(0, 4, n))
+    d = diagnose(logits, y, mask, from_logits=True, **FAST)
+    assert d.n_options == 5
+    assert d.ece.estimate == pytest.approx(ece(logits, y, mask=mask, from_logits=True), abs=1e-12)
+    check_common(d)
+
+
+def test_training_run_inputs():
+    p, y = scores(shift=0.2, seed=10)
+    pt, yt = scores(n=500, shift=0.0, seed=11, low=0.8)
+    run = TrainingRun.from_scores(pt, yt)
+    assert run.n == 500 and run.confidences.shape == (500,)
+    d = diagnose(p, y, train=run, **FAST)
+    names = [b.name for b in d.bounds]
+    assert "P6 generalisation gap" in names and "P7 binned generalisation gap" in names
+    assert d.to_dict()["train"] == {"accuracy": run.accuracy, "confidence": run.confidence,
+                                    "n": 500, "per_item": True}
+    check_common(d)
+    with pytest.raises(MetricInputError, match="accuracy"):
+        diagnose(p, y, train={"confidence": 0.9}, **FAST)
+    with pytest.raises(MetricInputError, match="accuracy"):
+        diagnose(p, y, train={"accuracy": 0.9, "acc": 1}, **FAST)
+    with pytest.raises(MetricInputError):
+        diagnose(p, y, train={"accuracy": 1.5}, **FAST)
+    with pytest.raises(MetricInputError):
+        diagnose(p, y, train=0.9, **FAST)
+    for bad in [dict(accuracy=0.9, n=0), dict(accuracy=0.9, confidence=1.2),
+                dict(accuracy=0.9, confidences=np.ones(3))]:
+        with pytest.raises(MetricInputError, match="train"):
+            TrainingRun(**bad)
+
+
+def test_p6_agrees_with_the_bounds_module():
+    p, y = scores(shift=0.2, seed=12)
+    d = diagnose(p, y, train={"accuracy": 0.95, "confidence": 0.93}, **FAST)
+    g = generalisation_gap_floor(0.95, d.accuracy.estimate, d.mean_confidence, 0.93)
+    assert d.gap == g
+
+
+def test_bound_checks_hold_on_random_score_sets():
+    rng = np.random.default_rng(13)
+    for _ in range(8):
+        n, k = int(rng.integers(1, 300)), int(rng.integers(2, 6))
+        logits = rng.normal(size=(n, k)) * rng.uniform(0.1, 5)
+        y = rng.integers(0, k, n)
+        d = diagnose(logits, y, from_logits=True, n_boot=30, n_sim=200,
+                     train={"accuracy": float(rng.random()), "confidence": float(rng.random())})
+        check_common(d)
+
+
+def test_critical_accuracy():
+    acc = [0.60, 0.65, 0.70, 0.72, 0.74, 0.75]
+    band = [0.04] * 6
+    assert critical_accuracy(acc, [0.01, 0.02, 0.05, 0.03, 0.06, 0.09], band).critical == 0.74
+    r = critical_accuracy(acc[::-1], [0.01, 0.02, 0.05, 0.03, 0.06, 0.09][::-1], band[::-1])
+    assert (r.critical, r.last_within, r.n_points) == (0.74, 0.72, 6)   # order does not matter
+    r = critical_accuracy(acc, [0.01] * 6, band)
+    assert r.critical is None and r.last_within == 0.75
+    r = critical_accuracy(acc, [0.1] * 6, band)
+    assert r.critical == 0.60 and r.last_within is None
+    with pytest.raises(MetricInputError):
+        critical_accuracy([0.5], [0.1, 0.2], [0.1])
