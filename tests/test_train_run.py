@@ -50,6 +50,12 @@ def test_rcft_reestimates_bins_every_epoch(tiny_llama, data, tmp_path):
     per_epoch = [e for e in log if "heldout_ece" in e]
     assert [e["step"] for e in per_epoch] == [6, 12, 18]  # held-out ECE logged every epoch
     assert all(0 <= e["heldout_ece"] <= 1 and e["heldout_n"] == 10 for e in per_epoch)
+    # the plane's points: intervals around each, and the training items scored too
+    for e in per_epoch:
+        for side, n in (("heldout", 10), ("train", 24)):
+            low, high = e[f"{side}_ece_ci"]
+            assert e[f"{side}_n"] == n and 0 <= low <= high <= 1  # (ECE's bootstrap is biased up)
+            assert 0 < e[f"{side}_noise_q95"] < 1
 
 
 def test_one_forward_pass_per_step(tiny_llama, data, tmp_path):

@@ -187,6 +187,7 @@ def train_cmd(
     eval_split: Optional[str] = typer.Option(None, help="Held-out split (default test)."),
     eval_limit: Optional[int] = typer.Option(None, help="Evaluate on a seeded sample of N items."),
     epoch_eval_limit: Optional[int] = typer.Option(None, help="Held-out items scored at each epoch end (default 100; 0: off)."),
+    epoch_train_limit: Optional[int] = typer.Option(None, help="Training items scored at each epoch end, for the accuracy-ECE plane (default 100; 0: off)."),
     method: Optional[str] = typer.Option(None, help="sft | cft | rcft | label_smoothing."),
     sft_loss: Optional[str] = typer.Option(None, help="full | completion (rcft default: full)."),
     sft_weight: Optional[float] = typer.Option(None, help="Weight of the SFT term (0: L_ECE alone)."),
@@ -230,6 +231,7 @@ def train_cmd(
         cfg = build_config(TrainConfig, config, dict(
             model=model, data=data, split=split, train_limit=train_limit, eval_data=eval_data,
             eval_split=eval_split, eval_limit=eval_limit, epoch_eval_limit=epoch_eval_limit,
+            epoch_train_limit=epoch_train_limit,
             method=method, sft_loss=sft_loss,
             sft_weight=sft_weight, ece_lambda=ece_lambda, n_bins=n_bins,
             ece_targets=ece_targets, ece_reduction=ece_reduction, sft_normalise=sft_normalise,

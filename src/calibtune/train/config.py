@@ -25,6 +25,7 @@ class TrainConfig:
     eval_limit: int | None = 500
     eval_before: bool = True
     epoch_eval_limit: int = 100  # held-out items scored at every epoch end (0: off)
+    epoch_train_limit: int = 100  # training items scored at every epoch end (0: off)
     prompt: str = "plain"
     scoring: str = "letter"  # letter | cloze: how options are scored in training and evaluation
     cloze_norm: str = "none"  # none | token | char: the cloze option score RCFT regularises

@@ -175,7 +175,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, callbacks: list | No
                               cfg.estep_every_steps, resume_from=last)
         extra.insert(0, estep)
     if cfg.epoch_eval_limit > 0:
-        extra.append(EpochEvalCallback(eval_items[: cfg.epoch_eval_limit], scorer_for, cfg.n_bins))
+        extra.append(EpochEvalCallback(eval_items[: cfg.epoch_eval_limit], scorer_for, cfg.n_bins,
+                                       dataset.kept_items[: cfg.epoch_train_limit]))
     trainer = CalibTrainer(model=model, args=_training_args(cfg, ckpt_dir), train_dataset=dataset,
                            data_collator=collator,
                            callbacks=extra, calib_config=cfg, reg_state=reg_state)
