@@ -149,6 +149,23 @@ def test_accuracy_alone_bounds_ece_by_chance_only(k, n):
             max(1.0 / k - a, 0.0), abs=1e-12)
 
 
+def test_accuracy_only_floor_is_not_attained_with_mixed_option_counts():
+    """K = (2, 10, 10), one of three right, M = 10: the bound is 0 but every score set has ECE > 0.
+
+    (docs/theory.md, after Proposition 4: a bin of wrong items alone is over-confident, so all three
+    items share one bin; the K = 2 item puts it at c ≥ 1/2 > 1/3 = its accuracy.) Checked on a grid
+    of confidences (step 0.05, the K = 2 item from 1/2, the others from 1/10) for each right item.
+    """
+    k_i = np.array([2, 10, 10])
+    grid2, grid10 = np.arange(10, 21) / 20, np.r_[0.1, np.arange(3, 21) / 20]
+    for right in range(3):
+        correct = (np.arange(3) == right).astype(float)
+        assert B.accuracy_only_floor(correct, k_i) == 0.0
+        least = min(B.binned_ece(np.array(c), correct, 10)
+                    for c in itertools.product(grid2, grid10, grid10))
+        assert least >= 0.1 / 3 - 1e-12     # the argument's smallest case: one item alone at 0.1
+
+
 def _exact_null(conf: np.ndarray, n_bins: int) -> np.ndarray:
     """ECE of every outcome vector and its probability under correct_i ~ Bernoulli(c_i)."""
     vals, probs = [], []

@@ -92,7 +92,7 @@ def test_r1_keep_accuracy_gives_temperature():
     assert d.recommendation == "temperature" and d.direction == "overconfident"
     assert any(r.startswith("R1") for r in d.rules)
     d = diagnose(p, y, keep_accuracy=True, train={"accuracy": 0.99, "confidence": 0.9}, **FAST)
-    assert d.recommendation == "temperature" and d.regime == "non-calibratable"
+    assert d.recommendation == "temperature" and d.regime == "fine-tuning-limited"
     check_common(d)
 
 
@@ -114,7 +114,7 @@ def _edge_train(d, offset):
 def test_r2_generalisation_gap_floor_on_either_side_of_the_noise_band():
     p, y = scores(n=1500, shift=0.2, seed=3)
     d = diagnose(p, y, **FAST)
-    for offset, regime, rec in [(0.01, "non-calibratable", "rcft"), (-0.01, "calibratable", "cft")]:
+    for offset, regime, rec in [(0.01, "fine-tuning-limited", "rcft"), (-0.01, "calibratable", "cft")]:
         a_t = _edge_train(d, offset)
         dd = diagnose(p, y, train={"accuracy": a_t}, **FAST)
         assert dd.gap.floor == pytest.approx(dd.noise.q95 + offset, abs=1e-9)
@@ -123,10 +123,36 @@ def test_r2_generalisation_gap_floor_on_either_side_of_the_noise_band():
     # the whole mean gap lies between A_H and A_T: floor = C_H − A_H
     dd = diagnose(p, y, train={"accuracy": 0.99, "confidence": 0.97, "n": 3000}, **FAST)
     assert dd.gap.floor == pytest.approx(dd.mean_gap, abs=1e-12)
-    assert dd.gap.fit_slack == pytest.approx(0.02) and dd.regime == "non-calibratable"
+    assert dd.gap.fit_slack == pytest.approx(0.02) and dd.regime == "fine-tuning-limited"
     # no generalisation gap (training items as miscalibrated as held-out ones): calibratable
     dd = diagnose(p, y, train={"accuracy": d.accuracy.estimate + 0.005}, **FAST)
     assert dd.gap.floor == 0.0 and dd.recommendation == "cft"
+
+
+def test_r2_fine_tuning_limited_needs_a_positive_gap_and_overconfidence():
+    """Review reproducer: A_T = 0.6 below held-out accuracy ≈ 0.80 with confidence ≈ 0.65
+    (under-confident): the P6 floor is real but G < 0, so the regime is not fine-tuning-limited and
+    RCFT is not recommended. The mirror image (G > 0, over-confident) is fine-tuning-limited."""
+    rng = np.random.default_rng(14)
+    conf = 0.55 + 0.2 * rng.random(1000)
+    p, y = make_scores(conf, rng.random(1000) < 0.80, 4, rng)
+    d = diagnose(p, y, train={"accuracy": 0.6}, **FAST)
+    assert d.direction == "underconfident" and d.gap.gap < -1.96 * d.gap_se
+    assert d.gap.floor > d.noise.q95
+    assert d.regime == "not determined" and d.recommendation == "cft"
+    assert any(r.startswith("R2") and "G ≤ 0" in r for r in d.rules)
+    check_common(d)
+    # mirror: held-out accuracy ≈ 0.55 under confidence ≈ 0.65, training accuracy 0.8
+    p, y = make_scores(conf, rng.random(1000) < 0.55, 4, rng)
+    d = diagnose(p, y, train={"accuracy": 0.8}, **FAST)
+    assert d.direction == "overconfident" and d.gap.gap > 1.96 * d.gap_se
+    assert d.gap.floor > d.noise.q95 and d.mean_gap >= d.gap.floor
+    assert d.regime == "fine-tuning-limited" and d.recommendation == "rcft"
+    # both ways out are printed: RCFT, and temperature on a held-out split
+    r3 = [r for r in d.rules if r.startswith("R3")]
+    assert len(r3) == 2 and "RCFT" in r3[0] and "temperature" in r3[1]
+    assert "accuracy-keeping alternative: temperature" in d.to_markdown()
+    check_common(d)
 
 
 def test_r2_requires_the_gap_to_exceed_its_sampling_error():
@@ -137,7 +163,7 @@ def test_r2_requires_the_gap_to_exceed_its_sampling_error():
     p, y = make_scores(conf, correct, 4, rng)
     train = {"accuracy": 0.97}                   # = C_H: the floor is the whole gap G ≈ 0.25
     d = diagnose(p, y, train=train, **FAST)
-    assert d.gap.floor > d.noise.q95 and d.regime == "non-calibratable"
+    assert d.gap.floor > d.noise.q95 and d.regime == "fine-tuning-limited"
     d = diagnose(p, y, train=dict(train, n=5), **FAST)
     assert d.gap.floor > d.noise.q95
     assert abs(d.gap.gap) <= 1.96 * d.gap_se and d.regime == "calibratable"
@@ -182,6 +208,22 @@ def test_letter_prior_thresholds_k2():
         c = collapse_measures(p, gold)
         assert c.excess == pytest.approx(share - 0.5)
         assert c.letter_prior is expected
+
+
+def test_r1_mentions_a_letter_prior_that_temperature_cannot_remove():
+    rng = np.random.default_rng(15)
+    n, k = 800, 4
+    gold = rng.integers(0, k, n)
+    pred = np.where(rng.random(n) < 0.8, 0, gold)
+    p = np.full((n, k), 0.05)
+    p[np.arange(n), pred] = 0.85
+    d = diagnose(p, gold, keep_accuracy=True, **FAST)
+    assert d.recommendation == "temperature" and d.collapse.letter_prior
+    r1 = next(r for r in d.rules if r.startswith("R1"))
+    assert "letter prior" in r1 and "vector scaling" in r1 and "CFT" in r1
+    p2, y2 = scores(shift=0.15)
+    r1 = next(r for r in diagnose(p2, y2, keep_accuracy=True, **FAST).rules if r.startswith("R1"))
+    assert "letter prior" not in r1
 
 
 def test_collapse_on_one_item_is_not_significant():
@@ -250,6 +292,31 @@ def test_edge_accuracy_zero_and_one():
     assert d.accuracy.estimate == 1.0 and d.ece.estimate == pytest.approx(0.4)
     assert d.direction == "underconfident" and d.collapse.wrong_share_on_top is None
     check_common(d)
+
+
+def test_rows_off_by_the_accepted_tolerance_are_renormalised():
+    """Review reproducer: rows (0.4999996, 0.4999996) pass check_inputs (sum off by 8e-7); the raw
+    ECE 0.4999996 is below P2 = P4 = 0.5. diagnose renormalises, so no bound check fails."""
+    n = 50
+    p = np.full((n, 2), 0.4999996)
+    y = np.ones(n, int)                           # argmax option A: all wrong
+    assert ece(p, y) == pytest.approx(0.4999996, abs=1e-12)
+    d = diagnose(p, y, **FAST)
+    assert d.ece.estimate == pytest.approx(0.5, abs=1e-12)
+    assert d.mean_confidence == pytest.approx(0.5, abs=1e-12)
+    assert not any(f.startswith("a bound check failed") for f in d.flags)
+    for name in ("P2", "C3", "P4"):
+        b = next(b for b in d.bounds if b.name.startswith(name))
+        assert b.value == pytest.approx(0.5, abs=1e-12) and b.holds
+    check_common(d)
+    # masked options stay 0; the argmax never moves
+    mask = np.array([[True, True, False]] * n)
+    p3 = np.c_[p, np.zeros(n)]
+    d3 = diagnose(p3, y, mask, **FAST)
+    assert d3.ece.estimate == pytest.approx(0.5, abs=1e-12) and d3.accuracy.estimate == 0.0
+    check_common(d3)
+    run = TrainingRun.from_scores(p, y)
+    assert run.confidence == pytest.approx(0.5, abs=1e-12)
 
 
 def test_logits_and_mixed_option_counts():

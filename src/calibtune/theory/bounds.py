@@ -2,12 +2,18 @@
 
 Every statement here is calibtune's own derivation, proved in docs/theory.md (the proposition
 numbers below refer to it). None of them is a statement of Xiao et al. (ICML 2025): all we know of
-the paper's theory is that it "bounds ECE in terms of accuracy and splits models into calibratable
-and non-calibratable regimes" (METHOD.md §4).
+the paper's theory is one sentence of METHOD.md §4, quoted in full in docs/theory.md §0 (in short:
+the paper bounds ECE in terms of accuracy and splits models into a calibratable and a
+non-calibratable regime).
 
 Inputs are plain arrays: `conf` [n] the top-label confidences c_i = max_j p_ij, `correct` [n] the
 0/1 outcomes 1[argmax p_i = y_i]; `calibtune.metrics.top_label` produces both. Binning is the one of
 `calibtune.metrics.binning` (bins [k/M, (k+1)/M), the last also holds 1.0); nothing is re-binned here.
+
+The bounds that use the number of options (Propositions 2 and 4, Corollary 3) rest on c_i ≥ 1/K_i,
+which holds exactly for rows that sum to 1. `metrics.check_inputs` accepts rows whose sum misses 1 by
+up to 1e-6 without renormalising them; on such rows these bounds can exceed the ECE by about 1e-6.
+`theory.diagnose` renormalises the rows first, so its checks hold to floating-point precision (TOL).
 """
 from __future__ import annotations
 
@@ -83,7 +89,11 @@ def _check_above_chance(c: np.ndarray, inv_k: np.ndarray) -> None:
 
 
 def accuracy_only_floor(correct: np.ndarray, n_options) -> float:
-    """Proposition 4: (mean_i 1/K_i − accuracy)₊, the best lower bound of ECE given accuracy alone."""
+    """Proposition 4: (mean_i 1/K_i − accuracy)₊, a lower bound of ECE given accuracy alone.
+
+    Valid for any option counts (it follows from Proposition 2); the best such bound (attained for
+    every accuracy) when all items have the same K, not always attained with mixed K_i.
+    """
     y = np.asarray(correct, dtype=np.float64).ravel()
     if y.size == 0 or not np.all((y == 0) | (y == 1)):
         raise MetricInputError("correct must be a non-empty array of 0/1 outcomes")
@@ -111,8 +121,9 @@ def combined_floor(conf: np.ndarray, correct: np.ndarray, n_options, n_bins: int
                    strategy: str = "uniform") -> float:
     """Corollary 3: max(D, 2P − D) with D = mean confidence − accuracy and P = below_chance_floor.
 
-    The exact minimum of Σ w_k|d_k| over all bin gaps d_k ≥ h_k − a_k with Σ w_k d_k = D; it is at
-    least max(|D|, P).
+    The exact minimum of Σ w_k|d_k| over the relaxed constraints d_k ≥ h_k − a_k, Σ w_k d_k = D (it
+    ignores that each bin's mean confidence must lie in its bin, so the least ECE of actual score
+    sets can be larger); it is at least max(|D|, P).
     """
     c, y = _conf_correct(conf, correct)
     d = float(c.mean() - y.mean())

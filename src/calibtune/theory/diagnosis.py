@@ -30,6 +30,18 @@ RECOMMENDATIONS = ("none", "temperature", "cft", "rcft")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+def _normalised(p: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Rows divided by their unmasked sum (masked entries stay 0; every argmax is unchanged).
+
+    `check_inputs` accepts rows whose sum misses 1 by up to 1e-6 and returns them as they are; the
+    bounds of docs/theory.md hold exactly only for rows that sum to 1 (c_i ≥ 1/K_i), so the
+    diagnosis works on renormalised rows. Its numbers can therefore differ from the metrics on the
+    raw rows by about 1e-6 (relative); for rows that already sum to 1 they agree.
+    """
+    s = np.where(m, p, 0.0).sum(axis=1, keepdims=True)
+    return np.where(m, p / s, 0.0)
+
+
 def _letter(j: int) -> str:
     return LETTERS[j] if 0 <= j < len(LETTERS) else str(j)
 
@@ -99,7 +111,7 @@ def collapse_measures(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | 
                       from_logits: bool = False) -> CollapseMeasures:
     """Collapse measures of a score set; `letter_prior` applies the rule of docs/theory.md §5."""
     p, y, m = check_inputs(probs, labels, mask, from_logits=from_logits)
-    return _collapse(p, y, m)
+    return _collapse(_normalised(p, m), y, m)
 
 
 def _collapse(p: np.ndarray, y: np.ndarray, m: np.ndarray) -> CollapseMeasures:
@@ -163,8 +175,8 @@ class TrainingRun:
     @classmethod
     def from_scores(cls, probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
                     from_logits: bool = False) -> TrainingRun:
-        p, y, _ = check_inputs(probs, labels, mask, from_logits=from_logits)
-        conf, correct = top_label(p, y)
+        p, y, m = check_inputs(probs, labels, mask, from_logits=from_logits)
+        conf, correct = top_label(_normalised(p, m), y)
         return cls(float(correct.mean()), float(conf.mean()), len(y), conf, correct)
 
     @classmethod
@@ -261,8 +273,10 @@ class Diagnosis:
         lines = [
             f"## Calibration diagnosis (n = {self.n}, K ≤ {self.n_options}, M = {self.n_bins} bins)",
             "",
-            f"**Recommendation: {self.recommendation}** — regime: {self.regime}; "
-            f"gap: {self.gap_kind}.",
+            f"**Recommendation: {self.recommendation}**"
+            + (" (accuracy-keeping alternative: temperature scaling fitted on a held-out split)"
+               if self.recommendation == "rcft" else "")
+            + f" — regime: {self.regime}; gap: {self.gap_kind}.",
             "",
             "| quantity | value | 95% interval |",
             "|---|---|---|",
@@ -341,9 +355,12 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
     `probs` [n, K] (or logits with `from_logits=True`), `labels` [n], `mask` [n, K] for items with
     fewer options. `keep_accuracy`: the user does not accept a change of accuracy. `train`: the
     same model measured on its training items (a `TrainingRun` or a mapping with 'accuracy' and
-    optionally 'confidence', 'n', 'confidences', 'correct').
+    optionally 'confidence', 'n', 'confidences', 'correct'). Unmasked rows are renormalised to sum
+    to 1 before anything is computed (`check_inputs` lets a sum miss 1 by 1e-6; the bounds hold
+    exactly for normalised rows).
     """
     p, y, m = check_inputs(probs, labels, mask, from_logits=from_logits)
+    p = _normalised(p, m)
     run = None if train is None else TrainingRun.coerce(train)
     n, k = p.shape
     conf, correct = top_label(p, y)
@@ -412,21 +429,43 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
                      f"[{ece_ci.low:.4f}, {ece_ci.high:.4f}]) → miscalibrated beyond sampling noise.")
 
     if not within and keep_accuracy:
-        rules.append("R1: accuracy must not move → post-hoc temperature scaling (fitted on a held-out "
-                     "split; it keeps every argmax, so accuracy is unchanged). R2 below is for "
-                     "information only.")
+        r1 = ("R1: accuracy must not move → post-hoc temperature scaling (fitted on a held-out "
+              "split; it keeps every argmax, so accuracy is unchanged).")
+        if collapse.letter_prior:
+            r1 += (" A letter prior is flagged: temperature cannot remove it; a per-option bias "
+                   "(vector scaling) or CFT can, but they may change predictions and so accuracy.")
+        rules.append(r1 + " R2 below is for information only.")
     regime = "calibrated within noise" if within else "not determined"
-    nc = False
+    limited = False
     if not within and gap is not None:
         beyond_noise = gap.floor > noise.q95
         real_gap = abs(gap.gap) > GAP_Z * gap_se
-        nc = beyond_noise and real_gap
-        regime = "non-calibratable" if nc else "calibratable"
-        rules.append(
+        # The fine-tuning-limited reading needs the gap of fitting the training items harder:
+        # training accuracy above held-out (G > 0) and an over-confident model (D > 0). (A floor
+        # > 0 forces sign(D) = sign(G), docs/theory.md §3; both are checked.)
+        positive = gap.gap > 0 and d > 0
+        limited = beyond_noise and real_gap and positive
+        if limited:
+            regime = "fine-tuning-limited"
+        elif beyond_noise and real_gap:
+            regime = "not determined"
+        else:
+            regime = "calibratable"
+        line = (
             f"R2: generalisation gap G = A_T − A_H = {run.accuracy:.4f} − {acc:.4f} = {gap.gap:+.4f} "
             f"(se {gap_se:.4f}); tracking slack |C_H − A_T| = {gap.tracking_slack:.4f}; floor "
             f"(|G| − slack)₊ = {gap.floor:.4f} {'>' if beyond_noise else '≤'} q95 {noise.q95:.4f}"
-            f" and |G| {'>' if real_gap else '≤'} {GAP_Z}·se = {GAP_Z * gap_se:.4f} → {regime}.")
+            f" and |G| {'>' if real_gap else '≤'} {GAP_Z}·se = {GAP_Z * gap_se:.4f}")
+        if beyond_noise and real_gap and not positive:
+            line += (f"; but G {'≤' if gap.gap <= 0 else '>'} 0 and mean gap D = {d:+.4f} "
+                     f"({direction}): held-out accuracy is not below training accuracy, so this "
+                     "is not the gap that fitting the training items harder opens, and fitting "
+                     "them less cannot close it (check that A_T was measured on the same model, "
+                     "scored the same way) → not determined, treated as calibratable.")
+        else:
+            line += f" → {regime}" + (" (not calibratable from training items alone)."
+                                      if limited else ".")
+        rules.append(line)
     elif not within:
         rules.append("R2: no training-run quantities: the regime cannot be read from held-out scores "
                      "alone (Proposition 4: above chance, accuracy alone forces no positive ECE "
@@ -436,10 +475,17 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
         rec = "none"
     elif keep_accuracy:
         rec = "temperature"
-    elif nc:
+    elif limited:
         rec = "rcft"
-        rules.append("R3: non-calibratable → RCFT (METHOD.md §6): fitting calibration on training "
-                     "items (CFT) stops at the P6 floor; manage the accuracy/ECE trade-off (λ).")
+        rules.append(
+            "R3: fine-tuning-limited → RCFT (METHOD.md §6) if the fine-tuned model is to be kept "
+            "and calibrated from its training items alone: fitting calibration on them (CFT) stops "
+            "at the P6 floor, and RCFT manages the accuracy/ECE trade-off (λ).")
+        rules.append(
+            "R3 (alternative that keeps accuracy): post-hoc temperature scaling fitted on a "
+            "held-out split keeps every argmax and, being fitted to outcomes from outside the "
+            "training items, is not bound by this floor; choose it (keep_accuracy=True) if such a "
+            "split can be spared.")
     else:
         rec = "cft"
         rules.append(f"R3: {regime} → CFT (METHOD.md §5).")
@@ -465,7 +511,7 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
     if chance > noise.q95:
         flags.append(f"below chance: accuracy {acc:.4f} < mean 1/K {float(np.mean(1 / k_i)):.4f}; "
                      f"any recalibration that keeps the predictions leaves ECE ≥ {chance:.4f} "
-                     "(Proposition 4); only changing predictions removes it.")
+                     "(Proposition 2); only changing predictions removes it.")
     if noise.q95 >= FEW_ITEMS_Q95:
         flags.append(f"low resolution: a perfectly calibrated model's ECE reaches {noise.q95:.3f} (q95) "
                      f"on n = {n} items; smaller miscalibration cannot be detected.")
