@@ -44,14 +44,14 @@ def phase(fn) -> dict:
 def main() -> None:
     from calibtune.data import load_dataset, sample_items
     from calibtune.models import load_model
-    from calibtune.prompts import PromptEncoder
+    from calibtune.scoring.prompts import PromptEncoder
     from calibtune.scoring import LetterScorer
-    from calibtune.train.config import TrainConfig
-    from calibtune.train.dataset import MCQCollator, MCQTrainDataset
-    from calibtune.train.estep import RegulariserState
-    from calibtune.train.run import _wrap_lora
-    from calibtune.train.targets import estep_targets
-    from calibtune.train.trainer import CalibTrainer
+    from calibtune.training.config import TrainConfig
+    from calibtune.training.dataset import MCQCollator, MCQTrainDataset
+    from calibtune.training.estep import RegulariserState
+    from calibtune.workflows.train import _wrap_lora
+    from calibtune.training.targets import estep_targets
+    from calibtune.training.trainer import CalibTrainer
 
     torch.manual_seed(0)
     model, tok = load_model("smollm2-135m-instruct", device="cpu")

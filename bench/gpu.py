@@ -72,7 +72,7 @@ def time_it(fn, device, reps):
 
 
 def main() -> None:
-    from calibtune.heads import answer_logits
+    from calibtune.scoring.forward import answer_logits
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
@@ -104,8 +104,8 @@ def main() -> None:
 
     from peft import LoraConfig, get_peft_model
 
-    from calibtune.train.estep import RegulariserState
-    from calibtune.train.trainer import CalibTrainer
+    from calibtune.training.estep import RegulariserState
+    from calibtune.training.trainer import CalibTrainer
 
     lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                             task_type="CAUSAL_LM")).train()

@@ -104,7 +104,7 @@ def write_train_eval(folder: Path, train_items: list[MCQItem], eval_items: list[
 
 def tiny_train_config(model: Path, data: Path, tmp_path: Path, **overrides):
     """A TrainConfig for a seconds-long LoRA run on a tiny model and `write_train_eval` files."""
-    from calibtune.train.config import TrainConfig
+    from calibtune.training.config import TrainConfig
 
     base = dict(model=str(model), data=str(data / "train.jsonl"), split=None,
                 eval_data=str(data / "eval.jsonl"), eval_split=None, eval_limit=None,

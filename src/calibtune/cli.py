@@ -120,7 +120,7 @@ def eval_cmd(
     _setup_logging(verbose)
     try:
         from .config import build_config
-        from .evaluate import EvalConfig, run_eval
+        from .workflows.eval import EvalConfig, run_eval
 
         fields = _fields(question_field, options_field, answer_field, id_field, subject_field,
                          answer_format)
@@ -155,7 +155,7 @@ def posthoc_cmd(
     _setup_logging(verbose)
     try:
         from .config import build_config
-        from .posthoc import PosthocConfig, run_posthoc
+        from .workflows.posthoc import PosthocConfig, run_posthoc
 
         cfg = build_config(PosthocConfig, config, dict(
             scores=scores, method=method, fit_fraction=fit_fraction, seed=seed,
@@ -222,8 +222,8 @@ def train_cmd(
     _setup_logging(verbose)
     try:
         from .config import build_config
-        from .train.config import TrainConfig
-        from .train.run import run_training
+        from .training.config import TrainConfig
+        from .workflows.train import run_training
 
         cfg = build_config(TrainConfig, config, dict(
             model=model, data=data, split=split, train_limit=train_limit, eval_data=eval_data,
@@ -258,7 +258,7 @@ def report_cmd(
     """Overlay the reliability curves of several runs and tabulate their metrics."""
     _setup_logging(False)
     try:
-        from .compare import compare_runs
+        from .workflows.compare import compare_runs
 
         text = compare_runs(runs, out, bins)
     except CalibtuneError as err:

@@ -1,0 +1,31 @@
+"""Compare several runs: one overlay diagram and one Markdown table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CalibtuneError
+from ..integrity import atomic_write_text
+from ..metrics.summary import summarize
+from ..report.plots import plot_overlay, prepare_reliability
+from ..scores import OptionScores
+
+
+def compare_runs(runs: list[Path], out: Path, n_bins: int = 10) -> str:
+    if not runs:
+        raise CalibtuneError("give at least one run folder")
+    rows, curves = [], []
+    for run in runs:
+        path = run / "scores.npz" if run.is_dir() else run
+        scores = OptionScores.load(path)
+        label = run.name if run.is_dir() else run.parent.name
+        p = scores.probs()
+        m = summarize(p, scores.labels, scores.mask, n_bins=n_bins, n_boot=0, logits=scores.logits)
+        rows.append(f"| {label} | {m['n']} | {m['accuracy']:.3f} | {m['mean_confidence']:.3f} | "
+                    f"{m['ece']:.3f} | {m['cw_ece']:.3f} | {m['nll']:.3f} |")
+        curves.append(prepare_reliability(p, scores.labels, scores.mask, n_bins, label))
+    out.mkdir(parents=True, exist_ok=True)
+    plot_overlay(curves, out / "overlay.png")
+    text = "\n".join(["| run | n | accuracy | mean conf. | ECE | cw-ECE | NLL |",
+                      "|---|---|---|---|---|---|---|", *rows]) + "\n"
+    atomic_write_text(out / "compare.md", text + "\n![overlay](overlay.png)\n")
+    return text

@@ -1,0 +1,123 @@
+"""`calibtune posthoc`: fit a calibrator on one split of saved scores, report on the rest."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..calibrators import DACATemperature, make_calibrator
+from ..errors import ConfigError
+from ..integrity import atomic_write_json, atomic_write_text
+from ..metrics.summary import summarize
+from ..report.plots import plot_overlay, prepare_reliability
+from .run_folder import RunOutputs, write_config, write_run
+from ..scores import OptionScores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PosthocConfig:
+    scores: str = ""
+    method: str = "temperature"
+    fit_fraction: float = 0.1
+    seed: int = 0
+    reference: str | None = None
+    scoring: str | None = None  # letter | cloze: refuse scores made the other way
+    bins: int = 10
+    n_boot: int = 1000
+    out: str = "runs/posthoc"
+
+
+def split_indices(n: int, fit_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (fit, report) row indices: a seeded permutation, so nothing leaks."""
+    if not 0.0 < fit_fraction < 1.0:
+        raise ConfigError(f"--fit-fraction must be in (0, 1), got {fit_fraction}")
+    n_fit = int(round(fit_fraction * n))
+    if n_fit < 1 or n_fit >= n:
+        raise ConfigError(f"--fit-fraction {fit_fraction} of {n} items leaves a side empty")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:n_fit]), np.sort(perm[n_fit:])
+
+
+def calibrated_scores(scores: OptionScores, probs: np.ndarray, meta: dict) -> OptionScores:
+    """Scores whose 'logits' are log-probabilities, so softmax gives back `probs`."""
+    logp = np.log(np.clip(probs, 1e-300, 1.0))
+    return OptionScores(np.where(scores.mask, logp, 0.0), scores.labels, scores.mask, scores.ids,
+                        scores.meta | meta)
+
+
+def scoring_mode(scores: OptionScores) -> str:
+    """How the scores were made: 'letter', or 'cloze (norm)' (older files: letter)."""
+    mode = scores.meta.get("scoring") or "letter"
+    return f"cloze ({scores.meta.get('cloze_norm') or 'none'})" if mode == "cloze" else mode
+
+
+def check_scoring(scores: OptionScores, cfg: PosthocConfig) -> None:
+    """A calibrator fitted on letter scores means nothing on cloze scores, and vice versa."""
+    from ..scoring import SCORINGS
+
+    if cfg.scoring and cfg.scoring not in SCORINGS:
+        raise ConfigError(f"--scoring must be {' or '.join(SCORINGS)}, got {cfg.scoring!r}")
+    mode = scoring_mode(scores)
+    if cfg.scoring and not mode.startswith(cfg.scoring):
+        raise ConfigError(f"{cfg.scores} holds {mode} scores, not --scoring {cfg.scoring}")
+
+
+def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
+    scores = OptionScores.load(cfg.scores)
+    check_scoring(scores, cfg)
+    fit_idx, report_idx = split_indices(len(scores), cfg.fit_fraction, cfg.seed)
+    fit, report = scores.subset(fit_idx), scores.subset(report_idx)
+    if cfg.method == "daca":
+        if not cfg.reference:
+            raise ConfigError("--method daca needs --reference BASE_SCORES.npz (the base model's "
+                              "scores on the same items)")
+        ref = OptionScores.load(cfg.reference)
+        if ref.ids.tolist() != scores.ids.tolist():
+            raise ConfigError(f"{cfg.reference} scores other items than {cfg.scores}; score the "
+                              "same items with both models")
+        if scoring_mode(ref) != scoring_mode(scores):
+            raise ConfigError(f"{cfg.reference} holds {scoring_mode(ref)} scores but {cfg.scores} "
+                              f"{scoring_mode(scores)}; score both models the same way")
+        cal = DACATemperature().fit_unsupervised(fit.logits, ref.subset(fit_idx).logits, fit.mask)
+    else:
+        if cfg.reference:
+            raise ConfigError("--reference is only used by --method daca")
+        cal = make_calibrator(cfg.method).fit(fit.logits, fit.labels, fit.mask)
+    after = calibrated_scores(report, cal.transform(report.logits, report.mask),
+                              {"calibrator": cfg.method})
+    before = summarize(report.probs(), report.labels, report.mask, n_bins=cfg.bins,
+                       n_boot=cfg.n_boot, seed=cfg.seed, logits=report.logits)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cal.save(out / "calibrator.json")
+    write_config(out, asdict(cfg))
+    atomic_write_json(out / "before_metrics.json", before)
+    extra = {"calibrator": {"method": cfg.method, **cal.get_params()},
+             "n_fit": int(len(fit_idx)), "n_report": int(len(report_idx)),
+             "before": {k: before[k] for k in ("accuracy", "mean_confidence", "ece", "cw_ece",
+                                               "nll", "brier")}}
+    if "temperature" in cal.get_params():
+        extra["temperature"] = cal.get_params()["temperature"]
+    result = write_run(out, after, title=f"calibtune posthoc — {cfg.method}",
+                       context={"scores": cfg.scores, "scoring": scoring_mode(scores),
+                                "method": cfg.method,
+                                "fit items": len(fit_idx), "report items": len(report_idx),
+                                "seed": cfg.seed},
+                       n_bins=cfg.bins, n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.method,
+                       extra_metrics=extra)
+    plot_overlay([prepare_reliability(report.probs(), report.labels, report.mask, cfg.bins,
+                                      "before"),
+                  prepare_reliability(after.probs(), after.labels, after.mask, cfg.bins,
+                                      cfg.method)], out / "before_after.png")
+    rows = "\n".join(f"| {k} | {before[k]:.4f} | {result.metrics[k]:.4f} |"
+                     for k in ("accuracy", "mean_confidence", "ece", "cw_ece", "nll", "brier"))
+    report_md = (out / "report.md").read_text(encoding="utf-8")
+    atomic_write_text(out / "report.md", report_md + (
+        f"\n## Before and after, on the {len(report_idx)} held-out items\n\n"
+        f"| metric | before | after |\n|---|---|---|\n{rows}\n\n"
+        "![before vs after](before_after.png)\n"))
+    return result

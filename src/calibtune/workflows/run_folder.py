@@ -1,0 +1,68 @@
+"""A run directory: scores, metrics, diagrams and report, written atomically.
+
+Every command that produces option scores (eval, posthoc, train) ends here, so their outputs
+have the same shape and can be compared.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..integrity import atomic_write_json, atomic_write_text
+from ..metrics.summary import summarize
+from ..report.markdown import render_report
+from ..report.plots import (plot_classwise, plot_reliability, prepare_classwise,
+                           prepare_reliability)
+from ..scores import OptionScores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    folder: Path
+    metrics: dict
+
+
+def write_config(folder: Path, config: dict) -> None:
+    atomic_write_text(folder / "config.yaml", yaml.safe_dump(config, sort_keys=True))
+
+
+def write_run(folder: str | Path, scores: OptionScores, *, title: str, context: dict,
+              n_bins: int = 10, n_boot: int = 1000, seed: int = 0, label: str = "model",
+              extra_metrics: dict | None = None) -> RunOutputs:
+    """Write scores.npz, metrics.json, reliability.png/.svg, classwise.png and report.md."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probs = scores.probs()
+    metrics = summarize(probs, scores.labels, scores.mask, n_bins=n_bins, n_boot=n_boot, seed=seed,
+                        logits=scores.logits)
+    if extra_metrics:
+        metrics.update(extra_metrics)
+    scores.save(folder / "scores.npz")
+    atomic_write_json(folder / "metrics.json", _plain(metrics))
+    rel = prepare_reliability(probs, scores.labels, scores.mask, n_bins, label)
+    plot_reliability(rel, folder / "reliability.png")
+    plot_reliability(rel, folder / "reliability.svg")
+    plot_classwise(prepare_classwise(probs, scores.labels, scores.mask, n_bins), metrics["cw_ece"],
+                   folder / "classwise.png")
+    atomic_write_text(folder / "report.md", render_report(
+        metrics, title=title, context=context, figures=["reliability.png", "classwise.png"]))
+    return RunOutputs(folder, metrics)
+
+
+def _plain(obj):
+    """JSON-ready copy: NumPy scalars to Python, NaN kept (json writes NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    return obj
