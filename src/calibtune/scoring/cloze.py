@@ -24,10 +24,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from ..data.items import MCQItem
 from ..errors import ConfigError, DataError, ModelError
 from .forward import Head, through_forward
-from .letter import (collect_logits, context_limit, pad_batch, pad_token_id, plan_batches,
-                      scores_from)
+from .base import CLOZE_NORMS, collect_logits, scores_from
+from .batching import context_limit, pad_batch, pad_token_id, plan_batches
 
-CLOZE_NORMS = ("none", "token", "char")
 # transformers 5.x renamed `past_key_values` to `cache` (in the outputs and as the argument).
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ \
     else "past_key_values"

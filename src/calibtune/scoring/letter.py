@@ -7,69 +7,19 @@ the K letter rows of it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.items import MCQItem
-from ..errors import ConfigError, DataError, ModelError
+from ..errors import DataError, ModelError
+from ..scores import OptionScores
+from .base import collect_logits, scores_from
+from .batching import context_limit, pad_batch, pad_token_id, plan_batches
 from .prompts import PromptEncoder, letter_token_ids
-from ..scores import OptionScores, option_mask
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """Which items go together: indices into the item list, sorted by prompt length."""
-
-    batches: list[list[int]]
-
-
-def plan_batches(lengths: list[int], batch_size: int, max_batch_tokens: int | None) -> BatchPlan:
-    """Length-sorted batches of at most `batch_size` rows and `max_batch_tokens` padded tokens."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))  # longest first: OOM early
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        too_many = len(current) >= batch_size
-        too_long = max_batch_tokens is not None and longest * (len(current) + 1) > max_batch_tokens
-        if current and (too_many or too_long):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return BatchPlan(batches)
-
-
-def context_limit(model: Any) -> int | None:
-    config = getattr(model, "config", None)
-    return getattr(config, "max_position_embeddings", None) if config is not None else None
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right"):
-    """(input_ids, attention_mask) as LongTensors, padded on `side`."""
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        sl = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
-        ids[r, sl] = torch.tensor(s, dtype=torch.long)
-        mask[r, sl] = 1
-    return ids, mask
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0
 
 
 class LetterScorer:
@@ -150,40 +100,3 @@ class LetterScorer:
     def score(self, items: list[MCQItem], meta: dict | None = None) -> OptionScores:
         """Score every item; rows come back in the order of `items`."""
         return scores_from(items, collect_logits(self, items), meta)
-
-
-SCORINGS = ("letter", "cloze")
-
-
-def make_scorer(model: Any, tokenizer: Any, scoring: str = "letter", *, prompt: str = "plain",
-                cloze_norm: str = "none", batch_size: int = 16,
-                max_batch_tokens: int | None = 8192, progress: bool = True) -> Any:
-    """The letter or cloze scorer (both yield option scores per batch and `score` items)."""
-    if scoring == "letter":
-        return LetterScorer(model, tokenizer, prompt=prompt, batch_size=batch_size,
-                            max_batch_tokens=max_batch_tokens, progress=progress)
-    if scoring == "cloze":
-        from .cloze import ClozeScorer
-
-        return ClozeScorer(model, tokenizer, norm=cloze_norm, batch_size=batch_size,
-                           max_batch_tokens=max_batch_tokens, progress=progress)
-    raise ConfigError(f"--scoring must be {' or '.join(SCORINGS)}, got {scoring!r}")
-
-
-def collect_logits(scorer: Any, items: list[MCQItem], encoded: list | None = None) -> np.ndarray:
-    """All option scores [n, K_max] of `items`, in item order, from any scorer's iter_batches."""
-    if not items:
-        raise DataError("no items to score")
-    logits = np.zeros((len(items), max(it.n_options for it in items)))
-    for batch, block in scorer.iter_batches(items, encoded):
-        logits[batch, : block.shape[1]] = block
-    return logits
-
-
-def scores_from(items: list[MCQItem], logits: np.ndarray, meta: dict | None = None) -> OptionScores:
-    """Wrap raw option logits of `items` into `OptionScores` (mask from each item's K)."""
-    k_max = logits.shape[1]
-    mask = option_mask([it.n_options for it in items], k_max)
-    return OptionScores(logits=np.where(mask, logits, 0.0),
-                        labels=np.array([it.answer for it in items]), mask=mask,
-                        ids=np.array([it.id for it in items]), meta=dict(meta or {}))

@@ -63,8 +63,7 @@ class TrainConfig:
     out: str = "runs/train"
 
     def __post_init__(self) -> None:
-        from ..scoring.cloze import CLOZE_NORMS
-        from ..scoring import SCORINGS
+        from ..scoring.base import CLOZE_NORMS, SCORINGS
 
         if self.scoring not in SCORINGS:
             raise ConfigError(f"--scoring must be {' or '.join(SCORINGS)}, got {self.scoring!r}")

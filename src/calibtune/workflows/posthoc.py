@@ -57,7 +57,7 @@ def scoring_mode(scores: OptionScores) -> str:
 
 def check_scoring(scores: OptionScores, cfg: PosthocConfig) -> None:
     """A calibrator fitted on letter scores means nothing on cloze scores, and vice versa."""
-    from ..scoring import SCORINGS
+    from ..scoring.base import SCORINGS
 
     if cfg.scoring and cfg.scoring not in SCORINGS:
         raise ConfigError(f"--scoring must be {' or '.join(SCORINGS)}, got {cfg.scoring!r}")
