@@ -14,7 +14,7 @@ from rich.table import Table
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from .errors import CalibtuneError  # noqa: E402
+from .errors import CalibtuneError, ConfigError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure and restore the calibration of aligned LLMs on multiple-choice questions.")
@@ -161,7 +161,7 @@ def posthoc_cmd(
             scores=scores, method=method, fit_fraction=fit_fraction, seed=seed,
             reference=reference, scoring=scoring, bins=bins, n_boot=n_boot, out=out))
         if not cfg.scores:
-            raise CalibtuneError("--scores is required")
+            raise ConfigError("--scores is required")
         result = run_posthoc(cfg)
     except CalibtuneError as err:
         _fail(err)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CalibtuneError
+from .errors import InputError, SavedFileError
 from .integrity import atomic_write
 
 
@@ -44,7 +44,7 @@ class OptionScores:
         n = len(self.labels)
         if self.logits.ndim != 2 or self.logits.shape[0] != n or self.mask.shape != self.logits.shape \
                 or self.ids.shape != (n,):
-            raise CalibtuneError(f"inconsistent OptionScores shapes: logits {self.logits.shape}, "
+            raise InputError(f"inconsistent OptionScores shapes: logits {self.logits.shape}, "
                                  f"labels {self.labels.shape}, mask {self.mask.shape}, "
                                  f"ids {self.ids.shape}")
 
@@ -72,14 +72,14 @@ class OptionScores:
     def load(cls, path: str | Path) -> "OptionScores":
         path = Path(path)
         if not path.exists():
-            raise CalibtuneError(f"{path}: scores file not found")
+            raise SavedFileError(f"{path}: scores file not found")
         try:
             with np.load(path, allow_pickle=False) as z:
                 missing = {"logits", "labels", "mask", "ids"} - set(z.files)
                 if missing:
-                    raise CalibtuneError(f"{path}: not a calibtune scores file (missing "
+                    raise SavedFileError(f"{path}: not a calibtune scores file (missing "
                                          f"{', '.join(sorted(missing))})")
                 meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
                 return cls(z["logits"], z["labels"], z["mask"], z["ids"], meta)
         except (OSError, ValueError) as err:
-            raise CalibtuneError(f"{path}: unreadable scores file ({err})") from None
+            raise SavedFileError(f"{path}: unreadable scores file ({err})") from None

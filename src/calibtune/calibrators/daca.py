@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..metrics.validation import log_softmax, softmax
 from .simple import TemperatureScaling
 
@@ -28,12 +28,12 @@ class DACATemperature(TemperatureScaling):
         z = np.asarray(logits, float)
         r = np.asarray(reference_logits, float)
         if z.shape != r.shape:
-            raise ConfigError(f"aligned scores {z.shape} and reference scores {r.shape} differ in "
-                              "shape; score the same items with both models")
+            raise InputError(f"aligned scores {z.shape} and reference scores {r.shape} differ in "
+                             "shape; score the same items with both models")
         m = np.ones(z.shape, bool) if mask is None else np.asarray(mask, bool)
         agree = softmax(z, m).argmax(1) == softmax(r, m).argmax(1)
         if agree.sum() == 0:
-            raise ConfigError("the two models agree on no item; DACA cannot fit a temperature")
+            raise InputError("the two models agree on no item; DACA cannot fit a temperature")
         za, ma, target = z[agree], m[agree], softmax(r[agree], m[agree])
 
         def kl(log_t):

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..metrics.validation import log_softmax, softmax
 from .base import Calibrator
 
@@ -124,12 +124,11 @@ class _AffineScaling(Calibrator):
         res = minimize(objective, theta0, jac=True, method="L-BFGS-B",
                        options={"maxiter": 2000, "gtol": 1e-9})
         self.weight, self.bias = self._unpack(res.x, k)
-        self.n_options = k
 
     def _transform(self, z, m):
         if z.shape[1] != self.bias.shape[0]:
-            raise ConfigError(f"{self.name} was fitted for K = {self.bias.shape[0]} options, "
-                              f"got {z.shape[1]}")
+            raise InputError(f"{self.name} was fitted for K = {self.bias.shape[0]} options, "
+                             f"got {z.shape[1]}")
         return softmax(self._apply(z, self.weight, self.bias), m)
 
     def get_params(self) -> dict:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..metrics.binning import BinTable, assign_bins, bin_edges, bin_statistics
 from ..metrics.validation import softmax, top_label
 
@@ -80,7 +81,7 @@ def fill_empty_bins(values: np.ndarray, count: np.ndarray) -> np.ndarray:
     """`values` with each empty bin's entry taken from the nearest non-empty bin."""
     full = np.flatnonzero(count > 0)
     if full.size == 0:
-        raise ValueError("every bin is empty: the E-step scored no item")
+        raise InputError("every bin is empty: the E-step scored no item")
     nearest = full[np.abs(np.arange(len(count))[:, None] - full[None, :]).argmin(axis=1)]
     return np.asarray(values, dtype=np.float64)[nearest]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import CalibtuneError
+from ..errors import ConfigError
 from ..integrity import atomic_write_text
 from ..metrics.summary import summarize
 from ..report.plots import plot_overlay, prepare_reliability
@@ -12,7 +12,7 @@ from ..scores import OptionScores
 
 def compare_runs(runs: list[Path], out: Path, n_bins: int = 10) -> str:
     if not runs:
-        raise CalibtuneError("give at least one run folder")
+        raise ConfigError("give at least one run folder")
     rows, curves = [], []
     for run in runs:
         path = run / "scores.npz" if run.is_dir() else run
