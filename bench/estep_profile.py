@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import defaultdict
 
 import numpy as np
 import torch
@@ -50,8 +49,8 @@ def main() -> None:
     from calibtune.training.dataset import MCQCollator, MCQTrainDataset
     from calibtune.training.estep import RegulariserState
     from calibtune.workflows.train import _wrap_lora
+    from calibtune.training.objective import loss_terms, total_loss
     from calibtune.training.targets import estep_targets
-    from calibtune.training.trainer import CalibTrainer
 
     torch.manual_seed(0)
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
@@ -77,13 +76,11 @@ def main() -> None:
     e = phase(estep)
     e |= {"profiled_s": e["wall_s"], "wall_s": estep_s, "gflop_per_s": e["gflop"] / estep_s}
     res = estep_targets(logits, np.array([it.answer for it in items]), np.ones((64, 4), bool))
-    state.targets = torch.tensor(res.targets, dtype=torch.float32)
-    fake = CalibTrainer.__new__(CalibTrainer)  # its loss methods, without a Trainer's setup
-    fake.calib_config, fake.reg_state, fake._terms = cfg, state, defaultdict(list)
+    state.update(res, 0, 0)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step(batch) -> None:
-        loss = CalibTrainer.compute_loss(fake, model, batch)
+        loss, _ = total_loss(loss_terms(model, batch, cfg), batch, cfg, state)
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -1,7 +1,6 @@
 """Training in cloze mode: the losses read the option texts' log-likelihoods, the E-step and the
 evaluation score the same way, and the numbers match the cloze scorer's."""
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from calibtune.scores import OptionScores
 from calibtune.training.cloze_dataset import ClozeCollator, ClozeTrainDataset
 from calibtune.training.config import TrainConfig
 from calibtune.workflows.train import run_training
-from calibtune.training.trainer import CalibTrainer
+from calibtune.training.objective import loss_terms
 
 from conftest import make_items, tiny_train_config, write_train_eval
 
@@ -31,16 +30,13 @@ def config(model, data, tmp_path, **kw):
 
 
 def cloze_terms(model, tok, items, **cfg):
-    """The trainer's cloze loss terms on one batch of `items` (no Trainer needed)."""
+    """The cloze loss terms on one batch of `items`: the objective, no Trainer."""
     all_options = cfg.get("method") in ("rcft", "label_smoothing")
     dataset = ClozeTrainDataset(items, tok, 1024, all_options)
     batch = ClozeCollator(tok, dataset.k_max)([dataset[i] for i in range(len(dataset))])
-    fake = SimpleNamespace(calib_config=TrainConfig(scoring="cloze", **cfg))
-    fake._cloze_terms = lambda head, hidden, inputs: CalibTrainer._cloze_terms(fake, head, hidden,
-                                                                               inputs)
     with torch.no_grad():
-        terms, _ = CalibTrainer.loss_terms(fake, model, batch)
-    return terms
+        terms = loss_terms(model, batch, TrainConfig(scoring="cloze", **cfg))
+    return terms.sft, terms.option_scores
 
 
 @pytest.mark.parametrize("norm", ["none", "token", "char"])

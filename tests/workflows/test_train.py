@@ -53,21 +53,21 @@ def test_rcft_reestimates_bins_every_epoch(tiny_llama, data, tmp_path):
 
 
 def test_one_forward_pass_per_step(tiny_llama, data, tmp_path):
-    from calibtune.training import trainer as trainer_module
+    from calibtune.training import objective
 
     calls = []
-    original = trainer_module.through_forward
+    original = objective.through_forward
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    trainer_module.through_forward = counting
+    objective.through_forward = counting
     try:
         run_training(config(tiny_llama, data, tmp_path, method="rcft", max_steps=3,
                             eval_before=False))
     finally:
-        trainer_module.through_forward = original
+        objective.through_forward = original
     assert len(calls) == 3
 
 
