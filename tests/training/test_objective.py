@@ -84,3 +84,33 @@ def test_total_loss_weighs_the_terms_and_backpropagates(model_tok, letter_batch)
     model.zero_grad()
     with pytest.raises(ConfigError, match="reg_state"):
         total_loss(terms, batch, cfg)
+
+
+@pytest.mark.parametrize("scoring", ["letter", "cloze"])
+def test_item_index_is_the_examples_row_in_kept_items(model_tok, scoring):
+    """The frozen M-step targets are read by item_index: it must point at the item itself."""
+    from calibtune.training.cloze_dataset import ClozeTrainDataset
+
+    _, tok = model_tok
+    items = make_items(5, k=[4, 3])
+    dataset = (ClozeTrainDataset(items, tok, 1024, True) if scoring == "cloze"
+               else MCQTrainDataset(items, PromptEncoder(tok, "plain", 4), 1024))
+    assert [dataset.kept_items[e["item_index"]].id for e in dataset.examples] == \
+        [it.id for it in items]
+
+
+def test_frozen_targets_are_each_items_own(model_tok, letter_batch):
+    model, tok = model_tok
+    items, batch = letter_batch
+    scores = LetterScorer(model, tok, progress=False).score(items)
+    result = estep_targets(scores.logits, scores.labels, scores.mask, 10)
+    state = RegulariserState()
+    state.update(result, 0, 0)
+    cfg = TrainConfig(method="rcft", ece_targets="frozen")
+    with torch.no_grad():
+        terms = loss_terms(model, batch, cfg)
+        targets, _ = state.batch_targets(terms.option_scores, batch["option_mask"],
+                                         batch["item_index"], "frozen", "item")
+        loss, _ = total_loss(terms, batch, cfg, state)
+    np.testing.assert_allclose(targets.numpy(), result.targets, atol=1e-6)
+    assert torch.isfinite(loss)

@@ -40,7 +40,7 @@ class ClozeTrainDataset(ExampleDataset):
                 "n_chars": [enc.n_chars[k] for k in options],
                 "label": item.answer,
                 "n_options": item.n_options,
-                "item_index": len(self.kept_items),
+                "item_index": len(self.kept_items) - 1,  # its row in kept_items
             })
         self._check_kept(len(items), max_length)
 

@@ -61,7 +61,7 @@ class MCQTrainDataset(ExampleDataset):
                 "answer_pos": len(ids) - 1,
                 "label": item.answer,
                 "n_options": item.n_options,
-                "item_index": len(self.kept_items),
+                "item_index": len(self.kept_items) - 1,  # its row in kept_items
             })
         self._check_kept(len(items), max_length)
 
