@@ -48,14 +48,14 @@ def main() -> None:
     from calibtune.training.config import TrainConfig
     from calibtune.training.dataset import MCQCollator, MCQTrainDataset
     from calibtune.training.estep import RegulariserState
-    from calibtune.workflows.train import _wrap_lora
+    from calibtune.training.finetune import wrap_lora
     from calibtune.training.objective import loss_terms, total_loss
     from calibtune.training.targets import estep_targets
 
     torch.manual_seed(0)
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
     cfg = TrainConfig(method="rcft", lora_r=16, lora_alpha=32)
-    model = _wrap_lora(model, cfg)
+    model = wrap_lora(model, cfg)
     items = sample_items(load_dataset("mmlu", "train").items, 64, 0)
     ds = MCQTrainDataset(items, PromptEncoder(tok, "plain", 4), 384)
     collate = MCQCollator(tok, ds.letter_ids)

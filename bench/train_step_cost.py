@@ -26,7 +26,7 @@ from calibtune.scoring import LetterScorer
 from calibtune.training.config import TrainConfig
 from calibtune.training.dataset import MCQCollator, MCQTrainDataset
 from calibtune.training.estep import RegulariserState
-from calibtune.workflows.train import _wrap_lora
+from calibtune.training.finetune import wrap_lora
 from calibtune.training.objective import loss_terms, total_loss
 from calibtune.training.targets import estep_targets
 import numpy as np
@@ -36,7 +36,7 @@ model, tok = load_model("smollm2-135m-instruct", device="cpu")
 kind = {"reference": "rcft", "rcft_completion": "rcft"}.get(method, method)
 sft_loss = "completion" if method == "rcft_completion" else None
 cfg = TrainConfig(method=kind, sft_loss=sft_loss, lora_r=16, lora_alpha=32)
-model = _wrap_lora(model, cfg).train()
+model = wrap_lora(model, cfg).train()
 items = sample_items(load_dataset("mmlu", "train").items, 64, 0)
 enc = PromptEncoder(tok, "plain", 4)
 ds = MCQTrainDataset(items, enc, 384)

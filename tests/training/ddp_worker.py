@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from calibtune.training import estep as estep_module
-from calibtune.training.config import TrainConfig
+from calibtune.workflows.config import TrainRunConfig
 from calibtune.workflows.train import run_training
 
 model, data, out = sys.argv[1:4]
@@ -25,7 +25,7 @@ def recording_update(self, result, step, epoch):
 
 
 estep_module.RegulariserState.update = recording_update
-cfg = TrainConfig(model=model, data=f"{data}/train.jsonl", split=None,
+cfg = TrainRunConfig(model=model, data=f"{data}/train.jsonl", split=None,
                   eval_data=f"{data}/eval.jsonl", eval_split=None, eval_limit=None,
                   method="rcft", max_steps=4, estep_every_steps=2, batch_size=2, lora_r=4,
                   lora_alpha=8, learning_rate=5e-3, save_steps=100, eval_before=False, out=out)

@@ -15,9 +15,10 @@ import sys
 from accelerate import state as accelerate_state
 from accelerate.utils import DistributedType
 
-from calibtune.workflows import train as run_module
+from calibtune.training import finetune as finetune_module
 from calibtune.training import trainer as trainer_module
-from calibtune.training.config import TrainConfig
+from calibtune.workflows import train as run_module
+from calibtune.workflows.config import TrainRunConfig
 
 original_init = accelerate_state.AcceleratorState.__init__
 
@@ -31,16 +32,16 @@ def fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
 
 
 accelerate_state.AcceleratorState.__init__ = fsdp_on_cpu
-original_args = run_module._training_args
+original_args = finetune_module.training_arguments
 
 
-def deepspeed_on_cpu(cfg, folder):
-    args = original_args(cfg, folder)
+def deepspeed_on_cpu(cfg, folder, save=True):
+    args = original_args(cfg, folder, save)
     args.use_cpu = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true"
     return args
 
 
-run_module._training_args = deepspeed_on_cpu
+finetune_module.training_arguments = deepspeed_on_cpu
 
 # How the output head's weight is held between forward calls: a DTensor shard under FSDP, an
 # empty placeholder under ZeRO-3, the whole matrix under DDP.
@@ -59,7 +60,7 @@ def recording_compute_loss(self, model, inputs, *args, **kwargs):
 
 trainer_module.CalibTrainer.compute_loss = recording_compute_loss
 model, data, out, scoring = sys.argv[1:5]
-cfg = TrainConfig(model=model, data=f"{data}/train.jsonl", split=None,
+cfg = TrainRunConfig(model=model, data=f"{data}/train.jsonl", split=None,
                   eval_data=f"{data}/eval.jsonl", eval_split=None, eval_limit=None,
                   method="rcft", scoring=scoring, max_steps=4, estep_every_steps=2, batch_size=2,
                   lora_r=4, lora_alpha=8, learning_rate=5e-3, save_steps=100, eval_before=True,

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from calibtune.cli import app
 from calibtune.errors import ConfigError
 from calibtune.training.config import TrainConfig
+from calibtune.workflows.config import TrainRunConfig
 from calibtune.workflows.train import run_training
 
 from conftest import make_items, tiny_train_config, write_train_eval
@@ -174,7 +175,7 @@ def test_qlora_trains_on_4bit_weights(data, tmp_path):
     after = json.loads((result.out / "eval" / "metrics.json").read_text())
     assert 0 <= after["ece"] <= 1
     with pytest.raises(ConfigError, match="full-finetune"):
-        TrainConfig(load_in_4bit=True, lora=False)
+        TrainRunConfig(load_in_4bit=True, lora=False)
 
 
 @pytest.mark.parametrize("env,match", [

@@ -23,9 +23,6 @@ def smoothed_completion_loss(answer_logits: torch.Tensor, answer_token: torch.Te
     return -((1 - smoothing) * gold + smoothing * spread).mean()
 
 
-SFT_NORMALISATIONS = ("token", "sequence")
-
-
 def full_sequence_loss(head, hidden: torch.Tensor, lm_labels: torch.Tensor,
                        normalise: str = "token") -> torch.Tensor:
     """L_SFT2: next-token cross-entropy over question and answer (−100 marks padding).

@@ -22,9 +22,6 @@ from ..errors import InputError
 from ..metrics.binning import BinTable, assign_bins, bin_edges, bin_statistics
 from ..metrics.validation import softmax, top_label
 
-ECE_TARGETS = ("live", "frozen")
-ECE_REDUCTIONS = ("item", "bin")
-
 
 def rank_preserving_targets(probs: np.ndarray, a: np.ndarray, mask: np.ndarray | None = None
                             ) -> np.ndarray:

@@ -1,11 +1,11 @@
-"""`calibtune eval` as a library call: load items and model, score in resumable chunks, report."""
+"""`calibtune eval`: load items and model, score in resumable chunks, write the run folder."""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,38 +13,14 @@ import numpy as np
 
 from ..data import FieldMap, load_dataset, sample_items
 from ..data.items import MCQItem
-from ..errors import ConfigError, DataError
-from ..integrity import atomic_write_text
-from .run_folder import RunOutputs, write_config, write_run
+from ..errors import DataError
+from ..integrity import atomic_write, atomic_write_text
+from ..models import load_model
 from ..scoring import collect_logits, make_scorer, scores_from
+from .config import EvalConfig
+from .run_folder import RunOutputs, write_config, write_run
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalConfig:
-    """Everything `calibtune eval` needs; every field is a command-line option."""
-
-    model: str = "smollm2-135m-instruct"
-    data: str = "mmlu"
-    split: str | None = None
-    limit: int | None = None
-    seed: int = 0
-    prompt: str = "plain"
-    scoring: str = "letter"  # letter | cloze
-    cloze_norm: str = "none"  # none | token | char (cloze only)
-    adapter: str | None = None
-    dtype: str = "float32"
-    device: str | None = None
-    batch_size: int = 16
-    max_batch_tokens: int | None = 8192
-    bins: int = 10
-    n_boot: int = 1000
-    chunk_size: int = 512
-    skip_invalid: bool = False
-    trust_remote_code: bool = False
-    fields: dict = field(default_factory=dict)
-    out: str = "runs/eval"
 
 
 def load_eval_items(cfg: EvalConfig) -> tuple[list[MCQItem], list]:
@@ -87,11 +63,14 @@ def score_resumable(scorer: Any, items: list[MCQItem], encoded: list,
         part = np.zeros((stop - start, k_max))
         block = collect_logits(scorer, items[start:stop], encoded[start:stop])
         part[:, : block.shape[1]] = block
-        tmp = chunk_file.with_suffix(".tmp.npy")
-        np.save(tmp, part, allow_pickle=False)
-        tmp.replace(chunk_file)
+        atomic_write(chunk_file, lambda tmp: _save_array(tmp, part))
         logits[start:stop] = part
     return logits
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def _drop_too_long(scorer: Any, items: list[MCQItem]
@@ -111,10 +90,6 @@ def _drop_too_long(scorer: Any, items: list[MCQItem]
 
 def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) -> RunOutputs:
     """Score `cfg.data` with `cfg.model` and write the run folder `cfg.out`."""
-    from ..models import load_model
-
-    if cfg.bins < 1:
-        raise ConfigError(f"--bins must be at least 1, got {cfg.bins}")
     items, rejected = load_eval_items(cfg)  # bad data fails here, before anything is written
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
                                   device=cfg.device, trust_remote_code=cfg.trust_remote_code)

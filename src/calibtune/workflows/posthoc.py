@@ -2,44 +2,22 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ..calibrators import DACATemperature, make_calibrator
+from ..data.splits import split_indices
 from ..errors import ConfigError
 from ..integrity import atomic_write_json, atomic_write_text
 from ..metrics.summary import summarize
 from ..report.plots import plot_overlay, prepare_reliability
-from .run_folder import RunOutputs, write_config, write_run
 from ..scores import OptionScores
+from .config import PosthocConfig
+from .run_folder import RunOutputs, write_config, write_run
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PosthocConfig:
-    scores: str = ""
-    method: str = "temperature"
-    fit_fraction: float = 0.1
-    seed: int = 0
-    reference: str | None = None
-    scoring: str | None = None  # letter | cloze: refuse scores made the other way
-    bins: int = 10
-    n_boot: int = 1000
-    out: str = "runs/posthoc"
-
-
-def split_indices(n: int, fit_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint (fit, report) row indices: a seeded permutation, so nothing leaks."""
-    if not 0.0 < fit_fraction < 1.0:
-        raise ConfigError(f"--fit-fraction must be in (0, 1), got {fit_fraction}")
-    n_fit = int(round(fit_fraction * n))
-    if n_fit < 1 or n_fit >= n:
-        raise ConfigError(f"--fit-fraction {fit_fraction} of {n} items leaves a side empty")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[:n_fit]), np.sort(perm[n_fit:])
 
 
 def calibrated_scores(scores: OptionScores, probs: np.ndarray, meta: dict) -> OptionScores:
@@ -67,9 +45,11 @@ def check_scoring(scores: OptionScores, cfg: PosthocConfig) -> None:
 
 
 def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
+    if not cfg.scores:
+        raise ConfigError("--scores is required")
     scores = OptionScores.load(cfg.scores)
     check_scoring(scores, cfg)
-    fit_idx, report_idx = split_indices(len(scores), cfg.fit_fraction, cfg.seed)
+    fit_idx, report_idx = split_indices(len(scores), cfg.fit_fraction, cfg.seed, "--fit-fraction")
     fit, report = scores.subset(fit_idx), scores.subset(report_idx)
     if cfg.method == "daca":
         if not cfg.reference:
