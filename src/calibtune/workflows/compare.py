@@ -6,7 +6,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..integrity import atomic_write_text
 from ..metrics.summary import summarize
-from ..report.plots import plot_overlay, prepare_reliability
+from ..report.plots import prepare_reliability, save_overlay
 from ..scores import OptionScores
 
 
@@ -24,7 +24,7 @@ def compare_runs(runs: list[Path], out: Path, n_bins: int = 10) -> str:
                     f"{m['ece']:.3f} | {m['cw_ece']:.3f} | {m['nll']:.3f} |")
         curves.append(prepare_reliability(p, scores.labels, scores.mask, n_bins, label))
     out.mkdir(parents=True, exist_ok=True)
-    plot_overlay(curves, out / "overlay.png")
+    save_overlay(curves, out / "overlay.png")
     text = "\n".join(["| run | n | accuracy | mean conf. | ECE | cw-ECE | NLL |",
                       "|---|---|---|---|---|---|---|", *rows]) + "\n"
     atomic_write_text(out / "compare.md", text + "\n![overlay](overlay.png)\n")

@@ -12,7 +12,7 @@ from ..data.splits import split_indices
 from ..errors import ConfigError
 from ..integrity import atomic_write_json, atomic_write_text
 from ..metrics.summary import summarize
-from ..report.plots import plot_overlay, prepare_reliability
+from ..report.plots import prepare_reliability, save_overlay
 from ..scores import OptionScores
 from .config import PosthocConfig
 from .run_folder import RunOutputs, write_config, write_run
@@ -89,7 +89,7 @@ def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
                                 "seed": cfg.seed},
                        n_bins=cfg.bins, n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.method,
                        extra_metrics=extra)
-    plot_overlay([prepare_reliability(report.probs(), report.labels, report.mask, cfg.bins,
+    save_overlay([prepare_reliability(report.probs(), report.labels, report.mask, cfg.bins,
                                       "before"),
                   prepare_reliability(after.probs(), after.labels, after.mask, cfg.bins,
                                       cfg.method)], out / "before_after.png")

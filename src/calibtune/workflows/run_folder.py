@@ -15,8 +15,8 @@ import yaml
 from ..integrity import atomic_write_json, atomic_write_text
 from ..metrics.summary import summarize
 from ..report.markdown import render_report
-from ..report.plots import (plot_classwise, plot_reliability, prepare_classwise,
-                           prepare_reliability)
+from ..report.plots import (prepare_classwise, prepare_reliability, save_classwise,
+                            save_reliability)
 from ..scores import OptionScores
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,9 @@ def write_run(folder: str | Path, scores: OptionScores, *, title: str, context: 
     scores.save(folder / "scores.npz")
     atomic_write_json(folder / "metrics.json", _plain(metrics))
     rel = prepare_reliability(probs, scores.labels, scores.mask, n_bins, label)
-    plot_reliability(rel, folder / "reliability.png")
-    plot_reliability(rel, folder / "reliability.svg")
-    plot_classwise(prepare_classwise(probs, scores.labels, scores.mask, n_bins), metrics["cw_ece"],
+    save_reliability(rel, folder / "reliability.png")
+    save_reliability(rel, folder / "reliability.svg")
+    save_classwise(prepare_classwise(probs, scores.labels, scores.mask, n_bins), metrics["cw_ece"],
                    folder / "classwise.png")
     atomic_write_text(folder / "report.md", render_report(
         metrics, title=title, context=context, figures=["reliability.png", "classwise.png"]))
