@@ -10,6 +10,7 @@ from pathlib import Path
 
 from calibtune.scoring.cloze import cloze_context
 from calibtune.data.items import LETTERS, MCQItem
+from calibtune.integrity import atomic_write_text
 from calibtune.scoring.prompts import render_prompt
 
 TASK = """task: {name}
@@ -38,6 +39,6 @@ def write_lm_eval_task(items: list[MCQItem], folder: str | Path, name: str,
              "choices": [o.strip() for o in it.options] if cloze else list(LETTERS[:it.n_options]),
              "answer": it.answer} for it in items]
     path = folder / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (folder / f"{name}.yaml").write_text(TASK.format(name=name, docs=path))
+    atomic_write_text(path, "".join(json.dumps(d) + "\n" for d in docs))
+    atomic_write_text(folder / f"{name}.yaml", TASK.format(name=name, docs=path))
     return folder

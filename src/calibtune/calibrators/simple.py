@@ -7,6 +7,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 from ..errors import ConfigError, InputError
+from ..metrics.proper import gold_nll
 from ..metrics.validation import log_softmax, softmax
 from .base import Calibrator
 
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def _nll(z: np.ndarray, y: np.ndarray, m: np.ndarray) -> float:
-    return float(-np.mean(log_softmax(z, m)[np.arange(len(y)), y]))
+    return gold_nll(z, y, m)
 
 
 class Identity(Calibrator):

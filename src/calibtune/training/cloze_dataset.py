@@ -13,6 +13,7 @@ import torch
 
 from ..scoring.cloze import encode_cloze
 from ..data.items import MCQItem
+from ..scores import option_mask
 from ..scoring.batching import pad_batch, pad_token_id
 from .dataset import ExampleDataset
 
@@ -61,7 +62,6 @@ class ClozeCollator:
         label = torch.tensor([b["label"] for b in batch])
         gold = row_option == label[row_item]
         lm_labels = torch.where(mask.bool() & gold[:, None], ids, torch.full_like(ids, -100))
-        n_opt = torch.tensor([b["n_options"] for b in batch])
         return {
             "input_ids": ids,
             "attention_mask": mask,
@@ -71,6 +71,7 @@ class ClozeCollator:
             "n_cont": torch.tensor([n for b in batch for n in b["n_cont"]]),
             "n_chars": torch.tensor([n for b in batch for n in b["n_chars"]]),
             "label": label,
-            "option_mask": torch.arange(self.k_max)[None, :] < n_opt[:, None],
+            "option_mask": torch.from_numpy(option_mask([b["n_options"] for b in batch],
+                                                        self.k_max)),
             "item_index": torch.tensor([b["item_index"] for b in batch]),
         }

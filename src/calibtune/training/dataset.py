@@ -10,6 +10,7 @@ import torch
 from ..data.items import MCQItem
 from ..errors import DataError
 from ..scoring.prompts import PromptEncoder
+from ..scores import option_mask
 from ..scoring.batching import pad_token_id
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ class MCQCollator:
             ids[r, : len(seq)] = seq
             mask[r, : len(seq)] = 1
             lm_labels[r, : len(seq)] = seq
-        n_opt = torch.tensor([b["n_options"] for b in batch])
         return {
             "input_ids": ids,
             "attention_mask": mask,
@@ -93,6 +93,6 @@ class MCQCollator:
             "answer_pos": torch.tensor([b["answer_pos"] for b in batch]),
             "label": torch.tensor([b["label"] for b in batch]),
             "letter_ids": torch.tensor(self.letter_ids).expand(n, k).clone(),
-            "option_mask": torch.arange(k)[None, :] < n_opt[:, None],
+            "option_mask": torch.from_numpy(option_mask([b["n_options"] for b in batch], k)),
             "item_index": torch.tensor([b["item_index"] for b in batch]),
         }

@@ -19,6 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..data.items import MCQItem
+from ..integrity import atomic_write, atomic_write_text
 from ..metrics.binning import calibration_error_from_table
 from ..metrics.proper import accuracy
 from ..metrics.validation import softmax
@@ -85,11 +86,15 @@ class RegulariserState:
         return targets.to(option_scores.device), weights
 
     def save(self, folder: Path) -> None:
-        np.savez(folder / STATE_FILE, targets=self.targets.numpy(), bin_of_item=self.bin_of_item,
-                 edges=self.edges, bin_accuracy=self.bin_accuracy, bin_count=self.bin_count,
-                 bin_count_raw=self.bin_count_raw,
-                 steps=np.array([self.last_estep_step, self.last_estep_epoch]))
-        (folder / HISTORY_FILE).write_text(json.dumps(self.history))
+        """Into a checkpoint folder, atomically (a resumed run continues identically)."""
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, targets=self.targets.numpy(), bin_of_item=self.bin_of_item,
+                         edges=self.edges, bin_accuracy=self.bin_accuracy,
+                         bin_count=self.bin_count, bin_count_raw=self.bin_count_raw,
+                         steps=np.array([self.last_estep_step, self.last_estep_epoch]))
+        atomic_write(folder / STATE_FILE, write)
+        atomic_write_text(folder / HISTORY_FILE, json.dumps(self.history))
 
     def load(self, folder: Path) -> bool:
         path = Path(folder) / STATE_FILE
