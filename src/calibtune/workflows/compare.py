@@ -5,9 +5,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..integrity import atomic_write_text
-from ..metrics.summary import summarize
 from ..report.plots import prepare_reliability, save_overlay
-from ..scores import OptionScores
+from ..scores import OptionScores, evaluate
 
 
 def compare_runs(runs: list[Path], out: Path, n_bins: int = 10) -> str:
@@ -19,7 +18,7 @@ def compare_runs(runs: list[Path], out: Path, n_bins: int = 10) -> str:
         scores = OptionScores.load(path)
         label = run.name if run.is_dir() else run.parent.name
         p = scores.probs()
-        m = summarize(p, scores.labels, scores.mask, n_bins=n_bins, n_boot=0, logits=scores.logits)
+        m = evaluate(scores, n_bins=n_bins, n_boot=0)
         rows.append(f"| {label} | {m['n']} | {m['accuracy']:.3f} | {m['mean_confidence']:.3f} | "
                     f"{m['ece']:.3f} | {m['cw_ece']:.3f} | {m['nll']:.3f} |")
         curves.append(prepare_reliability(p, scores.labels, scores.mask, n_bins, label))

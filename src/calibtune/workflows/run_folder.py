@@ -13,11 +13,10 @@ import numpy as np
 import yaml
 
 from ..integrity import atomic_write_json, atomic_write_text
-from ..metrics.summary import summarize
 from ..report.markdown import render_report
 from ..report.plots import (prepare_classwise, prepare_reliability, save_classwise,
                             save_reliability)
-from ..scores import OptionScores
+from ..scores import OptionScores, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +38,7 @@ def write_run(folder: str | Path, scores: OptionScores, *, title: str, context: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     probs = scores.probs()
-    metrics = summarize(probs, scores.labels, scores.mask, n_bins=n_bins, n_boot=n_boot, seed=seed,
-                        logits=scores.logits)
+    metrics = evaluate(scores, n_bins=n_bins, n_boot=n_boot, seed=seed)
     if extra_metrics:
         metrics.update(extra_metrics)
     scores.save(folder / "scores.npz")
