@@ -1,11 +1,12 @@
 """Run folders of `calibtune eval`, `posthoc` and `train` on a tiny model, normalised to compare.
 
-The pre-refactor commit f35015c wrote `tests/workflows/golden/` with this script:
+The pre-refactor commit f35015c wrote `tests/workflows/golden/` with this script (then at
+tests/workflows/golden.py):
 
-    PYTHONPATH=src:tests python tests/workflows/golden.py tests/workflows/golden
+    PYTHONPATH=src:tests python tests/golden_runs.py tests/workflows/golden
 
-`test_golden.py` makes the same runs with the current code and compares them file by file. Only
-deterministic files are kept; absolute paths are replaced by `<root>` and `<model>`.
+`tests/workflows/test_golden.py` makes the same runs with the current code and compares them
+file by file. Only deterministic files are kept; absolute paths become `<root>` and `<model>`.
 """
 from __future__ import annotations
 
