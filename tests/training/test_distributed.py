@@ -12,6 +12,8 @@ import yaml
 
 from conftest import items_to_rows, make_items, write_jsonl
 
+pytestmark = pytest.mark.distributed
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 # the workers import this checkout's calibtune, whatever is installed
