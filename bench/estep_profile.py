@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import defaultdict
 
 import numpy as np
 import torch
@@ -44,19 +43,19 @@ def phase(fn) -> dict:
 def main() -> None:
     from calibtune.data import load_dataset, sample_items
     from calibtune.models import load_model
-    from calibtune.prompts import PromptEncoder
+    from calibtune.scoring.prompts import PromptEncoder
     from calibtune.scoring import LetterScorer
-    from calibtune.train.config import TrainConfig
-    from calibtune.train.dataset import MCQCollator, MCQTrainDataset
-    from calibtune.train.estep import RegulariserState
-    from calibtune.train.run import _wrap_lora
-    from calibtune.train.targets import estep_targets
-    from calibtune.train.trainer import CalibTrainer
+    from calibtune.training.config import TrainConfig
+    from calibtune.training.dataset import MCQCollator, MCQTrainDataset
+    from calibtune.training.estep import RegulariserState
+    from calibtune.training.finetune import wrap_lora
+    from calibtune.training.objective import loss_terms, total_loss
+    from calibtune.training.targets import estep_targets
 
     torch.manual_seed(0)
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
     cfg = TrainConfig(method="rcft", lora_r=16, lora_alpha=32)
-    model = _wrap_lora(model, cfg)
+    model = wrap_lora(model, cfg)
     items = sample_items(load_dataset("mmlu", "train").items, 64, 0)
     ds = MCQTrainDataset(items, PromptEncoder(tok, "plain", 4), 384)
     collate = MCQCollator(tok, ds.letter_ids)
@@ -77,13 +76,11 @@ def main() -> None:
     e = phase(estep)
     e |= {"profiled_s": e["wall_s"], "wall_s": estep_s, "gflop_per_s": e["gflop"] / estep_s}
     res = estep_targets(logits, np.array([it.answer for it in items]), np.ones((64, 4), bool))
-    state.targets = torch.tensor(res.targets, dtype=torch.float32)
-    fake = CalibTrainer.__new__(CalibTrainer)  # its loss methods, without a Trainer's setup
-    fake.calib_config, fake.reg_state, fake._terms = cfg, state, defaultdict(list)
+    state.update(res, 0, 0)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step(batch) -> None:
-        loss = CalibTrainer.compute_loss(fake, model, batch)
+        loss, _ = total_loss(loss_terms(model, batch, cfg), batch, cfg, state)
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -13,6 +13,7 @@ import argparse
 import datetime
 import time
 
+import numpy as np
 import torch
 
 from common import save, table
@@ -72,7 +73,7 @@ def time_it(fn, device, reps):
 
 
 def main() -> None:
-    from calibtune.heads import answer_logits
+    from calibtune.scoring.forward import answer_logits
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
@@ -99,13 +100,12 @@ def main() -> None:
                      "tflops": flops / ours / 1e12, "mfu": flops / ours / 1e12 / ceiling})
 
     train = {}
-    from collections import defaultdict
-    from types import SimpleNamespace
-
     from peft import LoraConfig, get_peft_model
 
-    from calibtune.train.estep import RegulariserState
-    from calibtune.train.trainer import CalibTrainer
+    from calibtune.training.config import TrainConfig
+    from calibtune.training.estep import RegulariserState
+    from calibtune.training.objective import loss_terms, total_loss
+    from calibtune.training.targets import estep_targets
 
     lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                             task_type="CAUSAL_LM")).train()
@@ -117,15 +117,15 @@ def main() -> None:
              "letter_ids": letters.expand(bs, 4).clone(),
              "option_mask": torch.ones(bs, 4, dtype=torch.bool, device=device),
              "item_index": torch.arange(bs, device=device)}
-    state = RegulariserState()
-    state.targets = torch.full((bs, 4), 0.25)
+    state = RegulariserState()  # an E-step on random scores: only the targets' shape matters
+    rng = np.random.default_rng(0)
+    state.update(estep_targets(rng.normal(size=(bs, 4)), rng.integers(0, 4, bs),
+                               np.ones((bs, 4), bool)), 0, 0)
     for method in ("cft", "rcft"):
-        fake = SimpleNamespace(calib_config=SimpleNamespace(
-            method=method, sft_weight=1.0, sft_loss="completion", ece_lambda=1.0,
-            label_smoothing=0.0), reg_state=state, _terms=defaultdict(list))
+        train_cfg = TrainConfig(method=method, sft_loss="completion")
 
         def step():
-            loss = CalibTrainer.compute_loss(fake, lora, batch)
+            loss, _ = total_loss(loss_terms(lora, batch, train_cfg), batch, train_cfg, state)
             loss.backward()
         s = time_it(step, device, args.reps)
         tokens = bs * args.seq

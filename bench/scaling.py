@@ -38,7 +38,7 @@ def metrics_on_synthetic(n: int = 1_000_000) -> dict:
 def main() -> None:
     from calibtune.data import load_dataset, sample_items
     from calibtune.models import load_model
-    from calibtune.prompts import PromptEncoder
+    from calibtune.scoring.prompts import PromptEncoder
     from calibtune.scoring import LetterScorer
 
     ap = argparse.ArgumentParser()

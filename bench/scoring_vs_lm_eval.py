@@ -41,7 +41,7 @@ print(json.dumps({"scoring_s": spent["s"], "lls": lls}))
 
 CALIBTUNE = r"""
 import json, sys, time
-import calibtune.evaluate as ev
+import calibtune.workflows.eval as ev
 spent = {"s": 0.0}
 real = ev.score_resumable
 def timed(*a, **k):
@@ -58,7 +58,7 @@ finally:
 def main() -> None:
     from calibtune.data import load_dataset, sample_items
     from calibtune.models import builtin_model_folder
-    from calibtune.lm_eval_task import write_lm_eval_task
+    from lm_eval_task import write_lm_eval_task
     from calibtune.scores import OptionScores
 
     ap = argparse.ArgumentParser()

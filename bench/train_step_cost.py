@@ -19,18 +19,16 @@ from common import run_child, save, table
 CHILD = r"""
 import json, sys, time
 import torch
-from collections import defaultdict
 from calibtune.data import load_dataset, sample_items
 from calibtune.models import load_model
-from calibtune.prompts import PromptEncoder
+from calibtune.scoring.prompts import PromptEncoder
 from calibtune.scoring import LetterScorer
-from calibtune.train.config import TrainConfig
-from calibtune.train.dataset import MCQCollator, MCQTrainDataset
-from calibtune.train.estep import RegulariserState
-from calibtune.train.run import _wrap_lora
-from calibtune.train.targets import estep_targets
-from calibtune.train.trainer import CalibTrainer
-from calibtune.train.losses import full_sequence_loss
+from calibtune.training.config import TrainConfig
+from calibtune.training.dataset import MCQCollator, MCQTrainDataset
+from calibtune.training.estep import RegulariserState
+from calibtune.training.finetune import wrap_lora
+from calibtune.training.objective import loss_terms, total_loss
+from calibtune.training.targets import estep_targets
 import numpy as np
 method, steps, bs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
@@ -38,14 +36,12 @@ model, tok = load_model("smollm2-135m-instruct", device="cpu")
 kind = {"reference": "rcft", "rcft_completion": "rcft"}.get(method, method)
 sft_loss = "completion" if method == "rcft_completion" else None
 cfg = TrainConfig(method=kind, sft_loss=sft_loss, lora_r=16, lora_alpha=32)
-model = _wrap_lora(model, cfg).train()
+model = wrap_lora(model, cfg).train()
 items = sample_items(load_dataset("mmlu", "train").items, 64, 0)
 enc = PromptEncoder(tok, "plain", 4)
 ds = MCQTrainDataset(items, enc, 384)
 batch = MCQCollator(tok, ds.letter_ids)([ds[i] for i in range(bs)])
 state = RegulariserState()
-fake = CalibTrainer.__new__(CalibTrainer)  # its loss methods, without a Trainer's setup
-fake.calib_config = cfg; fake.reg_state = state; fake._terms = defaultdict(list)
 model.eval()
 logits = np.zeros((len(items), 4))
 t = time.perf_counter()
@@ -54,7 +50,7 @@ for b, v in LetterScorer(model, tok, progress=False).iter_batches(items):
 estep_s = time.perf_counter() - t
 model.train()
 res = estep_targets(logits, np.array([it.answer for it in items]), np.ones((len(items), 4), bool))
-state.targets = torch.tensor(res.targets, dtype=torch.float32)
+state.update(res, 0, 0)
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 letters = torch.tensor(ds.letter_ids)
 def reference_step():
@@ -68,7 +64,7 @@ def reference_step():
     q = state.targets[batch["item_index"]]
     return out.loss + ((p - q) ** 2).sum(-1).mean()
 def our_step():
-    return CalibTrainer.compute_loss(fake, model, batch)
+    return total_loss(loss_terms(model, batch, cfg), batch, cfg, state)[0]
 step = reference_step if method == "reference" else our_step
 times = []
 for i in range(steps + 1):

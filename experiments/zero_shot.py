@@ -20,7 +20,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from calibtune.cloze import ClozeScorer, normalise  # noqa: E402
+from calibtune.scoring.cloze import ClozeScorer, normalise  # noqa: E402
 from calibtune.data import load_dataset, sample_items  # noqa: E402
 from calibtune.metrics import accuracy, ece  # noqa: E402
 from calibtune.metrics.validation import softmax  # noqa: E402

@@ -103,11 +103,11 @@ def write_train_eval(folder: Path, train_items: list[MCQItem], eval_items: list[
 
 
 def tiny_train_config(model: Path, data: Path, tmp_path: Path, **overrides):
-    """A TrainConfig for a seconds-long LoRA run on a tiny model and `write_train_eval` files."""
-    from calibtune.train.config import TrainConfig
+    """A TrainRunConfig for a seconds-long LoRA run on a tiny model and `write_train_eval` files."""
+    from calibtune.workflows.config import TrainRunConfig
 
     base = dict(model=str(model), data=str(data / "train.jsonl"), split=None,
                 eval_data=str(data / "eval.jsonl"), eval_split=None, eval_limit=None,
                 batch_size=4, lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=5e-3,
                 logging_steps=1, out=str(tmp_path / "run"))
-    return TrainConfig(**(base | overrides))
+    return TrainRunConfig(**(base | overrides))

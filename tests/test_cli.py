@@ -94,3 +94,80 @@ def test_report_overlays_runs(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "cmp" / "overlay.png").exists()
     assert "| aligned | 50 |" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+# Every flag `calibtune eval/posthoc/train/report` had before options were generated from the
+# configs, with a value; parsing them gives the config they always gave.
+OLD_FLAGS = {
+    "eval": ("--model m --data d.jsonl --split all --limit 5 --seed 2 --prompt chat --scoring "
+             "cloze --cloze-norm token --adapter a --dtype bfloat16 --device cpu --batch-size 3 "
+             "--max-batch-tokens 100 --bins 7 --n-boot 9 --chunk-size 11 --skip-invalid "
+             "--question-field q --options-field a,b --answer-field ans --id-field i "
+             "--subject-field s --answer-format letter --trust-remote-code --resume --out o"),
+    "posthoc": ("--scores s.npz --method histogram --fit-fraction 0.3 --seed 2 --reference r.npz "
+                "--scoring letter --bins 7 --n-boot 9 --out o"),
+    "train": ("--model m --data d --split all --train-limit 5 --eval-data e --eval-split all "
+              "--eval-limit 6 --epoch-eval-limit 3 --method rcft --sft-loss completion "
+              "--sft-weight 0.5 --lambda 2 --n-bins 7 --ece-targets frozen --ece-reduction bin "
+              "--sft-normalise sequence --estep-every-steps 4 --label-smoothing 0.2 --epochs 2 "
+              "--max-steps 9 --batch-size 3 --grad-accum 2 --learning-rate 0.01 --lora-r 4 "
+              "--lora-alpha 8 --lora-dropout 0.1 --lora-targets q_proj,v_proj --load-in-4bit "
+              "--prompt reference --scoring letter --cloze-norm char --dtype bfloat16 "
+              "--save-steps 5 --seed 3 --report-to tensorboard --resume --out o"),
+}
+
+
+def parse(command: str, args: list[str]):
+    """The config (and extra values) `calibtune COMMAND ARGS` builds, without running it."""
+    import typer
+
+    from calibtune.cli import config_values
+    from calibtune.config import build_config
+    from calibtune.workflows.config import (CompareConfig, EvalConfig, PosthocConfig,
+                                            TrainRunConfig)
+
+    cls = {"eval": EvalConfig, "posthoc": PosthocConfig, "train": TrainRunConfig,
+           "report": CompareConfig}[command]
+    click_cmd = typer.main.get_command(app).commands[command]
+    params = click_cmd.make_context(command, args).params
+    return build_config(cls, None, config_values(cls, params)), params
+
+
+def test_old_flags_still_parse_to_the_same_config():
+    cfg, params = parse("eval", OLD_FLAGS["eval"].split())
+    assert (cfg.model, cfg.limit, cfg.scoring, cfg.bins, cfg.n_boot, cfg.skip_invalid,
+            cfg.trust_remote_code, cfg.max_batch_tokens) == ("m", 5, "cloze", 7, 9, True, True, 100)
+    assert params["resume"] and params["options_field"] == "a,b"
+    cfg, _ = parse("posthoc", OLD_FLAGS["posthoc"].split())
+    assert (cfg.method, cfg.fit_fraction, cfg.bins, cfg.reference) == ("histogram", 0.3, 7, "r.npz")
+    cfg, params = parse("train", OLD_FLAGS["train"].split())
+    assert (cfg.ece_lambda, cfg.n_bins, cfg.ece_targets, cfg.load_in_4bit, cfg.lora_targets,
+            cfg.eval_limit, cfg.epochs, cfg.report_to) == (2.0, 7, "frozen", True, "q_proj,v_proj",
+                                                          6, 2.0, "tensorboard")
+    assert params["resume"] and cfg.lora
+    cfg, _ = parse("train", ["--full-finetune"])
+    assert cfg.lora is False
+    cfg, _ = parse("report", ["a", "b", "--bins", "7"])
+    assert cfg.n_bins == 7
+
+
+def test_n_bins_is_the_one_name_and_bins_a_hidden_alias():
+    for command in ("eval", "posthoc", "report"):
+        args = ["a"] if command == "report" else []
+        cfg, _ = parse(command, args + ["--n-bins", "6"])
+        assert getattr(cfg, "bins", getattr(cfg, "n_bins", None)) == 6
+        shown = runner.invoke(app, [command, "--help"]).output
+        assert "--n-bins" in shown and "--bins" not in shown.replace("--n-bins", "")
+
+
+def test_every_config_field_is_an_option_declared_once():
+    """The help text lives on the field; the CLI only reads it."""
+    import dataclasses
+
+    from calibtune.config import option_specs
+    from calibtune.workflows.config import EvalConfig, PosthocConfig, TrainRunConfig
+
+    for cls in (EvalConfig, PosthocConfig, TrainRunConfig):
+        fields = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+        specs = option_specs(cls)
+        assert {s.name for s in specs} == fields and all(s.help for s in specs)

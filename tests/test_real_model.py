@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from calibtune.cli import app
 from calibtune.data import load_dataset, sample_items
 from calibtune.models import BUILTIN_MODELS, builtin_model_folder, load_model
-from calibtune.prompts import letter_token_ids
+from calibtune.scoring.prompts import letter_token_ids
 
 pytestmark = pytest.mark.slow
 

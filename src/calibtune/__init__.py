@@ -1,10 +1,59 @@
-"""calibtune: measure and restore the calibration of aligned LLMs on multiple-choice questions."""
+"""calibtune: measure and restore the calibration of aligned LLMs on multiple-choice questions.
+
+The library returns objects and writes nothing; the `calibtune` command's workflows
+(`calibtune.workflows`) build on it and write run folders::
+
+    import calibtune as ct
+    model = ct.load_model("smollm2-135m-instruct")
+    items = ct.load_dataset("mmlu", split="test", limit=200)
+    scores = ct.score(model, items, scoring="letter")   # OptionScores, nothing written
+    report = ct.evaluate(scores)                        # metrics + intervals, plain data
+    ts = ct.calibrators.TemperatureScaling().fit(scores.logits, scores.labels, scores.mask)
+    outcome = ct.train(model, train_items, ct.TrainConfig(method="rcft"))
+
+Names that need torch, transformers or scikit-learn (`load_model`, `score`, `train`,
+`calibrators`, ...) are imported on first use, so `import calibtune` stays quick.
+"""
+from importlib import import_module
+from typing import Any
+
+from . import metrics
 from .data import FieldMap, MCQItem, load_dataset, load_items
-from .errors import CalibtuneError, ConfigError, DataError, IntegrityError, ModelError
+from .errors import (AssetError, CalibtuneError, ConfigError, DataError, InputError,
+                     IntegrityError, ModelError, SavedFileError)
 from .metrics import bin_table, bootstrap_ci, classwise_ece, ece, ece_noise_floor, summarize
-from .scores import OptionScores
+from .scores import OptionScores, evaluate
 
 __version__ = "0.1.0"
-__all__ = ["CalibtuneError", "ConfigError", "DataError", "FieldMap", "IntegrityError", "MCQItem",
-           "ModelError", "OptionScores", "bin_table", "bootstrap_ci", "classwise_ece", "ece",
-           "ece_noise_floor", "load_dataset", "load_items", "summarize", "__version__"]
+
+# name -> (module, attribute or None for the module itself)
+_LAZY = {
+    "load_model": ("calibtune.models", "load_model"),
+    "LoadedModel": ("calibtune.models", "LoadedModel"),
+    "score": ("calibtune.scoring", "score"),
+    "train": ("calibtune.training.finetune", "train"),
+    "TrainConfig": ("calibtune.training.config", "TrainConfig"),
+    "calibrators": ("calibtune.calibrators", None),
+    "models": ("calibtune.models", None),
+    "report": ("calibtune.report", None),
+    "scoring": ("calibtune.scoring", None),
+    "training": ("calibtune.training", None),
+    "workflows": ("calibtune.workflows", None),
+}
+
+__all__ = ["AssetError", "CalibtuneError", "ConfigError", "DataError", "FieldMap", "InputError",
+           "IntegrityError", "MCQItem", "ModelError", "OptionScores", "SavedFileError",
+           "bin_table", "bootstrap_ci", "classwise_ece", "ece", "ece_noise_floor", "evaluate",
+           "load_dataset", "load_items", "metrics", "summarize", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        loaded = import_module(module)
+        return loaded if attribute is None else getattr(loaded, attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,11 +1,16 @@
-"""The `calibtune` command: parses options, builds a config, calls the library, prints."""
+"""The `calibtune` command: options built from the workflow configs, a workflow call, a print.
+
+Each option is declared once, on its config field (`config.option`); this module turns the
+fields into typer options, so the flags, their help and the YAML keys cannot drift apart.
+"""
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -14,21 +19,69 @@ from rich.table import Table
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+from .config import build_config, option_specs  # noqa: E402
 from .errors import CalibtuneError  # noqa: E402
+from .workflows.config import CompareConfig, EvalConfig, PosthocConfig, TrainRunConfig  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure and restore the calibration of aligned LLMs on multiple-choice questions.")
 console = Console(stderr=True)
+KW = inspect.Parameter.KEYWORD_ONLY
+ALIAS = "__alias"  # parameter-name suffix of a hidden old flag
 
 
-# Options that several commands share, declared once.
-ModelOpt = Annotated[Optional[str], typer.Option(help="Built-in name, model folder or .gguf file.")]
-PromptOpt = Annotated[Optional[str], typer.Option(help="plain (ours) | reference (the reference code's template) | chat.")]
-ScoringOpt = Annotated[Optional[str], typer.Option(help="letter (option letters) or cloze (option texts).")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of sampling, splits, shuffling and the bootstrap (default 0).")]
-ConfigOpt = Annotated[Optional[Path], typer.Option(help="YAML file of these options; the command line wins.")]
-OutOpt = Annotated[Optional[str], typer.Option(help="Output folder.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
+def config_parameters(cls: type) -> list[inspect.Parameter]:
+    """One typer option per config field (None when not given: the YAML or default wins), and
+    a hidden one per old flag kept as an alias."""
+    params = []
+    for spec in option_specs(cls):
+        decl = spec.flag
+        if spec.type is bool:
+            decl = f"{spec.flag}/--no-{spec.flag[2:]}"
+        params.append(inspect.Parameter(spec.name, KW, annotation=Optional[spec.type],
+                                        default=typer.Option(None, decl, help=spec.help)))
+        for i, alias in enumerate(spec.aliases):
+            params.append(inspect.Parameter(f"{spec.name}{ALIAS}{i}", KW,
+                                            annotation=Optional[spec.type],
+                                            default=typer.Option(None, alias, hidden=True)))
+    return params
+
+
+def config_values(cls: type, given: dict[str, Any]) -> dict[str, Any]:
+    """The command line's values by field name: aliases folded in, inverted flags turned."""
+    values = {}
+    for spec in option_specs(cls):
+        value = given.get(spec.name)
+        for i in range(len(spec.aliases)):
+            if value is None:
+                value = given.get(f"{spec.name}{ALIAS}{i}")
+        if value is not None and spec.invert:
+            value = not value
+        values[spec.name] = value
+    return values
+
+
+def config_command(name: str, cls: type, run: Callable[..., None], *,
+                   extra: list[inspect.Parameter] = (), config_file: bool = True) -> None:
+    """Register `calibtune NAME` with `cls`'s options plus `extra`; `run(cfg, **extra)`."""
+    common = [inspect.Parameter("verbose", KW, annotation=bool, default=typer.Option(
+        False, "--verbose", "-v", help="Log what happens."))]
+    if config_file:
+        common.insert(0, inspect.Parameter("config", KW, annotation=Optional[Path],
+                                           default=typer.Option(None, help="YAML file of these options; the command line wins.")))
+    extra_names = [p.name for p in extra]
+
+    def command(**given: Any) -> None:
+        _setup_logging(given.pop("verbose"))
+        try:
+            cfg = build_config(cls, given.pop("config", None), config_values(cls, given))
+            run(cfg, **{k: given[k] for k in extra_names})
+        except CalibtuneError as err:
+            _fail(err)
+
+    command.__signature__ = inspect.Signature([*config_parameters(cls), *extra, *common])
+    command.__doc__ = run.__doc__
+    app.command(name)(command)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -67,104 +120,54 @@ def print_summary(metrics: dict, title: str, out: Path) -> None:
     Console().print(f"wrote {out}/ (scores.npz, metrics.json, reliability.png, report.md)")
 
 
-def _fields(question, options, answer, id_field, subject, answer_format) -> dict:
+# Data-file field names: CLI spellings of EvalConfig.fields (YAML: `fields: {question: ...}`).
+FIELD_OPTIONS = {
+    "question_field": ("question", "Field holding the question."),
+    "options_field": ("options", "Field with a list of options, or comma-separated fields."),
+    "answer_field": ("answer", "Field holding the answer."),
+    "id_field": ("id", "Field holding the item id."),
+    "subject_field": ("subject", "Field holding the subject."),
+    "answer_format": ("answer_format", "auto | index | letter | text."),
+}
+
+
+def field_map(given: dict[str, str | None]) -> dict | None:
+    """EvalConfig.fields from the --*-field options (None when none is given)."""
     fields: dict = {}
-    if question:
-        fields["question"] = question
-    if options:
-        parts = [p.strip() for p in options.split(",") if p.strip()]
-        fields["options"] = parts[0] if len(parts) == 1 else tuple(parts)
-    if answer:
-        fields["answer"] = answer
-    if id_field:
-        fields["id"] = id_field
-    if subject:
-        fields["subject"] = subject
-    if answer_format:
-        fields["answer_format"] = answer_format
-    return fields
+    for option, (key, _) in FIELD_OPTIONS.items():
+        value = given.get(option)
+        if not value:
+            continue
+        if key == "options":
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            value = parts[0] if len(parts) == 1 else tuple(parts)
+        fields[key] = value
+    return fields or None
 
 
-@app.command("eval")
-def eval_cmd(
-    model: ModelOpt = None,
-    data: Optional[str] = typer.Option(None, help="Built-in dataset name or a .jsonl/.csv/.parquet file."),
-    split: Optional[str] = typer.Option(None, help="Split of a built-in dataset (mmlu: all|train|test)."),
-    limit: Optional[int] = typer.Option(None, help="Score a seeded random sample of N items."),
-    seed: SeedOpt = None,
-    prompt: PromptOpt = None,
-    scoring: ScoringOpt = None,
-    cloze_norm: Optional[str] = typer.Option(None, help="Cloze length normalisation: none | token | char."),
-    adapter: Optional[str] = typer.Option(None, help="A PEFT adapter folder to apply."),
-    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if present)."),
-    batch_size: Optional[int] = typer.Option(None, help="Most items per forward pass."),
-    max_batch_tokens: Optional[int] = typer.Option(None, help="Most padded tokens per forward pass."),
-    bins: Optional[int] = typer.Option(None, help="Number of confidence bins (default 10)."),
-    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for intervals (0: none)."),
-    chunk_size: Optional[int] = typer.Option(None, help="Items per saved chunk (what --resume reuses)."),
-    skip_invalid: bool = typer.Option(False, help="Keep going past bad rows; list them in rejected.jsonl."),
-    question_field: Optional[str] = typer.Option(None, help="Field holding the question."),
-    options_field: Optional[str] = typer.Option(None, help="Field with a list of options, or comma-separated fields."),
-    answer_field: Optional[str] = typer.Option(None, help="Field holding the answer."),
-    id_field: Optional[str] = typer.Option(None, help="Field holding the item id."),
-    subject_field: Optional[str] = typer.Option(None, help="Field holding the subject."),
-    answer_format: Optional[str] = typer.Option(None, help="auto | index | letter | text."),
-    trust_remote_code: bool = typer.Option(False, help="Allow a model folder's own code to run."),
-    resume: bool = typer.Option(False, help="Reuse the saved chunks of an interrupted run in --out."),
-    config: ConfigOpt = None,
-    out: OutOpt = None,
-    verbose: VerboseOpt = False,
-) -> None:
+def eval_cmd(cfg: EvalConfig, resume: bool, **given: str | None) -> None:
     """Score a dataset with a model and report its calibration."""
-    _setup_logging(verbose)
-    try:
-        from .config import build_config
-        from .evaluate import EvalConfig, run_eval
+    from dataclasses import replace
 
-        fields = _fields(question_field, options_field, answer_field, id_field, subject_field,
-                         answer_format)
-        cfg = build_config(EvalConfig, config, dict(
-            model=model, data=data, split=split, limit=limit, seed=seed, prompt=prompt,
-            scoring=scoring, cloze_norm=cloze_norm, adapter=adapter, dtype=dtype, device=device,
-            batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens, bins=bins, n_boot=n_boot, chunk_size=chunk_size,
-            skip_invalid=skip_invalid or None, trust_remote_code=trust_remote_code or None,
-            fields=fields or None, out=out))
-        result = run_eval(cfg, resume=resume)
-    except CalibtuneError as err:
-        _fail(err)
+    from .workflows.eval import run_eval
+
+    fields = field_map(given)
+    result = run_eval(replace(cfg, fields=fields) if fields else cfg, resume=resume)
     print_summary(result.metrics, f"{cfg.model} on {cfg.data}", result.folder)
 
 
-@app.command("posthoc")
-def posthoc_cmd(
-    scores: Optional[str] = typer.Option(None, help="scores.npz of an eval run."),
-    method: Optional[str] = typer.Option(None, help="identity | temperature | vector | matrix | histogram | isotonic | daca."),
-    fit_fraction: Optional[float] = typer.Option(None, help="Share of items to fit on (default 0.1); the rest is reported."),
-    seed: SeedOpt = None,
-    reference: Optional[str] = typer.Option(None, help="Base model's scores.npz on the same items (daca)."),
-    scoring: Optional[str] = typer.Option(None, help="letter | cloze: refuse scores made the other way."),
-    bins: Optional[int] = typer.Option(None, help="Number of confidence bins."),
-    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for intervals."),
-    config: ConfigOpt = None,
-    out: OutOpt = None,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Fit a post-hoc calibrator on part of saved scores and report on the disjoint rest."""
-    _setup_logging(verbose)
-    try:
-        from .config import build_config
-        from .posthoc import PosthocConfig, run_posthoc
+config_command("eval", EvalConfig, eval_cmd, extra=[
+    inspect.Parameter("resume", KW, annotation=bool, default=typer.Option(
+        False, help="Reuse the saved chunks of an interrupted run in --out.")),
+    *[inspect.Parameter(name, KW, annotation=Optional[str], default=typer.Option(None, help=text))
+      for name, (_, text) in FIELD_OPTIONS.items()]])
 
-        cfg = build_config(PosthocConfig, config, dict(
-            scores=scores, method=method, fit_fraction=fit_fraction, seed=seed,
-            reference=reference, scoring=scoring, bins=bins, n_boot=n_boot, out=out))
-        if not cfg.scores:
-            raise CalibtuneError("--scores is required")
-        result = run_posthoc(cfg)
-    except CalibtuneError as err:
-        _fail(err)
+
+def posthoc_cmd(cfg: PosthocConfig) -> None:
+    """Fit a post-hoc calibrator on part of saved scores and report on the disjoint rest."""
+    from .workflows.posthoc import run_posthoc
+
+    result = run_posthoc(cfg)
     m = result.metrics
     b = m["before"]
     Console().print(f"{cfg.method}: fitted on {m['n_fit']} items, reported on {m['n_report']}")
@@ -177,75 +180,14 @@ def posthoc_cmd(
     Console().print(f"wrote {result.folder}/")
 
 
-@app.command("train")
-def train_cmd(
-    model: ModelOpt = None,
-    data: Optional[str] = typer.Option(None, help="Training data: built-in name or file."),
-    split: Optional[str] = typer.Option(None, help="Split of a built-in training dataset (default train)."),
-    train_limit: Optional[int] = typer.Option(None, help="Train on a seeded sample of N items."),
-    eval_data: Optional[str] = typer.Option(None, help="Held-out data (default: same dataset)."),
-    eval_split: Optional[str] = typer.Option(None, help="Held-out split (default test)."),
-    eval_limit: Optional[int] = typer.Option(None, help="Evaluate on a seeded sample of N items."),
-    epoch_eval_limit: Optional[int] = typer.Option(None, help="Held-out items scored at each epoch end (default 100; 0: off)."),
-    epoch_train_limit: Optional[int] = typer.Option(None, help="Training items scored at each epoch end, for the accuracy-ECE plane (default 100; 0: off)."),
-    method: Optional[str] = typer.Option(None, help="sft | cft | rcft | label_smoothing."),
-    sft_loss: Optional[str] = typer.Option(None, help="full | completion (rcft default: full)."),
-    sft_weight: Optional[float] = typer.Option(None, help="Weight of the SFT term (0: L_ECE alone)."),
-    ece_lambda: Optional[float] = typer.Option(None, "--lambda", help="Weight λ of the ECE regulariser."),
-    n_bins: Optional[int] = typer.Option(None, help="E-step bins."),
-    ece_targets: Optional[str] = typer.Option(None, help="M-step targets: live (re-binned from current probabilities, default) | frozen (fixed at the E-step)."),
-    ece_reduction: Optional[str] = typer.Option(None, help="L_ECE over a batch: item (mean, default) | bin (every bin the same weight, as the reference)."),
-    sft_normalise: Optional[str] = typer.Option(None, help="L_SFT: token (mean over tokens, default) | sequence (per-sequence sum)."),
-    estep_every_steps: Optional[int] = typer.Option(None, help="Run the E-step every N steps (default: every epoch)."),
-    label_smoothing: Optional[float] = typer.Option(None, help="ε of the label_smoothing baseline."),
-    epochs: Optional[float] = typer.Option(None, help="Epochs (default 5, as the paper)."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimiser steps."),
-    batch_size: Optional[int] = typer.Option(None, help="Per-device batch size."),
-    grad_accum: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
-    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default 128)."),
-    lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (default 64)."),
-    lora_dropout: Optional[float] = typer.Option(None, help="LoRA dropout (default 0.05)."),
-    lora_targets: Optional[str] = typer.Option(None, help="all-linear or comma-separated module names."),
-    full_finetune: bool = typer.Option(False, help="Train all weights instead of a LoRA adapter."),
-    load_in_4bit: bool = typer.Option(False, help="QLoRA: NF4 4-bit frozen weights (needs bitsandbytes)."),
-    prompt: PromptOpt = None,
-    scoring: ScoringOpt = None,
-    cloze_norm: Optional[str] = typer.Option(None, help="Cloze score RCFT regularises: none | token | char."),
-    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16."),
-    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
-    seed: SeedOpt = None,
-    report_to: Optional[str] = typer.Option(None, help="none | tensorboard."),
-    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
-    config: ConfigOpt = None,
-    out: OutOpt = None,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Fine-tune for calibration (CFT / RCFT) or a baseline, then evaluate on held-out items."""
-    _setup_logging(verbose)
-    try:
-        from .config import build_config
-        from .train.config import TrainConfig
-        from .train.run import run_training
+config_command("posthoc", PosthocConfig, posthoc_cmd)
 
-        cfg = build_config(TrainConfig, config, dict(
-            model=model, data=data, split=split, train_limit=train_limit, eval_data=eval_data,
-            eval_split=eval_split, eval_limit=eval_limit, epoch_eval_limit=epoch_eval_limit,
-            epoch_train_limit=epoch_train_limit,
-            method=method, sft_loss=sft_loss,
-            sft_weight=sft_weight, ece_lambda=ece_lambda, n_bins=n_bins,
-            ece_targets=ece_targets, ece_reduction=ece_reduction, sft_normalise=sft_normalise,
-            estep_every_steps=estep_every_steps, label_smoothing=label_smoothing, epochs=epochs,
-            max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-            learning_rate=learning_rate, lora_r=lora_r, lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout, lora_targets=lora_targets,
-            lora=False if full_finetune else None, load_in_4bit=load_in_4bit or None,
-            prompt=prompt, scoring=scoring,
-            cloze_norm=cloze_norm, dtype=dtype,
-            save_steps=save_steps, seed=seed, report_to=report_to, out=out))
-        result = run_training(cfg, resume=resume)
-    except CalibtuneError as err:
-        _fail(err)
+
+def train_cmd(cfg: TrainRunConfig, resume: bool) -> None:
+    """Fine-tune for calibration (CFT / RCFT) or a baseline, then evaluate on held-out items."""
+    from .workflows.train import run_training
+
+    result = run_training(cfg, resume=resume)
     if result.metrics_after:
         if result.metrics_before:
             Console().print("before training:")
@@ -253,21 +195,21 @@ def train_cmd(
         print_summary(result.metrics_after, f"{cfg.model} after {cfg.method}", result.out / "eval")
 
 
-@app.command("report")
-def report_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run folders (or scores.npz files) to compare."),
-    out: Path = typer.Option(Path("runs/compare"), help="Output folder."),
-    bins: int = typer.Option(10, help="Number of confidence bins."),
-) -> None:
-    """Overlay the reliability curves of several runs and tabulate their metrics."""
-    _setup_logging(False)
-    try:
-        from .compare import compare_runs
+config_command("train", TrainRunConfig, train_cmd, extra=[
+    inspect.Parameter("resume", KW, annotation=bool, default=typer.Option(
+        False, help="Continue from the last checkpoint in --out."))])
 
-        text = compare_runs(runs, out, bins)
-    except CalibtuneError as err:
-        _fail(err)
-    Console().print(text)
+
+def report_cmd(cfg: CompareConfig, runs: list[Path]) -> None:
+    """Overlay the reliability curves of several runs and tabulate their metrics."""
+    from .workflows.compare import compare_runs
+
+    Console().print(compare_runs(runs, Path(cfg.out), cfg.n_bins))
+
+
+config_command("report", CompareConfig, report_cmd, config_file=False, extra=[
+    inspect.Parameter("runs", KW, annotation=list[Path], default=typer.Argument(
+        ..., help="Run folders (or scores.npz files) to compare."))])
 
 
 @app.command("models")

@@ -1,15 +1,81 @@
-"""Dataclass configs from YAML with command-line overrides: defaults < YAML < command line."""
+"""Configuration dataclasses: each option declared once, loaded from YAML, overridden on the CLI.
+
+A field made with `option(default, help, ...)` carries everything the other layers need: its
+help text and command-line flag (the CLI builds its options from them), hidden aliases that keep
+old commands working, and the transformers `TrainingArguments` name it maps to. Values resolve
+as defaults < YAML file < command line.
+"""
 from __future__ import annotations
 
 import dataclasses
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
 from .errors import ConfigError
 
 T = TypeVar("T")
+_MISSING: Any = dataclasses.MISSING
+
+
+def option(default: Any = _MISSING, help: str = "", *, flag: str | None = None,
+           aliases: tuple[str, ...] = (), invert: bool = False, hf: str | None = None,
+           factory: Callable[[], Any] | None = None, cli: bool = True) -> Any:
+    """A dataclass field with its one declaration of help text and command-line flag.
+
+    `flag` defaults to ``--field-name``; `aliases` are older flags, accepted but hidden;
+    `invert` makes a bool flag set the field to False (``--full-finetune`` → ``lora: false``);
+    `hf` names the `TrainingArguments` field it is copied to; `cli=False` keeps it YAML-only.
+    """
+    metadata = {"help": help, "flag": flag, "aliases": tuple(aliases), "invert": invert,
+                "hf": hf, "cli": cli}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One command-line option of a config field, as the CLI declares it."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    flag: str
+    aliases: tuple[str, ...]
+    invert: bool
+
+
+def option_specs(cls: type) -> list[OptionSpec]:
+    """The CLI options of `cls`'s fields: those declared in `cls` itself first, then inherited."""
+    hints = typing.get_type_hints(cls)
+    own = set(cls.__dict__.get("__annotations__", {}))
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)
+    specs = []
+    for f in fields:
+        meta = f.metadata
+        if "help" not in meta or not meta["cli"]:
+            continue
+        specs.append(OptionSpec(f.name, _plain_type(hints[f.name]), f.default, meta["help"],
+                                meta["flag"] or "--" + f.name.replace("_", "-"),
+                                meta["aliases"], meta["invert"]))
+    return specs
+
+
+def _plain_type(hint: Any) -> type:
+    """int for `int | None`, and so on: the type a command-line value is parsed as."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def hf_arguments(config: Any) -> dict[str, Any]:
+    """{TrainingArguments name: value} of every field declared with `hf=`."""
+    return {f.metadata["hf"]: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.metadata.get("hf")}
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -1,4 +1,14 @@
-"""One exception family, so the CLI can turn any expected failure into a one-line message."""
+"""One exception family, so the CLI can turn any expected failure into a one-line message.
+
+One type per fault, whichever module finds it:
+- `DataError`: a dataset row is unusable (file, row and field named).
+- `ConfigError`: a configuration value or option is invalid.
+- `InputError`: arrays given to a library function are malformed (shape, NaN, labels, mask).
+- `SavedFileError`: a saved calibtune file (scores.npz, calibrator.json) is missing or unreadable.
+- `ModelError`: a model or tokenizer cannot be used as asked.
+- `AssetError`: a built-in model or dataset is not installed.
+- `IntegrityError`: a file does not match its pinned digest.
+"""
 from __future__ import annotations
 
 
@@ -26,8 +36,21 @@ class ConfigError(CalibtuneError):
     """A configuration value or command-line option is invalid."""
 
 
+class InputError(CalibtuneError, ValueError):
+    """Arrays given to a metric, calibrator or `OptionScores` are malformed; the message says
+    which and how. Also a ValueError, as NumPy users expect."""
+
+
+class SavedFileError(CalibtuneError):
+    """A saved calibtune file (scores.npz, calibrator.json) is missing or unreadable."""
+
+
 class ModelError(CalibtuneError):
     """A model or tokenizer cannot be used as asked (letters not single tokens, NaN logits, ...)."""
+
+
+class AssetError(CalibtuneError):
+    """A built-in model or dataset is not installed; the message says how to install it."""
 
 
 class IntegrityError(CalibtuneError):

@@ -1,7 +1,7 @@
-"""`OptionScores`: the K option logits of every item — the hinge between models and metrics.
+"""`OptionScores`: the K option scores of every item — the hinge between models and metrics.
 
 Plain NumPy, saved as ``scores.npz`` (no pickle), so metrics, calibrators and reports run again
-without the model.
+without the model. `evaluate` turns them into every metric of a run, as plain data.
 """
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CalibtuneError
+from .errors import InputError, SavedFileError
 from .integrity import atomic_write
+from .metrics.summary import summarize
+from .metrics.validation import softmax
 
 
 def option_mask(n_options, k_max: int | None = None) -> np.ndarray:
@@ -24,10 +26,14 @@ def option_mask(n_options, k_max: int | None = None) -> np.ndarray:
 
 @dataclass
 class OptionScores:
-    """Option logits [n, K_max], gold labels [n], option mask [n, K_max] and item ids [n].
+    """Option scores [n, K_max], gold labels [n], option mask [n, K_max] and item ids [n].
 
-    Masked entries (options an item does not have) hold 0 in `logits` and are ignored everywhere.
-    `meta` records how the scores were made (model, prompt, scoring mode).
+    `logits` holds whatever the softmax over an item's options is taken of: the option-letter
+    logits in letter scoring, the (normalised) log-likelihoods of the option texts in cloze
+    scoring (`meta["scoring"]` says which), or log-probabilities after a calibrator. Any of
+    them is a logit vector up to a constant per item, so every metric and calibrator takes
+    them alike. Masked entries (options an item does not have) hold 0 and are ignored
+    everywhere. `meta` records how the scores were made (model, prompt, scoring mode).
     """
 
     logits: np.ndarray
@@ -44,7 +50,7 @@ class OptionScores:
         n = len(self.labels)
         if self.logits.ndim != 2 or self.logits.shape[0] != n or self.mask.shape != self.logits.shape \
                 or self.ids.shape != (n,):
-            raise CalibtuneError(f"inconsistent OptionScores shapes: logits {self.logits.shape}, "
+            raise InputError(f"inconsistent OptionScores shapes: logits {self.logits.shape}, "
                                  f"labels {self.labels.shape}, mask {self.mask.shape}, "
                                  f"ids {self.ids.shape}")
 
@@ -53,8 +59,6 @@ class OptionScores:
 
     def probs(self) -> np.ndarray:
         """Softmax over each item's own options (masked options get probability 0)."""
-        from .metrics.validation import softmax
-
         return softmax(self.logits, self.mask)
 
     def subset(self, index: np.ndarray) -> "OptionScores":
@@ -72,14 +76,23 @@ class OptionScores:
     def load(cls, path: str | Path) -> "OptionScores":
         path = Path(path)
         if not path.exists():
-            raise CalibtuneError(f"{path}: scores file not found")
+            raise SavedFileError(f"{path}: scores file not found")
         try:
             with np.load(path, allow_pickle=False) as z:
                 missing = {"logits", "labels", "mask", "ids"} - set(z.files)
                 if missing:
-                    raise CalibtuneError(f"{path}: not a calibtune scores file (missing "
+                    raise SavedFileError(f"{path}: not a calibtune scores file (missing "
                                          f"{', '.join(sorted(missing))})")
                 meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
                 return cls(z["logits"], z["labels"], z["mask"], z["ids"], meta)
         except (OSError, ValueError) as err:
-            raise CalibtuneError(f"{path}: unreadable scores file ({err})") from None
+            raise SavedFileError(f"{path}: unreadable scores file ({err})") from None
+
+
+def evaluate(scores: OptionScores, *, n_bins: int = 10, n_boot: int = 1000, seed: int = 0
+             ) -> dict:
+    """Every metric of `scores`, as `metrics.json` holds it: accuracy, the ECE family, proper
+    scores, selective prediction, bootstrap intervals (under "ci"; `n_boot=0`: none) and the
+    ECE noise floor. Plain data; nothing is written. NLL is exact (from the scores)."""
+    return summarize(scores.probs(), scores.labels, scores.mask, n_bins=n_bins, n_boot=n_boot,
+                     seed=seed, logits=scores.logits)

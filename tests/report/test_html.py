@@ -52,7 +52,7 @@ def test_text_is_escaped_and_bold_is_the_only_markup():
 @pytest.mark.browser
 def test_run_page_renders_in_chromium(tmp_path):
     assert CHROMIUM, "chromium is not installed: `make test` installs it (apt-get install chromium)"
-    from calibtune.runs import write_run
+    from calibtune.workflows.run_folder import write_run
     from calibtune.scores import OptionScores
 
     rng = np.random.default_rng(0)

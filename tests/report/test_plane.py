@@ -5,7 +5,7 @@ import pytest
 
 from calibtune.errors import ConfigError
 from calibtune.report.plane import prepare_plane, save_plane
-from calibtune.train.run import run_training
+from calibtune.workflows.train import run_training
 
 from conftest import make_items, tiny_train_config, write_train_eval
 

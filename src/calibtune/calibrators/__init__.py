@@ -1,6 +1,6 @@
 """Post-hoc calibrators with one interface: fit(logits, labels, mask) / transform(logits)."""
 from .base import REGISTRY, Calibrator, NotFittedError, make_calibrator
-from .binning import HistogramBinning, IsotonicCalibration
+from .top_label import HistogramBinning, IsotonicCalibration
 from .daca import DACATemperature
 from .simple import Identity, MatrixScaling, TemperatureScaling, VectorScaling
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import CalibtuneError, ConfigError
+from ..errors import CalibtuneError, ConfigError, InputError, SavedFileError
 from ..integrity import atomic_write_json
 from ..metrics.validation import check_inputs, softmax
 
@@ -29,16 +29,16 @@ def as_logits(values: np.ndarray, mask: np.ndarray | None, from_probs: bool) -> 
     """(logits, mask) as float64 / bool, converting probabilities with log when asked."""
     z = np.asarray(values, dtype=np.float64)
     if z.ndim != 2:
-        raise ConfigError(f"calibrators take a 2-D array [n_items, n_options], got shape {z.shape}")
+        raise InputError(f"calibrators take a 2-D array [n_items, n_options], got shape {z.shape}")
     m = np.ones(z.shape, bool) if mask is None else np.asarray(mask, bool)
     if m.shape != z.shape:
-        raise ConfigError(f"mask shape {m.shape} does not match logits {z.shape}")
+        raise InputError(f"mask shape {m.shape} does not match logits {z.shape}")
     if from_probs:
         if (z[m] < 0).any() or (z[m] > 1).any():
-            raise ConfigError("from_probs=True but values lie outside [0, 1]")
+            raise InputError("from_probs=True but values lie outside [0, 1]")
         z = np.log(np.clip(z, 1e-300, 1.0))
     if not np.isfinite(np.where(m, z, 0.0)).all():
-        raise ConfigError("logits hold NaN or inf")
+        raise InputError("logits hold NaN or inf")
     return np.where(m, z, 0.0), m
 
 
@@ -93,9 +93,16 @@ class Calibrator(ABC):
 
     @staticmethod
     def load(path: str | Path) -> "Calibrator":
-        data = json.loads(Path(path).read_text())
-        cal = make_calibrator(data["method"])
-        cal.set_params(data["params"])
+        """A fitted calibrator from `save`'s JSON; a bad file raises `SavedFileError`."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            cal = make_calibrator(data["method"])
+            cal.set_params(data["params"])
+        except OSError as err:
+            raise SavedFileError(f"{path}: cannot read calibrator file ({err.strerror})") from None
+        except (ValueError, KeyError, TypeError, ConfigError) as err:
+            reason = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+            raise SavedFileError(f"{path}: not a calibtune calibrator file ({reason})") from None
         cal.fitted_ = True
         return cal
 

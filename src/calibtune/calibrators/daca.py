@@ -8,7 +8,7 @@ Confidence Calibrator", NeurIPS 2025.
 from __future__ import annotations
 
 import numpy as np
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..metrics.validation import softmax
 from .simple import TemperatureScaling, fit_inverse_temperature
 
@@ -26,12 +26,12 @@ class DACATemperature(TemperatureScaling):
         z = np.asarray(logits, float)
         r = np.asarray(reference_logits, float)
         if z.shape != r.shape:
-            raise ConfigError(f"aligned scores {z.shape} and reference scores {r.shape} differ in "
-                              "shape; score the same items with both models")
+            raise InputError(f"aligned scores {z.shape} and reference scores {r.shape} differ in "
+                             "shape; score the same items with both models")
         m = np.ones(z.shape, bool) if mask is None else np.asarray(mask, bool)
         agree = softmax(z, m).argmax(1) == softmax(r, m).argmax(1)
         if agree.sum() == 0:
-            raise ConfigError("the two models agree on no item; DACA cannot fit a temperature")
+            raise InputError("the two models agree on no item; DACA cannot fit a temperature")
         za, ma = np.where(m, z, 0.0)[agree], m[agree]
         # min KL(base ‖ aligned_T) = min cross-entropy to the base distribution: convex in 1/T
         self.inverse_temperature, self.at_bound = fit_inverse_temperature(

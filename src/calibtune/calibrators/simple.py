@@ -6,7 +6,8 @@ import logging
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
+from ..metrics.proper import gold_nll
 from ..metrics.validation import log_softmax, softmax
 from .base import Calibrator
 
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def _nll(z: np.ndarray, y: np.ndarray, m: np.ndarray) -> float:
-    return float(-np.mean(log_softmax(z, m)[np.arange(len(y)), y]))
+    return gold_nll(z, y, m)
 
 
 class Identity(Calibrator):
@@ -172,8 +173,8 @@ class _AffineScaling(Calibrator):
 
     def _transform(self, z, m):
         if z.shape[1] != self.bias.shape[0]:
-            raise ConfigError(f"{self.name} was fitted for K = {self.bias.shape[0]} options, "
-                              f"got {z.shape[1]}")
+            raise InputError(f"{self.name} was fitted for K = {self.bias.shape[0]} options, "
+                             f"got {z.shape[1]}")
         return softmax(self._apply(z, self.weight, self.bias), m)
 
     def get_params(self) -> dict:

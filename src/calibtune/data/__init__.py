@@ -2,7 +2,8 @@
 from .builtin import BUILTIN_DATASETS, load_dataset
 from .items import LETTERS, MCQItem
 from .loaders import FieldMap, LoadResult, item_from_row, load_items
-from .splits import random_split, sample_items, subject_split
+from .splits import random_split, sample_items, split_indices, subject_split
 
 __all__ = ["BUILTIN_DATASETS", "FieldMap", "LETTERS", "LoadResult", "MCQItem", "item_from_row",
-           "load_dataset", "load_items", "random_split", "sample_items", "subject_split"]
+           "load_dataset", "load_items", "random_split", "sample_items", "split_indices",
+           "subject_split"]

@@ -13,7 +13,7 @@ from ..packaged import package_file
 from .items import MCQItem
 from .loaders import FieldMap, LoadResult, item_from_row, load_items
 from .evals_sets import load_evals_jsonl, parse_medmcqa, parse_quartz, parse_socialiqa
-from .splits import random_split, subject_split
+from .splits import random_split, sample_items, subject_split
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +112,26 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
 
 
 def load_dataset(spec: str, split: str | None = None, fields: FieldMap | None = None, *,
-                 skip_invalid: bool = False) -> LoadResult:
-    """Load a built-in dataset by name (with `split`) or a local file (with `fields`)."""
+                 skip_invalid: bool = False, limit: int | None = None, seed: int = 0
+                 ) -> LoadResult:
+    """Load a built-in dataset by name (with `split`) or a local file (with `fields`).
+
+    `limit` keeps a seeded random sample of that many items, in their original order. The
+    result is a sequence of `MCQItem` (and keeps the rejected rows and the source)."""
     if spec in BUILTIN_DATASETS:
         ds = BUILTIN_DATASETS[spec]
         split = split or "all"
         if split not in ds.splits:
             raise ConfigError(f"dataset {spec!r} has splits {', '.join(ds.splits)}; got {split!r}")
-        return ds.load(split)
-    if split not in (None, "all"):
+        result = ds.load(split)
+    elif split not in (None, "all"):
         raise ConfigError(f"--split applies to built-in datasets only ({', '.join(BUILTIN_DATASETS)}); "
                           f"{spec!r} is a file: split it yourself or use --limit")
-    if not Path(spec).exists():
+    elif not Path(spec).exists():
         raise ConfigError(f"{spec!r} is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
                           "nor an existing file")
-    return load_items(spec, fields, skip_invalid=skip_invalid)
+    else:
+        result = load_items(spec, fields, skip_invalid=skip_invalid)
+    if limit is not None:
+        result.items = sample_items(result.items, limit, seed)
+    return result

@@ -22,7 +22,3 @@ class MCQItem:
     @property
     def n_options(self) -> int:
         return len(self.options)
-
-    @property
-    def answer_letter(self) -> str:
-        return LETTERS[self.answer]

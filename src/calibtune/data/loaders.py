@@ -45,11 +45,22 @@ class FieldMap:
 
 @dataclass
 class LoadResult:
-    """Items that passed validation, and the errors of those that did not (with skip_invalid)."""
+    """Items that passed validation, and the errors of those that did not (with skip_invalid).
+
+    It is also the sequence of its items, so it can be scored or trained on as it is."""
 
     items: list[MCQItem]
     rejected: list[DataError] = field(default_factory=list)
     source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[MCQItem]:
+        return iter(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
 
 
 def load_items(path: str | Path, fields: FieldMap | None = None, *,

@@ -17,18 +17,24 @@ def sample_items(items: list[MCQItem], n: int | None, seed: int = 0) -> list[MCQ
     return [items[i] for i in keep]
 
 
+def split_indices(n: int, fraction: float, seed: int = 0, name: str = "fraction"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint sorted (first, rest) row indices, round(fraction·n) of them first, chosen by a
+    seeded permutation: the one seeded split behind `random_split` and posthoc's fit/report."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"{name} must be in (0, 1), got {fraction}")
+    n_first = int(round(fraction * n))
+    if n_first < 1 or n_first >= n:
+        raise ConfigError(f"{name} {fraction} of {n} items leaves a side empty")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:n_first]), np.sort(perm[n_first:])
+
+
 def random_split(items: list[MCQItem], fraction: float, seed: int = 0
                  ) -> tuple[list[MCQItem], list[MCQItem]]:
     """Split into (first, rest) with round(fraction·n) items in `first`, chosen by seed."""
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"fraction must be in (0, 1), got {fraction}")
-    n_first = int(round(fraction * len(items)))
-    if n_first == 0 or n_first == len(items):
-        raise ConfigError(f"fraction {fraction} of {len(items)} items leaves one side empty")
-    perm = np.random.default_rng(seed).permutation(len(items))
-    first = set(perm[:n_first].tolist())
-    return ([it for i, it in enumerate(items) if i in first],
-            [it for i, it in enumerate(items) if i not in first])
+    first, rest = split_indices(len(items), fraction, seed)
+    return [items[i] for i in first], [items[i] for i in rest]
 
 
 def subject_split(items: list[MCQItem], train_fraction: float = 0.25, seed: int = 0

@@ -1,7 +1,7 @@
 """Calibration metrics on plain arrays (probabilities or logits [n, K], labels [n], mask)."""
 from .binning import BinTable, assign_bins, bin_edges, bin_statistics, calibration_error_from_table
 from .calibration import bin_table, classwise_ece, classwise_tables, ece
-from .proper import accuracy, brier, nll
+from .proper import accuracy, brier, gold_nll, nll
 from .selective import (accuracy_coverage_curve, area_under_accuracy_coverage, auroc,
                         auroc_from_confidence, selective_accuracies, selective_accuracy)
 from .smooth import smooth_ece, smooth_ece_at
@@ -13,6 +13,7 @@ __all__ = ["BinTable", "Interval", "MetricInputError", "NoiseFloor", "accuracy",
            "accuracy_coverage_curve", "area_under_accuracy_coverage", "assign_bins", "auroc",
            "auroc_from_confidence", "bin_edges", "bin_statistics", "bin_table",
            "bootstrap_ci", "brier", "calibration_error_from_table", "check_inputs",
-           "classwise_ece", "classwise_tables", "ece", "ece_noise_floor", "log_softmax", "nll",
+           "classwise_ece", "classwise_tables", "ece", "ece_noise_floor", "gold_nll", "log_softmax",
+           "nll",
            "selective_accuracies", "selective_accuracy", "smooth_ece", "smooth_ece_at",
            "softmax", "summarize", "top_label"]

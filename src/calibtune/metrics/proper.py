@@ -24,11 +24,17 @@ def brier(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
     return float(np.mean(np.sum(np.where(m, (p - onehot) ** 2, 0.0), axis=1)))
 
 
+def gold_nll(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean −log softmax(logits)[label] over items, exact, without input checks: the one NLL
+    from logits behind `nll`, `summarize` and the temperature fit (which calls it per step)."""
+    return float(-np.mean(log_softmax(logits, mask)[np.arange(len(labels)), labels]))
+
+
 def nll(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
         from_logits: bool = False) -> float:
     """Mean negative log-likelihood of the gold option (exact from logits; floored from probs)."""
     if from_logits:
         _, y, m = check_inputs(probs, labels, mask, from_logits=True)
-        return float(-np.mean(log_softmax(np.asarray(probs, float), m)[np.arange(len(y)), y]))
+        return gold_nll(np.asarray(probs, float), y, m)
     p, y, _ = check_inputs(probs, labels, mask)
     return float(-np.mean(np.log(np.maximum(p[np.arange(len(y)), y], PROB_FLOOR))))

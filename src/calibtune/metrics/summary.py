@@ -7,11 +7,11 @@ import numpy as np
 
 from .binning import bin_edges, bin_statistics, calibration_error_from_table
 from .calibration import classwise_ece, ece
-from .proper import brier, nll
+from .proper import brier, gold_nll, nll
 from .selective import auroc_from_confidence, selective_accuracies
 from .smooth import smooth_ece_from_confidence
 from .uncertainty import bootstrap_ci, ece_noise_floor
-from .validation import check_inputs, log_softmax, top_label
+from .validation import check_inputs, top_label
 
 
 def summarize(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
@@ -38,8 +38,7 @@ def summarize(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = N
         "cw_ece": classwise_ece(p, y, n_bins, mask=m),
         "smooth_ece": smooth_ece_from_confidence(conf, correct),
         "brier": brier(p, y, m),
-        "nll": (float(-np.mean(log_softmax(logits, m)[np.arange(n), y])) if logits is not None
-                else nll(p, y, m)),
+        "nll": gold_nll(logits, y, m) if logits is not None else nll(p, y, m),
         "auroc": auroc_from_confidence(conf, correct),
         "selective_accuracy_at_50": float(sel[int(np.ceil(0.5 * n)) - 1]),
         "area_under_accuracy_coverage": float(sel.mean()),

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CalibtuneError
+from ..errors import InputError
 
-
-class MetricInputError(CalibtuneError, ValueError):
-    """Arrays given to a metric are malformed; the message says which and how."""
+#: The name metrics raised before `InputError` served every library function; the same class.
+MetricInputError = InputError
 
 
 def softmax(logits: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

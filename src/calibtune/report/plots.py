@@ -1,4 +1,5 @@
-"""Reliability diagrams, split into `prepare_*` (plain data) and `plot_*` (drawing only)."""
+"""Reliability diagrams in three steps: `prepare_*` (plain data), `draw_*(ax, data)` (onto any
+matplotlib axes, e.g. a panel of a paper figure) and `save_*` (a figure of them, to a file)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,54 +61,39 @@ def _draw_bins(ax, data: ReliabilityData, color: str = "C0", show_gap: bool = Tr
     ax.set_ylim(0, 1)
 
 
-def _save(fig, path: str | Path) -> None:
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png",
-                                               dpi=120, bbox_inches="tight"))
-    plt.close(fig)
+# ---- draw_*: onto the caller's axes, nothing saved ------------------------------------------
 
-
-def plot_reliability(data: ReliabilityData, path: str | Path, title: str | None = None) -> None:
-    """Draw the reliability diagram and save it (PNG or SVG by the file's suffix)."""
-    _save(draw_reliability(data, title), path)
-
-
-def draw_reliability(data: ReliabilityData, title: str | None = None):
-    """Accuracy per confidence bin against the diagonal, gaps shaded, counts below."""
-    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
-                                  gridspec_kw={"height_ratios": [3, 1]})
+def draw_reliability(ax, data: ReliabilityData, title: str | None = None) -> None:
+    """Accuracy per confidence bin against the diagonal, gaps shaded, ECE in the title."""
     _draw_bins(ax, data)
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left")
     ax.set_title(title or f"{data.label}: ECE {data.ece:.3f}, n = {data.table.n}")
+
+
+def draw_bin_counts(ax, data: ReliabilityData) -> None:
+    """How many items fall in each confidence bin (drawn under a reliability diagram)."""
     t = data.table
-    axh.bar(t.edges[:-1], t.count, width=np.diff(t.edges), align="edge", color="grey",
-            edgecolor="black", lw=0.5)
-    axh.set_xlabel("confidence")
-    axh.set_ylabel("items")
-    return fig
+    ax.bar(t.edges[:-1], t.count, width=np.diff(t.edges), align="edge", color="grey",
+           edgecolor="black", lw=0.5)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("items")
 
 
-def plot_classwise(panels: list[ReliabilityData], total: float, path: str | Path) -> None:
-    """One reliability panel per option class and the pooled one; cw-ECE in the title."""
+def draw_classwise(axes, panels: list[ReliabilityData]) -> None:
+    """One reliability panel per option class on `axes` (the last, pooled, in green); axes
+    left over are switched off."""
+    axes = list(axes)
     k = len(panels)
-    cols = min(k, 4)
-    rows = int(np.ceil(k / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
-    for i, (ax, data) in enumerate(zip(axes.ravel(), panels)):
+    for i, (ax, data) in enumerate(zip(axes, panels)):
         _draw_bins(ax, data, color="C2" if i == k - 1 else "C0")  # blue options, green pooled
         ax.set_title(f"{data.label}: ECE {data.ece:.3f}", fontsize=9)
-    for ax in axes.ravel()[k:]:
+    for ax in axes[k:]:
         ax.axis("off")
-    fig.suptitle(f"classwise reliability — cw-ECE {total:.3f}")
-    fig.supxlabel("predicted probability of the option")
-    fig.supylabel("frequency of the option being correct")
-    _save(fig, path)
 
 
-def plot_overlay(runs: list[ReliabilityData], path: str | Path) -> None:
+def draw_overlay(ax, runs: list[ReliabilityData]) -> None:
     """Several runs (e.g. aligned vs CFT vs RCFT) as accuracy-vs-confidence curves on one axis."""
-    fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     for i, data in enumerate(runs):
         t = data.table
@@ -119,4 +105,41 @@ def plot_overlay(runs: list[ReliabilityData], path: str | Path) -> None:
     ax.set_xlabel("mean confidence in bin")
     ax.set_ylabel("accuracy in bin")
     ax.legend(loc="upper left", fontsize=8)
-    _save(fig, path)
+
+
+# ---- save_*: a figure of the draw_* above, written atomically (PNG or SVG by suffix) ---------
+
+def save_figure(fig, path: str | Path) -> None:
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png",
+                                               dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def save_reliability(data: ReliabilityData, path: str | Path, title: str | None = None) -> None:
+    """The reliability diagram with its bin counts below."""
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 1]})
+    draw_reliability(ax, data, title)
+    draw_bin_counts(axh, data)
+    save_figure(fig, path)
+
+
+def save_classwise(panels: list[ReliabilityData], total: float, path: str | Path) -> None:
+    """One reliability panel per option class and the pooled one; cw-ECE in the title."""
+    k = len(panels)
+    cols = min(k, 4)
+    rows = int(np.ceil(k / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    draw_classwise(axes.ravel(), panels)
+    fig.suptitle(f"classwise reliability — cw-ECE {total:.3f}")
+    fig.supxlabel("predicted probability of the option")
+    fig.supylabel("frequency of the option being correct")
+    save_figure(fig, path)
+
+
+def save_overlay(runs: list[ReliabilityData], path: str | Path) -> None:
+    """Several runs' reliability curves on one axis."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    draw_overlay(ax, runs)
+    save_figure(fig, path)

@@ -155,6 +155,7 @@ def reliability_grid(cfg: ReproduceConfig, steps_dir: Path, path: Path) -> None:
             data = prepare_reliability(s.probs(), s.labels, s.mask, cfg.n_bins,
                                        f"{method} · {split.name}")
             draw_reliability(axes[i, j], data)
+            axes[i, j].set_title(f"{method} · {split.name}: ECE {data.ece:.3f}", fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

@@ -1,0 +1,182 @@
+"""`train`: fine-tune an in-memory model for calibration and return it with plain results.
+
+The library's training call: LoRA (or all weights), the dataset of the run's scoring mode, the
+`CalibTrainer` with RCFT's E-step and the per-epoch held-out monitor. Nothing is written unless
+`output_dir` is given (then checkpoints go there, and a run can resume from one); the workflow
+`calibtune train` builds on it and writes the run folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import hf_arguments
+from ..data.items import MCQItem
+from ..models import LoadedModel
+from ..scoring import make_scorer
+from ..scoring.base import Scorer, unpack_model
+from ..scoring.prompts import PromptEncoder
+from .cloze_dataset import ClozeCollator, ClozeTrainDataset
+from .config import TrainConfig
+from .dataset import ExampleDataset, MCQCollator, MCQTrainDataset
+from .distributed import check_engine, sharding_engine
+from .estep import EStepCallback, RegulariserState, steps_per_epoch
+from .monitor import EpochEvalCallback
+from .trainer import CalibTrainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    """What `train` returns: the trained model (a `LoadedModel`, eval mode; a PEFT model when
+    LoRA) and plain results. `trainer` is kept to save the adapter under sharding engines."""
+
+    model: Any
+    log_history: list[dict]
+    estep_history: list[dict]
+    steps: int
+    train_seconds: float
+    estep_seconds: float
+    dropped: list[str] = field(default_factory=list)
+    trainer: Any = None
+
+    def save_adapter(self, folder: str | Path) -> None:
+        """Write the adapter (or the whole model) into `folder`, replacing it atomically."""
+        save_adapter(self.trainer, Path(folder))
+
+
+def build_dataset(cfg: TrainConfig, items: Sequence[MCQItem], tokenizer: Any
+                  ) -> tuple[ExampleDataset, Any]:
+    """(dataset, collator) of the run's mode. In cloze mode RCFT and label smoothing need
+    every option's sequence; CFT and SFT only the gold one."""
+    items = list(items)
+    if cfg.scoring == "cloze":
+        all_options = cfg.method in ("rcft", "label_smoothing")
+        dataset = ClozeTrainDataset(items, tokenizer, cfg.max_length, all_options)
+        return dataset, ClozeCollator(tokenizer, dataset.k_max)
+    encoder = PromptEncoder(tokenizer, cfg.prompt, max(it.n_options for it in items))
+    dataset = MCQTrainDataset(items, encoder, cfg.max_length)
+    return dataset, MCQCollator(tokenizer, dataset.letter_ids)
+
+
+def wrap_lora(model: Any, cfg: TrainConfig) -> Any:
+    """`model` with LoRA adapters of `cfg`'s rank, alpha, dropout and target modules."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else \
+        [t.strip() for t in cfg.lora_targets.split(",")]
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def training_arguments(cfg: TrainConfig, output_dir: str | Path, save: bool = True) -> Any:
+    """transformers `TrainingArguments`: the fields declared with `hf=` copied by name, plus
+    the settings calibtune always uses."""
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir), **hf_arguments(cfg),
+        save_strategy="steps" if save else "no", save_total_limit=2,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to], data_seed=cfg.seed,
+        remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, label_names=["label"],
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        disable_tqdm=False)
+
+
+def config_scorer(cfg: TrainConfig, model: Any, tokenizer: Any, progress: bool = False
+                  ) -> Scorer:
+    """The scorer of this run's mode: the E-step, the epoch monitor and the final evaluation
+    all read options the way training does. Sharded ranks batch by count only (no token
+    budget), so equal shares of items cost every rank the same number of forward calls."""
+    budget = {"max_batch_tokens": None} if sharding_engine() else {}
+    return make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt, cloze_norm=cfg.cloze_norm,
+                       progress=progress, **budget)
+
+
+def prepare_model(model: Any, cfg: TrainConfig) -> Any:
+    """The model ready to train: no KV cache, 4-bit weights prepared, LoRA layers added."""
+    model.config.use_cache = False
+    if getattr(model, "is_loaded_in_4bit", False):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    return wrap_lora(model, cfg) if cfg.lora else model
+
+
+def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = None, *,
+          eval_items: Sequence[MCQItem] = (), output_dir: str | Path | None = None,
+          resume_from: str | None = None, callbacks: list | None = None) -> TrainOutcome:
+    """Fine-tune `model` (a `LoadedModel` or a (model, tokenizer) pair) on `items`.
+
+    The model is trained in place (LoRA layers are added to it); the outcome holds it, in eval
+    mode. `eval_items` feed the per-epoch held-out monitor (`config.epoch_eval_limit` of them).
+    With `output_dir`, checkpoints are saved there every `config.save_steps` steps and
+    `resume_from` may name one; without it nothing is written.
+    """
+    import torch
+
+    cfg = config or TrainConfig()
+    check_engine()
+    inner, tokenizer, name = unpack_model(model)
+    torch.manual_seed(cfg.seed)
+    inner = prepare_model(inner, cfg)
+    dataset, collator = build_dataset(cfg, items, tokenizer)
+    reg_state = RegulariserState()
+
+    def scorer_for(current: Any) -> Scorer:
+        return config_scorer(cfg, current, tokenizer)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    extra = list(callbacks or [])
+    estep = None
+    if cfg.method == "rcft":
+        estep = EStepCallback(reg_state, dataset.kept_items, scorer_for, cfg.n_bins,
+                              steps_per_epoch(len(dataset), cfg.batch_size, world, cfg.grad_accum),
+                              cfg.estep_every_steps, resume_from=resume_from)
+        extra.insert(0, estep)
+    if cfg.epoch_eval_limit > 0 and eval_items:
+        extra.append(EpochEvalCallback(list(eval_items)[: cfg.epoch_eval_limit], scorer_for,
+                                       cfg.n_bins, dataset.kept_items[: cfg.epoch_train_limit]))
+    scratch = None if output_dir is not None else tempfile.mkdtemp(prefix="calibtune-train-")
+    try:
+        args = training_arguments(cfg, output_dir or scratch, save=output_dir is not None)
+        trainer = CalibTrainer(model=inner, args=args, train_dataset=dataset,
+                               data_collator=collator, callbacks=extra, calib_config=cfg,
+                               reg_state=reg_state)
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=resume_from)
+        seconds = time.perf_counter() - start
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    trained = LoadedModel(trainer.model.eval(), tokenizer, name or "")
+    return TrainOutcome(trained, list(trainer.state.log_history), list(reg_state.history),
+                        trainer.state.global_step, seconds, estep.seconds if estep else 0.0,
+                        list(dataset.dropped), trainer)
+
+
+def save_adapter(trainer: Any, folder: Path) -> None:
+    """The trained adapter (or whole model) into `folder`, atomically. Every rank calls: under
+    FSDP / ZeRO-3 the Trainer gathers the sharded weights, and rank 0 writes them."""
+    main = trainer.is_world_process_zero()
+    tmp = folder.parent / f".{folder.name}.tmp"
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)

@@ -1,0 +1,125 @@
+"""`calibtune eval`: load items and model, score in resumable chunks, write the run folder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import FieldMap, load_dataset, sample_items
+from ..data.items import MCQItem
+from ..errors import DataError
+from ..integrity import atomic_write, atomic_write_text
+from ..models import load_model
+from ..scoring import collect_logits, make_scorer, scores_from
+from .config import EvalConfig
+from .run_folder import RunOutputs, write_config, write_run
+
+log = logging.getLogger(__name__)
+
+
+def load_eval_items(cfg: EvalConfig) -> tuple[list[MCQItem], list]:
+    """The (sampled) items of the run and the rows rejected on the way."""
+    fields = FieldMap(**cfg.fields) if cfg.fields else None
+    loaded = load_dataset(cfg.data, cfg.split, fields, skip_invalid=cfg.skip_invalid)
+    return sample_items(loaded.items, cfg.limit, cfg.seed), loaded.rejected
+
+
+def _fingerprint(cfg: EvalConfig, items: list[MCQItem]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([cfg.model, cfg.adapter, cfg.prompt, cfg.scoring, cfg.cloze_norm,
+                         cfg.dtype, cfg.chunk_size]).encode())
+    for it in items:
+        h.update(f"{it.id}\x00{it.answer}\x00{it.n_options}\x01".encode())
+    return h.hexdigest()
+
+
+def score_resumable(scorer: Any, items: list[MCQItem], encoded: list,
+                    partial: Path, fingerprint: str, chunk_size: int, resume: bool) -> np.ndarray:
+    """Option logits of all items, saving each finished chunk so a killed run can go on."""
+    k_max = max(it.n_options for it in items)
+    stamp = partial / "fingerprint.txt"
+    if partial.exists() and not (resume and stamp.exists() and stamp.read_text() == fingerprint):
+        if resume:
+            log.warning("partial scores in %s belong to another run; starting over", partial)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, fingerprint)
+    logits = np.zeros((len(items), k_max))
+    for c, start in enumerate(range(0, len(items), chunk_size)):
+        chunk_file = partial / f"chunk-{c:05d}.npy"
+        stop = min(len(items), start + chunk_size)
+        if chunk_file.exists():
+            block = np.load(chunk_file, allow_pickle=False)
+            if block.shape == (stop - start, k_max):
+                logits[start:stop] = block
+                log.info("chunk %d: reusing saved scores", c)
+                continue
+        part = np.zeros((stop - start, k_max))
+        block = collect_logits(scorer, items[start:stop], encoded[start:stop])
+        part[:, : block.shape[1]] = block
+        atomic_write(chunk_file, lambda tmp: _save_array(tmp, part))
+        logits[start:stop] = part
+    return logits
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def _drop_too_long(scorer: Any, items: list[MCQItem]
+                   ) -> tuple[list[MCQItem], list[list[int]], list[DataError]]:
+    """With --skip-invalid: keep the items whose prompt fits the model, reject the others."""
+    kept, encoded, errors = [], [], []
+    for it in items:
+        try:
+            encoded += scorer.encode([it])
+            kept.append(it)
+        except DataError as err:
+            errors.append(err)
+    if not kept:
+        raise DataError(f"no item fits the model's context ({len(errors)} rejected)")
+    return kept, encoded, errors
+
+
+def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) -> RunOutputs:
+    """Score `cfg.data` with `cfg.model` and write the run folder `cfg.out`."""
+    items, rejected = load_eval_items(cfg)  # bad data fails here, before anything is written
+    model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
+                                  device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    scorer = make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt,
+                         cloze_norm=cfg.cloze_norm, batch_size=cfg.batch_size,
+                         max_batch_tokens=cfg.max_batch_tokens, progress=progress)
+    try:  # letters and context lengths are checked before anything is written
+        encoded = scorer.encode(items)
+    except DataError:
+        if not cfg.skip_invalid:
+            raise
+        items, encoded, too_long = _drop_too_long(scorer, items)
+        rejected = rejected + too_long
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if rejected:
+        atomic_write_text(out / "rejected.jsonl", "".join(
+            json.dumps({"file": e.file, "row": e.row, "field": e.field, "reason": e.reason}) + "\n"
+            for e in rejected))
+        log.warning("%d rows rejected; reasons in %s", len(rejected), out / "rejected.jsonl")
+    partial = out / ".partial"
+    logits = score_resumable(scorer, items, encoded, partial, _fingerprint(cfg, items),
+                             cfg.chunk_size, resume)
+    meta = {"model": cfg.model, "adapter": cfg.adapter, "prompt": cfg.prompt,
+            "scoring": cfg.scoring, "cloze_norm": cfg.cloze_norm if cfg.scoring == "cloze" else None,
+            "data": cfg.data, "split": cfg.split, "limit": cfg.limit, "seed": cfg.seed}
+    scores = scores_from(items, logits, meta)
+    write_config(out, asdict(cfg))
+    result = write_run(out, scores, title=f"calibtune eval — {cfg.model} on {cfg.data}",
+                       context={k: v for k, v in meta.items() if v is not None}, n_bins=cfg.bins,
+                       n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.model)
+    shutil.rmtree(partial, ignore_errors=True)
+    return result

@@ -1,0 +1,123 @@
+"""`calibtune train`: load data and model, `training.train`, then write the run folder.
+
+OUT/config.yaml, OUT/checkpoints/ (resumable), OUT/adapter/, OUT/train_log.json,
+OUT/estep_history.json (RCFT), OUT/eval_before/ and OUT/eval/ (run folders of the held-out items
+before and after training) and OUT/summary.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..data import load_dataset, sample_items
+from ..data.items import MCQItem
+from ..errors import ConfigError
+from ..integrity import atomic_write_json
+from ..models import load_model
+from ..training.distributed import check_engine, sharding_engine
+from ..training.finetune import config_scorer, save_adapter, train
+from .config import TrainRunConfig
+from .run_folder import write_config, write_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    metrics_before: dict | None
+    metrics_after: dict
+    train_seconds: float
+    estep_seconds: float
+
+
+def load_train_eval_items(cfg: TrainRunConfig) -> tuple[list[MCQItem], list[MCQItem]]:
+    train = sample_items(load_dataset(cfg.data, cfg.split).items, cfg.train_limit, cfg.seed)
+    eval_seed = cfg.seed if cfg.eval_seed is None else cfg.eval_seed
+    evaluation = sample_items(load_dataset(cfg.eval_data or cfg.data, cfg.eval_split).items,
+                              cfg.eval_limit, eval_seed)
+    overlap = {it.id for it in train} & {it.id for it in evaluation}
+    if overlap and (cfg.eval_data or cfg.data) == cfg.data:
+        raise ConfigError(f"{len(overlap)} evaluation items are also training items (e.g. "
+                          f"{sorted(overlap)[0]}); choose disjoint --split and --eval-split")
+    return train, evaluation
+
+
+def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainRunConfig,
+                   out: Path, title: str, write: bool = True) -> dict | None:
+    """Score `items` (every rank, in step: a sharded model answers only when all ranks call
+    it) and write the run folder from rank 0 (`write`)."""
+    scorer = config_scorer(cfg, model, tokenizer, progress=write)
+    scores = scorer.score(items, {"model": cfg.model, "method": cfg.method, "prompt": cfg.prompt,
+                                  "scoring": cfg.scoring, "cloze_norm": cfg.cloze_norm})
+    if not write:
+        return None
+    return write_run(out, scores, title=title, context={"model": cfg.model, "method": cfg.method},
+                     n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
+
+
+def run_training(cfg: TrainRunConfig, *, resume: bool = False, callbacks: list | None = None
+                 ) -> TrainResult:
+    """Train, save the adapter to OUT/adapter, and evaluate before/after on the held-out items."""
+    check_engine()
+    train_items, eval_items = load_train_eval_items(cfg)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.exists() else None
+    if resume and last is None:
+        log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
+    if not resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
+    torch.manual_seed(cfg.seed)
+    # The Trainer places an unquantised model itself; a 4-bit one is placed as it loads.
+    device = "cuda" if cfg.load_in_4bit and torch.cuda.is_available() else "cpu"
+    model = load_model(cfg.model, dtype=cfg.dtype, device=device, load_in_4bit=cfg.load_in_4bit)
+
+    class WriteConfig(TrainerCallback):
+        """config.yaml once the data and model have passed their checks."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            write_config(out, asdict(cfg))
+
+    outcome = train(model, train_items, cfg, eval_items=eval_items, output_dir=ckpt_dir,
+                    resume_from=last, callbacks=[WriteConfig(), *(callbacks or [])])
+    save_adapter(outcome.trainer, out / "adapter")
+    main = outcome.trainer.is_world_process_zero()
+    if main:
+        atomic_write_json(out / "train_log.json", outcome.log_history)
+        if outcome.estep_history:
+            atomic_write_json(out / "estep_history.json", outcome.estep_history)
+
+    no_result = TrainResult(out, None, {}, outcome.train_seconds, outcome.estep_seconds)
+    if not main and sharding_engine() is None:
+        return no_result  # only a sharded model needs every rank to answer
+
+    trained, tokenizer = outcome.model
+    before = None
+    if cfg.eval_before and cfg.lora:
+        with trained.disable_adapter():
+            before = evaluate_items(trained, tokenizer, eval_items, cfg, out / "eval_before",
+                                    f"{cfg.model} before {cfg.method}", write=main)
+    after = evaluate_items(trained, tokenizer, eval_items, cfg, out / "eval",
+                           f"{cfg.model} after {cfg.method}", write=main)
+    if not main:
+        return no_result
+    summary = {"method": cfg.method, "train_items": len(train_items),
+               "eval_items": len(eval_items), "train_seconds": round(outcome.train_seconds, 1),
+               "estep_seconds": round(outcome.estep_seconds, 1),
+               "steps": outcome.steps,
+               "after": {k: after[k] for k in ("accuracy", "mean_confidence", "ece", "cw_ece")}}
+    if before:
+        summary["before"] = {k: before[k] for k in ("accuracy", "mean_confidence", "ece",
+                                                    "cw_ece")}
+    atomic_write_json(out / "summary.json", summary)
+    log.info("training summary: %s", json.dumps(summary))
+    return TrainResult(out, before, after, outcome.train_seconds, outcome.estep_seconds)
