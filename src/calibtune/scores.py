@@ -34,6 +34,8 @@ class OptionScores:
     them is a logit vector up to a constant per item, so every metric and calibrator takes
     them alike. Masked entries (options an item does not have) hold 0 and are ignored
     everywhere. `meta` records how the scores were made (model, prompt, scoring mode).
+    `groups` [n] (optional) names each item's group — its subject, or any field asked for — for
+    the per-group table of every run folder.
     """
 
     logits: np.ndarray
@@ -41,6 +43,7 @@ class OptionScores:
     mask: np.ndarray
     ids: np.ndarray
     meta: dict = field(default_factory=dict)
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.logits = np.asarray(self.logits, dtype=np.float64)
@@ -48,6 +51,11 @@ class OptionScores:
         self.mask = np.asarray(self.mask, dtype=bool)
         self.ids = np.asarray(self.ids, dtype=str)
         n = len(self.labels)
+        if self.groups is not None:
+            self.groups = np.asarray(self.groups, dtype=str)
+            if self.groups.shape != (n,):
+                raise InputError(f"OptionScores groups has shape {self.groups.shape}, "
+                                 f"expected ({n},)")
         if self.logits.ndim != 2 or self.logits.shape[0] != n or self.mask.shape != self.logits.shape \
                 or self.ids.shape != (n,):
             raise InputError(f"inconsistent OptionScores shapes: logits {self.logits.shape}, "
@@ -63,13 +71,16 @@ class OptionScores:
 
     def subset(self, index: np.ndarray) -> "OptionScores":
         return OptionScores(self.logits[index], self.labels[index], self.mask[index],
-                            self.ids[index], dict(self.meta))
+                            self.ids[index], dict(self.meta),
+                            None if self.groups is None else self.groups[index])
 
     def save(self, path: str | Path) -> None:
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
+                extra = {} if self.groups is None else {"groups": self.groups}
                 np.savez_compressed(f, logits=self.logits, labels=self.labels, mask=self.mask,
-                                    ids=self.ids, meta=np.array(json.dumps(self.meta, sort_keys=True)))
+                                    ids=self.ids, meta=np.array(json.dumps(self.meta, sort_keys=True)),
+                                    **extra)
         atomic_write(path, write)
 
     @classmethod
@@ -84,7 +95,8 @@ class OptionScores:
                     raise SavedFileError(f"{path}: not a calibtune scores file (missing "
                                          f"{', '.join(sorted(missing))})")
                 meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-                return cls(z["logits"], z["labels"], z["mask"], z["ids"], meta)
+                groups = z["groups"] if "groups" in z.files else None
+                return cls(z["logits"], z["labels"], z["mask"], z["ids"], meta, groups)
         except (OSError, ValueError) as err:
             raise SavedFileError(f"{path}: unreadable scores file ({err})") from None
 
@@ -93,6 +105,30 @@ def evaluate(scores: OptionScores, *, n_bins: int = 10, n_boot: int = 1000, seed
              ) -> dict:
     """Every metric of `scores`, as `metrics.json` holds it: accuracy, the ECE family, proper
     scores, selective prediction, bootstrap intervals (under "ci"; `n_boot=0`: none) and the
-    ECE noise floor. Plain data; nothing is written. NLL is exact (from the scores)."""
-    return summarize(scores.probs(), scores.labels, scores.mask, n_bins=n_bins, n_boot=n_boot,
-                     seed=seed, logits=scores.logits)
+    ECE noise floor. Plain data; nothing is written. NLL is exact (from the scores).
+
+    Also: `collapse` (how far predictions pile onto one option: a letter prior or spread
+    overconfidence? docs/theory.md), `conformal` (split-conformal LAC and APS sets at α = 0.1
+    on a seeded half: coverage and set sizes) and, when the scores carry groups, `groups` (the
+    per-group table, worst-calibrated first)."""
+    from .metrics.conformal import split_conformal
+    from .metrics.groups import group_table
+    from .theory.diagnosis import collapse_measures
+
+    probs = scores.probs()
+    metrics = summarize(probs, scores.labels, scores.mask, n_bins=n_bins, n_boot=n_boot,
+                        seed=seed, logits=scores.logits)
+    metrics["collapse"] = collapse_measures(probs, scores.labels, scores.mask).to_dict()
+    if len(scores) >= 4:
+        metrics["conformal"] = {
+            method: split_conformal(probs, scores.labels, scores.mask, alpha=CONFORMAL_ALPHA,
+                                    method=method, seed=seed).to_dict()
+            for method in ("lac", "aps")}
+    if scores.groups is not None and len(set(scores.groups.tolist())) > 1:
+        metrics["groups"] = group_table(probs, scores.labels, scores.groups, scores.mask,
+                                        n_bins=n_bins, n_boot=min(n_boot, 200), seed=seed,
+                                        n_sim=200).to_dict()
+    return metrics
+
+
+CONFORMAL_ALPHA = 0.1

@@ -340,5 +340,6 @@ def load_lm_eval_samples(path: str | Path, *, tasks: Sequence[str] | None = None
             "lm_eval_version": versions[0] if len(versions) == 1 else (versions or None),
             "scoring": "lm_eval_loglikelihood", "norm": norm, "files": [str(f) for f in files],
             "results_files": results_files, "skipped_files": [str(f) for f in skipped]}
-    return OptionScores(logits[order], np.array(labels)[order], mask[order], np.array(ids)[order],
-                        meta)
+    ids = np.array(ids)[order]
+    return OptionScores(logits[order], np.array(labels)[order], mask[order], ids, meta,
+                        groups=np.array([i.split("/", 1)[0] for i in ids]))  # the task

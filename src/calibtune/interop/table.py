@@ -162,13 +162,14 @@ def _logits(vals: list[float], kind: str, renormalise: bool, tol: float, *, file
 
 def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = "label",
                       options: str | Sequence[str] | None = None, kind: str = "logprob",
-                      label_format: str = "auto", renormalise: bool = False, tol: float = 1e-3
-                      ) -> OptionScores:
+                      label_format: str = "auto", renormalise: bool = False, tol: float = 1e-3,
+                      group_col: str | None = "subject") -> OptionScores:
     """Read a table of per-option scores into `OptionScores` (logits = log-probabilities).
 
     `options`: None to detect ``option_0..`` or ``A, B, ..`` columns; a list of column names; or
     the name of one list column (JSON-encoded in CSV). With `kind="prob"` the stored logits are
     log p (p floored at 1e-15), so softmax gives back the (renormalised) probabilities.
+    `group_col`: a column naming each item's group (default `subject`, used when present).
     """
     path = Path(path)
     file = str(path)
@@ -183,6 +184,7 @@ def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = 
     labels: list[int] = []
     rows: list[list[float]] = []
     seen: dict[str, int] = {}
+    groups: list[str] = []
     for row, raw in _rows(path):
         if isinstance(raw, DataError):
             raise raw
@@ -202,6 +204,8 @@ def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = 
                              fname=label_col))
         rows.append(_logits(vals, kind, renormalise, tol, file=file, row=row, names=names))
         ids.append(item_id)
+        groups.append("" if group_col is None or _empty(raw.get(group_col)) else
+                      str(raw[group_col]))
     if not rows:
         raise DataError("file holds no rows", file=file)
     k_max = max(len(r) for r in rows)
@@ -212,4 +216,5 @@ def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = 
         mask[i, : len(r)] = True
     meta = {"source": "table", "path": file, "kind": kind, "renormalised": bool(renormalise),
             "options": list(opt) if isinstance(opt, tuple) else opt}
-    return OptionScores(logits, np.array(labels), mask, np.array(ids), meta)
+    return OptionScores(logits, np.array(labels), mask, np.array(ids), meta,
+                        np.array(groups) if any(groups) else None)

@@ -51,6 +51,77 @@ def reading(metrics: dict) -> list[str]:
     return lines
 
 
+def collapse_sentence(c: dict) -> str:
+    letter = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[c["top_option"]]
+    verdict = ("a **letter prior**: predictions pile onto one option far beyond its share of the "
+               "gold answers" if c["letter_prior"] else "no strong letter prior")
+    return (f"Option {letter} takes {c['top_pred_share']:.0%} of the predictions but is the gold "
+            f"answer of {c['top_gold_share']:.0%} of the items; mean top-option mass exceeds "
+            f"accuracy by {c['gap_beyond_accuracy']:.3f}: {verdict}.")
+
+
+def conformal_rows(metrics: dict) -> list[list]:
+    rows = []
+    for method, r in (metrics.get("conformal") or {}).items():
+        rows.append([method.upper(), r["alpha"], r["coverage"], r["mean_set_size"],
+                     r["n_cal"], r["n_test"], "full sets" if r.get("full_sets") else ""])
+    return rows
+
+
+def group_rows(metrics: dict, limit: int | None = None) -> list[list]:
+    rows = (metrics.get("groups") or {}).get("rows", [])[:limit]
+    return [[r["group"], r["n"], r["accuracy"], r["mean_confidence"], r["ece"],
+             (f"[{r['ece_low']:.3f}, {r['ece_high']:.3f}]", r["ece_low"]), r["noise_floor_q95"],
+             r["flag"]] for r in rows]
+
+
+GROUP_COLUMNS = ["group", "n", "accuracy", "mean conf.", "ECE", "95% interval",
+                 "noise q95", "caution"]
+CONFORMAL_COLUMNS = ["method", "α", "coverage", "mean set size", "calibration items",
+                     "test items", ""]
+
+
+def detail_blocks(metrics: dict) -> list:
+    """Collapse measures, conformal sets and the per-group table, as page blocks."""
+    blocks: list = []
+    if "collapse" in metrics:
+        blocks += [Heading("Letter prior or spread overconfidence?"),
+                   Paragraph(collapse_sentence(metrics["collapse"]))]
+    if metrics.get("conformal"):
+        blocks += [Heading("Conformal prediction sets"),
+                   Table(CONFORMAL_COLUMNS, conformal_rows(metrics),
+                         caption="split-conformal on a seeded half of the items, reported on the "
+                                 "other half; coverage should be at least 1 − α")]
+    if metrics.get("groups"):
+        blocks += [Heading("Per group (worst-calibrated first)"),
+                   Table(GROUP_COLUMNS, group_rows(metrics),
+                         caption="groups with too few items or an ECE within their noise floor "
+                                 "are listed last and flagged")]
+    return blocks
+
+
+def markdown_sections(metrics: dict) -> str:
+    """The same details for report.md."""
+    out = []
+    if "collapse" in metrics:
+        out += ["", "## Letter prior or spread overconfidence?", "",
+                collapse_sentence(metrics["collapse"])]
+    if metrics.get("conformal"):
+        out += ["", "## Conformal prediction sets", "",
+                "| " + " | ".join(c or "note" for c in CONFORMAL_COLUMNS) + " |",
+                "|---" * len(CONFORMAL_COLUMNS) + "|"]
+        out += ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row)
+                + " |" for row in conformal_rows(metrics)]
+    if metrics.get("groups"):
+        out += ["", "## Per group (worst-calibrated first, 20 shown)", "",
+                "| " + " | ".join(GROUP_COLUMNS) + " |", "|---" * len(GROUP_COLUMNS) + "|"]
+        for row in group_rows(metrics, 20):
+            cells = [v[0] if isinstance(v, tuple) else f"{v:.3f}" if isinstance(v, float)
+                     else str(v) for v in row]
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def run_page(metrics: dict, *, title: str, context: dict, figures: list[str], folder: Path,
              extra_blocks: list | None = None) -> str:
     """The HTML page of one run folder (figures are files in `folder`)."""
@@ -61,6 +132,7 @@ def run_page(metrics: dict, *, title: str, context: dict, figures: list[str], fo
     blocks += [Heading("Diagrams")]
     blocks.append([Figure(Path(folder) / f, caption=Path(f).stem.replace("_", " "))
                    for f in figures if (Path(folder) / f).exists()])
+    blocks += detail_blocks(metrics)
     blocks += extra_blocks or []
     blocks.append(Details("All metrics", [Table(["metric", "value", "95% interval"],
                                                 metric_rows(metrics, HEADLINE + MORE))]))

@@ -53,7 +53,14 @@ def scores_from(items: Sequence[MCQItem], logits: np.ndarray, meta: dict | None 
     mask = option_mask([it.n_options for it in items], k_max)
     return OptionScores(logits=np.where(mask, logits, 0.0),
                         labels=np.array([it.answer for it in items]), mask=mask,
-                        ids=np.array([it.id for it in items]), meta=dict(meta or {}))
+                        ids=np.array([it.id for it in items]), meta=dict(meta or {}),
+                        groups=item_groups(items))
+
+
+def item_groups(items: Sequence[MCQItem]) -> np.ndarray | None:
+    """Each item's subject (the group of the per-group table), or None when none has one."""
+    subjects = [it.subject for it in items]
+    return None if all(s is None for s in subjects) else np.array([s or "" for s in subjects])
 
 
 def unpack_model(model: Any) -> tuple[Any, Any, str | None]:

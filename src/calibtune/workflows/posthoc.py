@@ -11,11 +11,11 @@ from ..calibrators import DACATemperature, make_calibrator
 from ..data.splits import split_indices
 from ..errors import ConfigError
 from ..integrity import atomic_write_json, atomic_write_text
-from ..metrics.summary import summarize
+from ..report.html import Figure, Heading, Paragraph, Table
 from ..report.plots import prepare_reliability, save_overlay
-from ..scores import OptionScores
+from ..scores import OptionScores, evaluate
 from .config import PosthocConfig
-from .run_folder import RunOutputs, write_config, write_run
+from .run_folder import RunOutputs, write_config, write_page, write_run
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def calibrated_scores(scores: OptionScores, probs: np.ndarray, meta: dict) -> Op
     """Scores whose 'logits' are log-probabilities, so softmax gives back `probs`."""
     logp = np.log(np.clip(probs, 1e-300, 1.0))
     return OptionScores(np.where(scores.mask, logp, 0.0), scores.labels, scores.mask, scores.ids,
-                        scores.meta | meta)
+                        scores.meta | meta, scores.groups)
 
 
 def scoring_mode(scores: OptionScores) -> str:
@@ -81,8 +81,7 @@ def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
         cal = make_calibrator(cfg.method).fit(fit.logits, fit.labels, fit.mask)
     after = calibrated_scores(report, cal.transform(report.logits, report.mask),
                               {"calibrator": cfg.method})
-    before = summarize(report.probs(), report.labels, report.mask, n_bins=cfg.bins,
-                       n_boot=cfg.n_boot, seed=cfg.seed, logits=report.logits)
+    before = evaluate(report, n_bins=cfg.bins, n_boot=cfg.n_boot, seed=cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cal.save(out / "calibrator.json")
@@ -115,4 +114,21 @@ def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
         f"\n## Before and after, on the {len(report_idx)} held-out items\n\n"
         f"| metric | before | after |\n|---|---|---|\n{rows}\n\n"
         "![before vs after](before_after.png)\n"))
+    keys = ("accuracy", "mean_confidence", "ece", "cw_ece", "nll", "brier")
+    table = [[k, float(before[k]), float(result.metrics[k])] for k in keys]
+    for method in ("lac", "aps"):
+        b, a = (before.get("conformal") or {}).get(method), \
+            (result.metrics.get("conformal") or {}).get(method)
+        if a and b:
+            table += [[f"{method.upper()} coverage (α {a['alpha']})", b["coverage"], a["coverage"]],
+                      [f"{method.upper()} mean set size", b["mean_set_size"], a["mean_set_size"]]]
+    blocks = ([Paragraph(note, "warning")] if note else []) + [
+        Heading(f"Before and after, on the {len(report_idx)} held-out items"),
+        Table(["metric", "before", "after"], table, sortable=False),
+        Figure(out / "before_after.png", "reliability before and after")]
+    write_page(out, result.metrics, title=f"calibtune posthoc — {cfg.method}",
+               context={"scores": cfg.scores, "scoring": scoring_mode(scores),
+                        "method": cfg.method, "fit items": len(fit_idx),
+                        "report items": len(report_idx), "seed": cfg.seed},
+               figures=["reliability.png", "classwise.png"], extra_blocks=blocks)
     return result

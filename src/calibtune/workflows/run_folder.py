@@ -13,6 +13,7 @@ import yaml
 
 from ..integrity import atomic_write_json, atomic_write_text
 from ..report.markdown import render_report
+from ..report.reading import markdown_sections, run_page
 from ..report.plots import (prepare_classwise, prepare_reliability, save_classwise,
                             save_reliability)
 from ..scores import OptionScores, evaluate
@@ -47,6 +48,16 @@ def write_run(folder: str | Path, scores: OptionScores, *, title: str, context: 
     save_reliability(rel, folder / "reliability.svg")
     save_classwise(prepare_classwise(probs, scores.labels, scores.mask, n_bins), metrics["cw_ece"],
                    folder / "classwise.png")
+    figures = ["reliability.png", "classwise.png"]
     atomic_write_text(folder / "report.md", render_report(
-        metrics, title=title, context=context, figures=["reliability.png", "classwise.png"]))
+        metrics, title=title, context=context, figures=figures) + markdown_sections(metrics))
+    write_page(folder, metrics, title=title, context=context, figures=figures)
     return RunOutputs(folder, metrics)
+
+
+def write_page(folder: Path, metrics: dict, *, title: str, context: dict, figures: list[str],
+               extra_blocks: list | None = None) -> None:
+    """report.html: the run folder as one self-contained page (see report/html.py)."""
+    atomic_write_text(folder / "report.html", run_page(
+        metrics, title=title, context=context, figures=figures, folder=folder,
+        extra_blocks=extra_blocks))
