@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from .config import build_config, option_specs  # noqa: E402
-from .errors import CalibtuneError  # noqa: E402
+from .errors import CalibtuneError, ConfigError  # noqa: E402
 from .workflows.config import CompareConfig, EvalConfig, PosthocConfig, TrainRunConfig  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -145,10 +145,22 @@ def field_map(given: dict[str, str | None]) -> dict | None:
     return fields or None
 
 
-def eval_cmd(cfg: EvalConfig, resume: bool, **given: str | None) -> None:
-    """Score a dataset with a model and report its calibration."""
+def eval_cmd(cfg: EvalConfig, resume: bool, from_source: tuple[str, str] | None = None,
+             kind: str = "logprob", renormalise: bool = False, norm: str = "none",
+             **given: str | None) -> None:
+    """Score a dataset with a model and report its calibration (or read another harness's saved
+    outputs with --from lm-eval PATH / --from table PATH: no model)."""
     from dataclasses import replace
 
+    if from_source:
+        from .workflows.imports import ImportConfig, run_import
+
+        source, path = from_source
+        result = run_import(ImportConfig(source, path, out=cfg.out, kind=kind,
+                                         renormalise=renormalise, norm=norm, n_bins=cfg.bins,
+                                         n_boot=cfg.n_boot, seed=cfg.seed))
+        print_summary(result.metrics, f"{source}: {path}", result.folder)
+        return
     from .workflows.eval import run_eval
 
     fields = field_map(given)
@@ -159,6 +171,15 @@ def eval_cmd(cfg: EvalConfig, resume: bool, **given: str | None) -> None:
 config_command("eval", EvalConfig, eval_cmd, extra=[
     inspect.Parameter("resume", KW, annotation=bool, default=typer.Option(
         False, help="Reuse the saved chunks of an interrupted run in --out.")),
+    inspect.Parameter("from_source", KW, annotation=Optional[tuple[str, str]], default=typer.Option(
+        None, "--from", help="Read saved outputs instead of running a model: lm-eval PATH "
+        "(--log_samples files or a results folder) or table PATH (CSV/JSONL/Parquet of per-option scores).")),
+    inspect.Parameter("kind", KW, annotation=str, default=typer.Option(
+        "logprob", help="--from table: the values are logprob (log-probabilities or logits) or prob.")),
+    inspect.Parameter("renormalise", KW, annotation=bool, default=typer.Option(
+        False, help="--from table: divide probabilities by their row sum instead of refusing rows that do not sum to 1.")),
+    inspect.Parameter("norm", KW, annotation=str, default=typer.Option(
+        "none", help="--from lm-eval: none (raw sums) | char | byte (lm-eval's acc_norm / acc_bytes).")),
     *[inspect.Parameter(name, KW, annotation=Optional[str], default=typer.Option(None, help=text))
       for name, (_, text) in FIELD_OPTIONS.items()]])
 
@@ -200,16 +221,77 @@ config_command("train", TrainRunConfig, train_cmd, extra=[
         False, help="Continue from the last checkpoint in --out."))])
 
 
-def report_cmd(cfg: CompareConfig, runs: list[Path]) -> None:
-    """Overlay the reliability curves of several runs and tabulate their metrics."""
+def report_cmd(cfg: CompareConfig, runs: list[Path], plane: bool, intersect: bool,
+               n_boot: int) -> None:
+    """Compare runs: overlay, table, paired differences against the first run, and (--plane)
+    the accuracy-ECE plane of training runs."""
     from .workflows.compare import compare_runs
 
-    Console().print(compare_runs(runs, Path(cfg.out), cfg.n_bins))
+    Console().print(compare_runs(runs, Path(cfg.out), cfg.n_bins, plane=plane,
+                                 intersect=intersect, n_boot=n_boot))
+    Console().print(f"wrote {cfg.out}/ (compare.md, report.html)")
 
 
 config_command("report", CompareConfig, report_cmd, config_file=False, extra=[
     inspect.Parameter("runs", KW, annotation=list[Path], default=typer.Argument(
-        ..., help="Run folders (or scores.npz files) to compare."))])
+        ..., help="Run folders (or scores.npz files) to compare; the first is the reference.")),
+    inspect.Parameter("plane", KW, annotation=bool, default=typer.Option(
+        False, help="Draw training runs in the accuracy-ECE plane with the bounds of docs/theory.md.")),
+    inspect.Parameter("intersect", KW, annotation=bool, default=typer.Option(
+        False, help="Compare runs scored on different items on the items they share.")),
+    inspect.Parameter("n_boot", KW, annotation=int, default=typer.Option(
+        1000, help="Bootstrap resamples of the paired differences."))])
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    scores: Path = typer.Argument(..., help="An eval run folder, a train run folder or a scores.npz."),
+    train_run: Optional[Path] = typer.Option(None, help="The training run of this model: its training-item measurements enter the bounds."),
+    keep_accuracy: bool = typer.Option(False, help="Accuracy must not move (recommends post-hoc temperature)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write diagnosis.json/.md (default: beside the scores)."),
+    n_bins: int = typer.Option(10, "--n-bins", help="Number of confidence bins."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples for intervals."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
+) -> None:
+    """Where a model stands (calibrated, letter prior, fine-tuning-limited …) and which method to use."""
+    _setup_logging(verbose)
+    try:
+        from .workflows.diagnose import DiagnoseConfig, run_diagnose
+
+        result, folder = run_diagnose(DiagnoseConfig(str(scores), str(train_run) if train_run else None,
+                                                     keep_accuracy, str(out) if out else None,
+                                                     n_bins, n_boot))
+    except CalibtuneError as err:
+        _fail(err)
+    Console().print(result.to_markdown(), markup=False, highlight=False)
+    Console().print(f"wrote {folder}/diagnosis.json and diagnosis.md")
+
+
+@app.command("reproduce")
+def reproduce_cmd(
+    config: Path = typer.Option(..., help="A reproduce config (configs/smollm2-mmlu.yaml, ...)."),
+    seeds: Optional[list[int]] = typer.Option(None, "--seeds", help="Seeds, e.g. --seeds 0 1 2 (default: the config's)."),
+    more_seeds: Optional[list[str]] = typer.Argument(None, hidden=True),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<config name>); every step is cached there."),
+    dry_run: bool = typer.Option(False, help="Check the config and print the plan; load no model."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
+) -> None:
+    """The paper's comparison in one command: aligned vs temperature vs label smoothing vs CFT vs
+    RCFT, in and out of domain, over seeds; resumable; table.md/csv, results.json, report.html."""
+    _setup_logging(verbose)
+    try:
+        from .workflows.reproduce import run_reproduce
+
+        all_seeds = list(seeds or [])
+        for value in more_seeds or []:
+            if not value.lstrip("-").isdigit():
+                raise ConfigError(f"unexpected argument {value!r} (seeds are integers)")
+            all_seeds.append(int(value))
+        text = run_reproduce(config, seeds=all_seeds or None, out=out, dry_run=dry_run,
+                             say=lambda line: Console().print(line, highlight=False))
+    except CalibtuneError as err:
+        _fail(err)
+    typer.echo(text)
 
 
 @app.command("models")

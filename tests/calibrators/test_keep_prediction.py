@@ -96,3 +96,13 @@ def test_interior_temperature_fit_has_zero_gradient():
     ts = TemperatureScaling().fit(z, y)
     assert ts.at_bound is None and 2.0 < ts.temperature < 4.5
     assert abs(ts.grad_at_optimum) < 1e-5
+
+
+def test_infinite_temperature_keeps_the_predictions():
+    rng = np.random.default_rng(6)
+    z = rng.normal(size=(300, 4)) * 4
+    ts = TemperatureScaling().fit(z, rng.integers(0, 4, 300))
+    assert ts.temperature == float("inf")
+    p = ts.transform(z)
+    assert (p.argmax(1) == z.argmax(1)).all()
+    np.testing.assert_allclose(p, 0.25, atol=1e-8)

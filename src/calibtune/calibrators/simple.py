@@ -61,6 +61,9 @@ def fit_inverse_temperature(z: np.ndarray, m: np.ndarray, target: np.ndarray, be
     return beta, ("lower" if beta >= beta_max * (1 - 1e-6) else None)
 
 
+INFINITE_T_BETA = 1e-10  # β used to apply T = ∞: keeps the argmax, uniform to ~1e-9
+
+
 class TemperatureScaling(Calibrator):
     """One temperature T > 0 dividing all logits, fitted by minimising NLL.
 
@@ -111,7 +114,9 @@ class TemperatureScaling(Calibrator):
         return float(np.mean(expected - z[np.arange(len(y)), y]))
 
     def _transform(self, z, m):
-        return softmax(z * self.inverse_temperature, m)
+        # T = ∞ is applied as its limit: probabilities uniform to ~1e-9, the ranking of the
+        # logits kept (exactly uniform rows would hand every prediction to the first option)
+        return softmax(z * max(self.inverse_temperature, INFINITE_T_BETA), m)
 
     def get_params(self) -> dict:
         return {"temperature": self.temperature, "inverse_temperature": self.inverse_temperature,

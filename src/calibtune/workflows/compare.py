@@ -1,30 +1,98 @@
-"""Compare several runs: one overlay diagram and one Markdown table."""
+"""`calibtune report RUN [RUN ...]`: compare runs — overlay, table, paired differences, plane.
+
+Every run is set against the first on the same items: paired bootstrap intervals of Δaccuracy,
+ΔECE, Δcw-ECE, ΔBrier, ΔNLL (items resampled jointly), the share of changed predictions and an
+exact McNemar test. Runs on different items are refused unless `intersect`. With `plane`,
+training run folders are drawn in the accuracy–ECE plane. Writes compare.md, paired.json,
+overlay.png, plane.png and report.html.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..integrity import atomic_write_text
+from ..integrity import atomic_write_json, atomic_write_text
+from ..metrics.paired import compare_scores
+from ..report.html import Figure, Heading, Paragraph, Table, render_html
 from ..report.plots import prepare_reliability, save_overlay
 from ..scores import OptionScores, evaluate
 
+DELTAS = ("accuracy", "ece", "cw_ece", "brier", "nll")
 
-def compare_runs(runs: list[Path], out: Path, n_bins: int = 10) -> str:
+
+def run_scores(run: Path) -> tuple[str, OptionScores]:
+    """(label, scores) of a run folder (a train folder gives its held-out eval) or a file."""
+    if run.is_dir():
+        path = run / "scores.npz" if (run / "scores.npz").exists() else run / "eval" / "scores.npz"
+        return run.name, OptionScores.load(path)
+    return run.parent.name, OptionScores.load(run)
+
+
+def _delta_text(d: dict) -> str:
+    return f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def compare_runs(runs: list[Path], out: Path, n_bins: int = 10, *, plane: bool = False,
+                 intersect: bool = False, n_boot: int = 1000, seed: int = 0) -> str:
     if not runs:
         raise ConfigError("give at least one run folder")
-    rows, curves = [], []
-    for run in runs:
-        path = run / "scores.npz" if run.is_dir() else run
-        scores = OptionScores.load(path)
-        label = run.name if run.is_dir() else run.parent.name
-        p = scores.probs()
+    loaded = [run_scores(Path(r)) for r in runs]
+    rows, curves, table = [], [], []
+    for label, scores in loaded:
         m = evaluate(scores, n_bins=n_bins, n_boot=0)
         rows.append(f"| {label} | {m['n']} | {m['accuracy']:.3f} | {m['mean_confidence']:.3f} | "
                     f"{m['ece']:.3f} | {m['cw_ece']:.3f} | {m['nll']:.3f} |")
-        curves.append(prepare_reliability(p, scores.labels, scores.mask, n_bins, label))
+        table.append([label, m["n"], m["accuracy"], m["mean_confidence"], m["ece"], m["cw_ece"],
+                      m["nll"]])
+        curves.append(prepare_reliability(scores.probs(), scores.labels, scores.mask, n_bins,
+                                          label))
+    paired = []
+    base_label, base = loaded[0]
+    for label, scores in loaded[1:]:
+        result = compare_scores(base, scores, intersect=intersect, n_bins=n_bins, n_boot=n_boot,
+                                seed=seed).to_dict()
+        paired.append({"a": base_label, "b": label, **result})
     out.mkdir(parents=True, exist_ok=True)
     save_overlay(curves, out / "overlay.png")
     text = "\n".join(["| run | n | accuracy | mean conf. | ECE | cw-ECE | NLL |",
                       "|---|---|---|---|---|---|---|", *rows]) + "\n"
+    paired_rows = []
+    if paired:
+        text += ("\nPaired against " + base_label + " on the same items (B − A, 95% paired "
+                 "bootstrap intervals; McNemar exact on correctness):\n\n| B | n | "
+                 + " | ".join(f"Δ {k}" for k in DELTAS) + " | changed | McNemar p |\n"
+                 + "|---" * (len(DELTAS) + 4) + "|\n")
+        for p in paired:
+            text += (f"| {p['b']} | {p['n']} | "
+                     + " | ".join(_delta_text(p["deltas"][k]) for k in DELTAS)
+                     + f" | {p['changed_predictions']:.0%} | {p['mcnemar']['p_value']:.3g} |\n")
+            paired_rows.append([p["b"], p["n"], *[(_delta_text(p["deltas"][k]),
+                                                   p["deltas"][k]["estimate"]) for k in DELTAS],
+                                (f"{p['changed_predictions']:.0%}", p["changed_predictions"]),
+                                p["mcnemar"]["p_value"]])
+        atomic_write_json(out / "paired.json", paired)
+    figures = [Figure(out / "overlay.png", "reliability curves of every run")]
+    if plane:
+        from ..report.plane import prepare_plane, save_plane
+
+        planes = [prepare_plane(Path(r)) for r in runs if (Path(r) / "train_log.json").exists()]
+        if not planes:
+            raise ConfigError("--plane draws training run folders (with train_log.json); none "
+                              "of the runs given is one")
+        save_plane(planes, out / "plane.png")
+        atomic_write_json(out / "plane.json", [p.to_dict() for p in planes])
+        figures.append(Figure(out / "plane.png", "accuracy–ECE plane (docs/theory.md)"))
+        text += "\n![accuracy–ECE plane](plane.png)\n"
     atomic_write_text(out / "compare.md", text + "\n![overlay](overlay.png)\n")
+    blocks: list = [Table(["run", "n", "accuracy", "mean conf.", "ECE", "cw-ECE", "NLL"], table)]
+    if paired_rows:
+        blocks += [Heading(f"Paired against {base_label}"),
+                   Paragraph("B − A on the same items, with 95% paired bootstrap intervals "
+                             "(items resampled jointly); an interval that excludes 0 is a "
+                             "difference on these items. McNemar: exact test on correctness."),
+                   Table(["B", "n", *[f"Δ {k}" for k in DELTAS], "changed", "McNemar p"],
+                         paired_rows)]
+    blocks += [Heading("Diagrams"), figures]
+    atomic_write_text(out / "report.html", render_html("calibtune report", blocks,
+                                                       context={"runs": ", ".join(map(str, runs))}))
     return text

@@ -152,8 +152,8 @@ class Step:
     id: str
     key: dict
     run: Callable[[Path], None]
-    items: int = 0  # items through the model (for the plan)
-    forward_passes: int = 0  # estimated item forward passes, training included
+    items: int | None = 0  # items through the model (for the plan; None: file missing)
+    forward_passes: int | None = 0  # estimated item forward passes, training included
 
     @property
     def folder_name(self) -> str:
@@ -358,10 +358,12 @@ def describe_plan(cfg: ReproduceConfig) -> str:
                      f"limit={spec.limit} -> {size}")
     lines.append(f"  {len(steps)} steps:")
     for step in steps:
-        lines.append(f"    {step.id:40s} {step.items or 0:6d} items  ~{step.forward_passes:,} "
-                     "item forward passes")
-    total = sum(s.forward_passes for s in steps)
-    lines.append(f"  total ~{total:,} item forward passes (training counts forward+backward as one)")
+        items = "     ?" if step.items is None else f"{step.items:6d}"
+        passes = "?" if step.forward_passes is None else f"{step.forward_passes:,}"
+        lines.append(f"    {step.id:40s} {items} items  ~{passes} item forward passes")
+    total = sum(s.forward_passes or 0 for s in steps)
+    lines.append(f"  total ~{total:,} item forward passes (training counts forward+backward "
+                 "as one; ? = a file not found, not counted)")
     return "\n".join(lines)
 
 
@@ -370,3 +372,27 @@ def save_config(cfg: ReproduceConfig, out: Path) -> None:
 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(asdict(cfg))),
                                                           sort_keys=False))
+
+
+def run_reproduce(config: str | Path, *, seeds: list[int] | None = None,
+                  out: str | Path | None = None, dry_run: bool = False,
+                  say: Callable[[str], None] = log.info) -> str:
+    """Plan (dry run) or run the whole comparison into OUT; returns the plan or the table."""
+    from .reproduce_summary import summarise, table_markdown, write_outputs
+
+    cfg = load_reproduce_config(config, seeds)
+    if dry_run:
+        return describe_plan(cfg)
+    out = Path(out or f"runs/{cfg.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    start = time.perf_counter()
+    outcomes = execute(cfg, out, say=say)
+    say("all steps done; summarising")
+    cells = summarise(cfg, out / "steps")
+    write_outputs(cfg, out, cells, outcomes)
+    total = time.perf_counter() - start
+    atomic_write_json(out / "timing.json", {"seconds_this_call": round(total, 1),
+                                            "steps": [o.__dict__ for o in outcomes]})
+    return table_markdown(cells, cfg) + f"\nwrote {out}/ (table.md, table.csv, results.json, " \
+                                        "report.html)"

@@ -1,0 +1,56 @@
+"""`calibtune eval --from lm-eval|table PATH`: another harness's saved outputs as a run folder.
+
+No model is loaded: the per-option scores come from lm-evaluation-harness `--log_samples`
+files or a plain table, and the same run folder as a model run is written (scores.npz,
+metrics.json, diagrams, report.md, report.html), with where the scores came from recorded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..interop import load_lm_eval_samples, load_option_table
+from .run_folder import RunOutputs, write_config, write_run
+
+SOURCES = ("lm-eval", "table")
+
+
+@dataclass
+class ImportConfig:
+    source: str
+    path: str
+    out: str = "runs/import"
+    kind: str = "logprob"  # table: logprob | prob
+    renormalise: bool = False  # table: divide probabilities by their row sum
+    norm: str = "none"  # lm-eval: none | char | byte (acc_norm / acc_bytes style)
+    tasks: list[str] | None = None  # lm-eval: only these tasks
+    n_bins: int = 10
+    n_boot: int = 1000
+    seed: int = 0
+
+
+def load_imported(cfg: ImportConfig):
+    if cfg.source == "lm-eval":
+        return load_lm_eval_samples(cfg.path, tasks=cfg.tasks, norm=cfg.norm)
+    if cfg.source == "table":
+        return load_option_table(cfg.path, kind=cfg.kind, renormalise=cfg.renormalise)
+    raise ConfigError(f"--from must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
+
+
+def run_import(cfg: ImportConfig) -> RunOutputs:
+    """Read the saved outputs and write the run folder (nothing is written if reading fails)."""
+    scores = load_imported(cfg)
+    out = Path(cfg.out)
+    meta = scores.meta
+    context = {"source": f"{cfg.source}: {cfg.path}", "items": len(scores)}
+    if cfg.source == "lm-eval":
+        context |= {"tasks": ", ".join(meta.get("tasks") or {}), "model": meta.get("model"),
+                    "lm-eval version": meta.get("lm_eval_version"), "normalisation": cfg.norm}
+    else:
+        context |= {"values": cfg.kind, "renormalised": cfg.renormalise}
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, {k: v for k, v in cfg.__dict__.items()})
+    return write_run(out, scores, title=f"calibtune eval --from {cfg.source}",
+                     context={k: v for k, v in context.items() if v not in (None, "")},
+                     n_bins=cfg.n_bins, n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.source)

@@ -1,0 +1,134 @@
+"""`calibtune reproduce`: the whole comparison on a tiny model, cached steps, kill and resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from calibtune.cli import app
+from calibtune.errors import ConfigError
+from calibtune.workflows.reproduce import execute, load_reproduce_config, run_reproduce
+
+from conftest import items_to_rows, make_items, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_llama):
+    folder = tmp_path_factory.mktemp("reproduce")
+    write_jsonl(folder / "train.jsonl", items_to_rows(make_items(16, k=[4, 3], seed=21)))
+    rows = items_to_rows(make_items(12, seed=22))
+    for r in rows:
+        r["id"] = "in-" + r["id"]
+    write_jsonl(folder / "in.jsonl", rows)
+    rows = items_to_rows(make_items(10, k=3, seed=23))
+    for r in rows:
+        r["id"] = "out-" + r["id"]
+    write_jsonl(folder / "out.jsonl", rows)
+    config = {"name": "tiny", "model": str(tiny_llama),
+              "train": {"data": str(folder / "train.jsonl")},
+              "in_domain": {"data": str(folder / "in.jsonl"), "name": "in"},
+              "out_of_domain": [{"data": str(folder / "out.jsonl"), "name": "out"}],
+              "methods": ["aligned", "temperature", "cft", "rcft"],
+              "training": {"max_steps": 2, "batch_size": 4, "lora_r": 4, "lora_alpha": 8,
+                           "learning_rate": 0.005, "save_steps": 1, "epoch_eval_limit": 4,
+                           "epoch_train_limit": 4},
+              "seeds": [0, 1], "n_boot": 20}
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+def test_the_whole_comparison_and_a_rerun_that_recomputes_nothing(setup, tmp_path):
+    path, _ = setup
+    out = tmp_path / "rep"
+    text = run_reproduce(path, out=out)
+    assert "| cft |" in text and "| temperature |" in text
+    for name in ("table.md", "table.csv", "results.json", "report.html", "reliability_grid.png",
+                 "plane.png", "config.yaml"):
+        assert (out / name).exists(), name
+    results = json.loads((out / "results.json").read_text())
+    cells = {(c["method"], c["split"]): c for c in results["cells"]}
+    assert set(cells) == {(m, s) for m in ("aligned", "temperature", "cft", "rcft")
+                          for s in ("in", "out")}
+    assert cells[("cft", "in")]["seeds"] == 2 and cells[("aligned", "in")]["delta"] is None
+    acc = cells[("temperature", "in")]["delta"]["accuracy"]
+    assert acc[0] == pytest.approx(0.0, abs=1e-12)  # temperature cannot move accuracy
+    again = execute(load_reproduce_config(path), out)
+    assert {o.status for o in again} == {"done"}
+
+
+def test_kill_halfway_then_rerun_recomputes_nothing_finished(setup, tmp_path):
+    path, _ = setup
+    out = tmp_path / "rep"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "calibtune", "reproduce", "--config", str(path),
+                             "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list((out / "steps").glob("*/step.json"))) < 4:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.parent.name for p in (out / "steps").glob("*/step.json")}
+    outcomes = execute(load_reproduce_config(path), out)
+    status = {o.id.replace("/", "__"): o.status for o in outcomes}
+    assert all(status[name] == "done" for name in finished)
+    assert sum(s != "done" for s in status.values()) == len(status) - len(finished)
+
+
+def test_a_config_change_reruns_only_the_steps_it_touches(setup, tmp_path):
+    path, config = setup
+    out = tmp_path / "rep"
+    changed = dict(config, seeds=[0], methods=["aligned", "cft", "rcft"])
+    first = tmp_path / "a.yaml"
+    first.write_text(yaml.safe_dump(changed))
+    execute(load_reproduce_config(first), out)
+    changed["training"] = dict(config["training"])
+    changed["method_training"] = {"rcft": {"ece_lambda": 2.0}}
+    second = tmp_path / "b.yaml"
+    second.write_text(yaml.safe_dump(changed))
+    status = {o.id: o.status for o in execute(load_reproduce_config(second), out)}
+    assert status["train/rcft/s0"] == "ran" and status["score/rcft/s0/out"] == "ran"
+    assert all(s == "done" for i, s in status.items() if "rcft" not in i)
+
+
+def test_every_shipped_config_dry_runs_without_a_model(monkeypatch):
+    import calibtune.models
+
+    def refuse(*a, **k):
+        raise AssertionError("--dry-run loaded a model")
+
+    monkeypatch.setattr(calibtune.models, "load_model", refuse)
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    shipped = [c for c in configs if "in_domain" in yaml.safe_load(c.read_text())]
+    assert {c.name for c in shipped} >= {"smollm2-mmlu.yaml", "smollm2-socialiqa-cloze.yaml",
+                                         "paper-tulu3-8b.yaml", "paper-olmo2-7b.yaml"}
+    for c in shipped:
+        res = CliRunner().invoke(app, ["reproduce", "--config", str(c), "--dry-run", "--seeds",
+                                       "0", "1", "2"])
+        assert res.exit_code == 0, (c, res.output)
+        assert "steps:" in res.output and "seeds [0, 1, 2]" in res.output
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"methods": ["aligned", "dpo"]}, "unknown method"),
+    ({"training": {"nonsense": 1}}, "unknown training option"),
+    ({"training": {"seed": 3}}, "set by reproduce itself"),
+    ({"surprise": 1}, "unknown key"),
+])
+def test_bad_configs_are_refused_with_one_line(setup, tmp_path, change, match):
+    _, config = setup
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(dict(config, **change)))
+    with pytest.raises(ConfigError, match=match):
+        load_reproduce_config(path)
