@@ -208,3 +208,18 @@ def test_preference_eval_of_a_file_and_of_hhh(dpo_run, tiny_llama, tmp_path, mon
                                                    limit=5, out=str(tmp_path / "h")))
     assert set(res.metrics) == {"preference", "source", "rejected_rows"}
     assert res.metrics["preference"]["n"] == 5 and res.metrics["source"] == "hhh_alignment"
+
+
+def test_dpo_train_continues_an_existing_adapter(tiny_llama):
+    from peft import get_peft_model
+
+    from calibtune.align.dpo import lora_config
+
+    model, tok = load_model(str(tiny_llama), device="cpu")
+    cfg = AlignConfig(lora_r=4, lora_alpha=8, max_steps=2, batch_size=4, learning_rate=1e-2,
+                      warmup_ratio=0.0)
+    peft_model = get_peft_model(model, lora_config(cfg))
+    trained = dpo_train(peft_model, tok, pairs_from_items(make_items(4)), cfg)
+    assert set(trained.peft_config) == {"default", "ref"}  # TRL's frozen copy as the reference
+    b = [p for n, p in trained.named_parameters() if "lora_B.default" in n]
+    assert any(p.abs().sum() > 0 for p in b)

@@ -170,8 +170,9 @@ def _last_logprobs(model: Any, ids: Any, mask: Any) -> Any:
 
 
 def reference_context(model: Any, reference: Any = None) -> tuple[Any, Any]:
-    """(reference model, context to run it in): `reference` as is, or `model` with its PEFT
-    adapter disabled."""
+    """(reference model, context to run it in): `reference` as is, or `model` with every PEFT
+    adapter disabled, i.e. the base model (for an adapter trained from scratch, DPO's
+    reference; when an existing adapter was trained further, pass the reference explicitly)."""
     if reference is not None:
         return reference, contextlib.nullcontext()
     if not hasattr(model, "disable_adapter"):
