@@ -1,0 +1,252 @@
+"""`calibtune align` as a library call: pairs, LoRA model, TRL's DPOTrainer, checkpoints, the
+held-out MCQ evaluation of `calibtune train`, and the retention check.
+
+Run folder (OUT): config.yaml, train_pairs.jsonl, heldout_pairs.jsonl, [rejected.jsonl],
+checkpoints/, adapter/, train_log.json, eval_before/, eval/, retention.json, summary.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data import load_dataset, sample_items
+from ..data.items import MCQItem
+from ..errors import ConfigError, DataError
+from ..integrity import atomic_write_json, atomic_write_text
+from ..runs import write_config
+from ..train.run import evaluate_items, load_train_eval_items, save_adapter
+from .config import AlignConfig
+from .dpo import encode_pairs, make_dpo_trainer
+from .pairs import (PreferenceLoadResult, PreferencePair, load_preferences, pairs_from_items,
+                    pairs_to_jsonl, split_pairs)
+from .retention import retention_report
+
+log = logging.getLogger(__name__)
+
+HHH = "hhh"
+
+
+@dataclass
+class AlignResult:
+    out: Path
+    metrics_before: dict | None
+    metrics_after: dict
+    retention: dict | None
+    train_seconds: float
+    train_pairs: int
+    dropped_pairs: int = 0
+
+
+def _sample(pairs: list[PreferencePair], n: int | None, seed: int) -> list[PreferencePair]:
+    """A seeded sample of `n` pairs in their original order (all if n is None)."""
+    import numpy as np
+
+    if n is None or n >= len(pairs):
+        return list(pairs)
+    keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=n, replace=False))
+    return [pairs[i] for i in keep]
+
+
+def load_preference_source(spec: str, *, style: str = "plain", tokenizer: Any = None,
+                           skip_invalid: bool = False) -> PreferenceLoadResult:
+    """Pairs from ``hhh`` (BIG-bench hhh_alignment, fetched once) or a JSONL file."""
+    if spec == HHH:
+        from .hhh import load_hhh
+
+        return PreferenceLoadResult(pairs=load_hhh(style, tokenizer), source="hhh_alignment")
+    if not Path(spec).exists():
+        raise ConfigError(f"--preferences {spec!r} is neither 'hhh' nor an existing .jsonl file")
+    return load_preferences(spec, skip_invalid=skip_invalid)
+
+
+def _eval_items(cfg: AlignConfig) -> list[MCQItem]:
+    return sample_items(load_dataset(cfg.eval_data or cfg.data, cfg.eval_split).items,
+                        cfg.eval_limit, cfg.seed)
+
+
+def _rejected_text(rejected: list[DataError]) -> str:
+    return "".join(json.dumps({"file": e.file, "row": e.row, "field": e.field,
+                               "reason": e.reason}) + "\n" for e in rejected)
+
+
+@dataclass
+class AlignData:
+    """A run's validated data, read before any model is loaded or anything written."""
+
+    train_items: list[MCQItem] | None
+    eval_items: list[MCQItem]
+    preferences: PreferenceLoadResult | None = None  # a JSONL source (hhh: built later)
+
+
+def load_align_data(cfg: AlignConfig) -> AlignData:
+    if not cfg.preferences:
+        train_items, eval_items = load_train_eval_items(cfg)
+        return AlignData(train_items, eval_items)
+    loaded = None
+    if cfg.preferences == HHH:
+        from .hhh import hhh_task_files
+
+        hhh_task_files()  # fetched and verified once; pairs need the tokenizer (chat style)
+    else:
+        loaded = load_preference_source(cfg.preferences, skip_invalid=cfg.skip_invalid)
+    return AlignData(None, _eval_items(cfg), loaded)
+
+
+def build_pairs(cfg: AlignConfig, tokenizer: Any, data: AlignData | None = None
+                ) -> tuple[list[PreferencePair], list[PreferencePair], list[DataError]]:
+    """(training pairs, held-out pairs, rejected rows) of a run.
+
+    MCQ data: the pairs of the training items; the held-out pairs are those of the evaluation
+    items. A preference source: a seeded `heldout_fraction` of its pairs is held out (the MCQ
+    evaluation reads `eval_data`, default `data`)."""
+    data = data or load_align_data(cfg)
+    if data.train_items is not None:
+        kw = dict(scoring=cfg.scoring, style=cfg.prompt, tokenizer=tokenizer, seed=cfg.seed)
+        return (pairs_from_items(data.train_items, **kw), pairs_from_items(data.eval_items, **kw),
+                [])
+    loaded = data.preferences or load_preference_source(
+        cfg.preferences, style=cfg.prompt, tokenizer=tokenizer, skip_invalid=cfg.skip_invalid)
+    train, held = split_pairs(loaded.pairs, cfg.heldout_fraction, cfg.seed)
+    return _sample(train, cfg.train_limit, cfg.seed), held, loaded.rejected
+
+
+def run_alignment(cfg: AlignConfig, *, resume: bool = False, callbacks: list | None = None
+                  ) -> AlignResult:
+    """Align with DPO/IPO, save the adapter to OUT/adapter, evaluate the held-out MCQ items
+    before/after and measure retention on held-out pairs."""
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..models import load_model
+
+    data = load_align_data(cfg)  # a bad row fails here, with nothing written
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.exists() else None
+    if resume and last is None:
+        log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device="cpu")
+    train_pairs, held_pairs, rejected = build_pairs(cfg, tokenizer, data)
+    eval_items = data.eval_items
+    encoded, dropped = encode_pairs(tokenizer, train_pairs, append_eos=cfg.append_eos,
+                                    max_length=cfg.max_length)
+    if not encoded:
+        raise DataError(f"no training pair fits --max-length {cfg.max_length}")
+    held_pairs = _sample(held_pairs, cfg.retention_limit, cfg.seed)
+
+    if not resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, asdict(cfg))
+    atomic_write_text(out / "train_pairs.jsonl", pairs_to_jsonl(train_pairs))
+    atomic_write_text(out / "heldout_pairs.jsonl", pairs_to_jsonl(held_pairs))
+    if rejected:
+        atomic_write_text(out / "rejected.jsonl", _rejected_text(rejected))
+        log.warning("%d preference rows rejected; reasons in %s", len(rejected),
+                    out / "rejected.jsonl")
+
+    trainer = make_dpo_trainer(model, tokenizer, encoded, cfg, str(ckpt_dir),
+                               callbacks=list(callbacks or []))
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    train_seconds = time.perf_counter() - start
+    save_adapter(trainer, out)
+    atomic_write_json(out / "train_log.json", trainer.state.log_history)
+
+    model = trainer.model.eval()
+    before = None
+    if cfg.eval_before:
+        with model.disable_adapter():
+            before = evaluate_items(model, tokenizer, eval_items, cfg, out / "eval_before",
+                                    f"{cfg.model} before {cfg.loss}")
+    after = evaluate_items(model, tokenizer, eval_items, cfg, out / "eval",
+                           f"{cfg.model} after {cfg.loss}")
+    retention = None
+    if cfg.retention and held_pairs:
+        report = retention_report(model, tokenizer, held_pairs, append_eos=cfg.append_eos)
+        retention = report.to_dict()
+        atomic_write_json(out / "retention.json", retention)
+
+    keys = ("accuracy", "mean_confidence", "ece", "cw_ece")
+    summary = {"method": cfg.loss, "beta": cfg.beta, "train_pairs": len(encoded),
+               "dropped_pairs": len(dropped), "rejected_rows": len(rejected),
+               "heldout_pairs": len(held_pairs), "eval_items": len(eval_items),
+               "train_seconds": round(train_seconds, 1), "steps": trainer.state.global_step,
+               "after": {k: after[k] for k in keys}}
+    if before:
+        summary["before"] = {k: before[k] for k in keys}
+    if retention:
+        summary["retention"] = {
+            "preference_accuracy_tuned": retention["preference_tuned"]["accuracy"],
+            "preference_accuracy_reference": retention["preference_reference"]["accuracy"],
+            "mean_margin_tuned": retention["preference_tuned"]["mean_margin"],
+            "mean_margin_reference": retention["preference_reference"]["mean_margin"],
+            "mean_kl_reference_tuned": retention["kl_reference_tuned"]["mean_kl"]}
+    atomic_write_json(out / "summary.json", summary)
+    log.info("alignment summary: %s", json.dumps(summary))
+    return AlignResult(out, before, after, retention, train_seconds, len(encoded), len(dropped))
+
+
+@dataclass
+class PreferenceEvalConfig:
+    """`calibtune eval --preferences FILE|hhh`: preference accuracy and margin of a model (and,
+    with an adapter, of the model with the adapter disabled, plus KL(base ‖ adapted))."""
+
+    model: str = "smollm2-135m-instruct"
+    preferences: str = HHH
+    adapter: str | None = None
+    prompt: str = "plain"
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 8
+    append_eos: bool = False
+    skip_invalid: bool = False
+    dtype: str = "float32"
+    device: str | None = None
+    trust_remote_code: bool = False
+    out: str = "runs/preferences"
+
+
+@dataclass
+class PreferenceEvalResult:
+    folder: Path
+    metrics: dict
+
+
+def run_preference_eval(cfg: PreferenceEvalConfig) -> PreferenceEvalResult:
+    """Score preference pairs; write OUT/config.yaml, OUT/preferences.json, [rejected.jsonl]."""
+    from ..models import load_model
+    from .retention import preference_accuracy
+
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.preferences != HHH:  # bad rows fail before the model loads
+        load_preference_source(cfg.preferences, skip_invalid=cfg.skip_invalid)
+    model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
+                                  device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    loaded = load_preference_source(cfg.preferences, style=cfg.prompt, tokenizer=tokenizer,
+                                    skip_invalid=cfg.skip_invalid)
+    pairs = _sample(loaded.pairs, cfg.limit, cfg.seed)
+    if cfg.adapter:
+        report = retention_report(model, tokenizer, pairs, batch_size=cfg.batch_size,
+                                  append_eos=cfg.append_eos)
+        metrics = report.to_dict()
+    else:
+        metrics = {"preference": preference_accuracy(model, tokenizer, pairs,
+                                                     batch_size=cfg.batch_size,
+                                                     append_eos=cfg.append_eos).to_dict()}
+    metrics["source"] = loaded.source
+    metrics["rejected_rows"] = len(loaded.rejected)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, asdict(cfg))
+    if loaded.rejected:
+        atomic_write_text(out / "rejected.jsonl", _rejected_text(loaded.rejected))
+    atomic_write_json(out / "preferences.json", metrics)
+    return PreferenceEvalResult(out, metrics)
