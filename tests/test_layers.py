@@ -25,7 +25,7 @@ LAYERS = {
     "scores": 3,
     "models": 4, "report": 4, "interop": 4,  # interop: other harnesses' outputs → OptionScores
     "scoring": 5,
-    "calibrators": 6, "training": 6,
+    "calibrators": 6, "training": 6, "align": 6,
     "workflows": 7,
     "cli": 8, "__main__": 9,
 }

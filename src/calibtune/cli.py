@@ -280,7 +280,7 @@ def reproduce_cmd(
     RCFT, in and out of domain, over seeds; resumable; table.md/csv, results.json, report.html."""
     _setup_logging(verbose)
     try:
-        from .workflows.reproduce import run_reproduce
+        from .workflows.reproduce_report import run_reproduce
 
         all_seeds = list(seeds or [])
         for value in more_seeds or []:

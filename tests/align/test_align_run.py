@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 from calibtune.align.config import AlignConfig
 from calibtune.align.dpo import dpo_train, encode_pairs, make_dpo_trainer
 from calibtune.align.pairs import pairs_from_items
-from calibtune.align.run import run_alignment
+from calibtune.workflows.align import run_alignment
 from calibtune.errors import ConfigError, DataError
 from calibtune.models import load_model
 
@@ -76,7 +76,8 @@ def test_dpo_run_trains_saves_evaluates_and_measures_retention(dpo_run):
 
 def test_the_adapter_disabled_evaluation_is_the_untouched_model(dpo_run, tiny_llama, data,
                                                                  tmp_path):
-    from calibtune.evaluate import EvalConfig, run_eval
+    from calibtune.workflows.config import EvalConfig
+    from calibtune.workflows.eval import run_eval
 
     res = run_eval(EvalConfig(model=str(tiny_llama), data=str(data / "eval.jsonl"),
                               out=str(tmp_path / "ev"), n_boot=0))
@@ -177,7 +178,7 @@ def test_preference_eval_of_a_file_and_of_hhh(dpo_run, tiny_llama, tmp_path, mon
     import hashlib
 
     from calibtune.align import hhh
-    from calibtune.align.run import PreferenceEvalConfig, run_preference_eval
+    from calibtune.workflows.align import PreferenceEvalConfig, run_preference_eval
 
     out = tmp_path / "pe"
     res = run_preference_eval(PreferenceEvalConfig(

@@ -7,11 +7,11 @@ from calibtune.align.config import AlignConfig
 from calibtune.align.dpo import encode_pair
 from calibtune.align.pairs import (load_preferences, pairs_from_items, pairs_to_jsonl,
                                    split_pairs, wrong_option)
-from calibtune.cloze import cloze_context
-from calibtune.cloze import encode_pair as cloze_encode_pair
+from calibtune.scoring.cloze import cloze_context
+from calibtune.scoring.cloze import encode_pair as cloze_encode_pair
 from calibtune.data.items import LETTERS
 from calibtune.errors import ConfigError, DataError
-from calibtune.prompts import PROMPT_STYLES, PromptEncoder, letter_prefix, render_prompt
+from calibtune.scoring.prompts import PROMPT_STYLES, PromptEncoder, letter_prefix, render_prompt
 
 from conftest import build_tokenizer, make_items, write_jsonl
 
@@ -156,7 +156,7 @@ def test_unusable_files_fail_clearly(name, content, message, tmp_path):
 
 
 def test_a_bad_preference_file_stops_align_before_anything_is_written(tmp_path):
-    from calibtune.align.run import run_alignment
+    from calibtune.workflows.align import run_alignment
 
     path = write_jsonl(tmp_path / "p.jsonl", good_rows() + [{"prompt": "q", "chosen": 1,
                                                               "rejected": "b"}])

@@ -66,12 +66,12 @@ class AlignConfig:
 
     @property
     def method(self) -> str:
-        """The name runs and reports use (`calibtune.train.run.evaluate_items` reads it)."""
+        """The name runs and reports use (`calibtune.workflows.train.evaluate_items` reads it)."""
         return self.loss
 
     def __post_init__(self) -> None:
-        from ..cloze import CLOZE_NORMS
-        from ..prompts import PROMPT_STYLES
+        from ..scoring.cloze import CLOZE_NORMS
+        from ..scoring.prompts import PROMPT_STYLES
         from ..scoring import SCORINGS
 
         if self.loss not in LOSSES:

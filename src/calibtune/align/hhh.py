@@ -78,7 +78,7 @@ Runner = Callable[[list[str]], "subprocess.CompletedProcess"]
 
 def hhh_cache_dir(cache: str | Path | None = None) -> Path:
     """<calibtune cache>/bigbench (the sdist) — `$CALIBTUNE_CACHE` as for built-in models."""
-    from ..models import cache_dir
+    from ..models.builtin import cache_dir
 
     folder = Path(cache) if cache is not None else cache_dir() / "bigbench"
     folder.mkdir(parents=True, exist_ok=True)

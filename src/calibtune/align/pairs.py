@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..cloze import cloze_context
+from ..scoring.cloze import cloze_context
 from ..data.items import LETTERS, MCQItem
 from ..data.loaders import MAX_FIELD_CHARS, _read_jsonl
 from ..errors import ConfigError, DataError
-from ..prompts import letter_prefix, render_prompt
+from ..scoring.prompts import letter_prefix, render_prompt
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 PAIR_SCORINGS = ("letter", "cloze")

@@ -87,7 +87,7 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def _check_fits(model: Any, length: int, what: str, meta: dict) -> None:
-    from ..scoring import context_limit
+    from ..scoring.batching import context_limit
 
     limit = context_limit(model)
     if limit is not None and length > limit:
@@ -101,9 +101,9 @@ def response_logprobs(model: Any, rows: Sequence[tuple[Sequence[int], Sequence[i
     """Σ_t log π(response_t | prompt, response_<t) for each (prompt ids, response ids) row."""
     import torch
 
-    from ..cloze import selected_logliks
-    from ..heads import through_forward
-    from ..scoring import pad_batch
+    from ..scoring.cloze import selected_logliks
+    from ..scoring.forward import through_forward
+    from ..scoring.batching import pad_batch
 
     _check_padding(padding_side)
     out = np.zeros(len(rows))
@@ -133,7 +133,7 @@ def preference_accuracy(model: Any, tokenizer: Any, pairs: Sequence[PreferencePa
                         append_eos: bool = False) -> PreferenceAccuracy:
     """How often the model puts more log-probability on chosen than on rejected, and by how
     much on average (nats), over `pairs`."""
-    from ..scoring import pad_token_id
+    from ..scoring.batching import pad_token_id
 
     if not pairs:
         raise DataError("no preference pairs to score")
@@ -163,7 +163,7 @@ def _prompt_ids(tokenizer: Any, prompt: PreferencePair | str) -> list[int]:
 def _last_logprobs(model: Any, ids: Any, mask: Any) -> Any:
     import torch
 
-    from ..heads import answer_logits
+    from ..scoring.forward import answer_logits
 
     with torch.no_grad():
         return torch.log_softmax(answer_logits(model, ids, mask).double(), dim=-1)
@@ -186,7 +186,7 @@ def kl_divergence(model: Any, tokenizer: Any, prompts: Sequence[PreferencePair |
                   ) -> KLResult:
     """Mean over prompts of KL(π_ref ‖ π_model) of the next token after each prompt, over the
     full vocabulary (in float64). `reference=None` uses `model` with its adapter disabled."""
-    from ..scoring import pad_batch, pad_token_id
+    from ..scoring.batching import pad_batch, pad_token_id
 
     _check_padding(padding_side)
     if not prompts:

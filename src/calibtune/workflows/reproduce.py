@@ -7,7 +7,7 @@ adapter on a split) writes its own folder under DIR/steps/ and a `step.json` mar
 marker holds a digest of exactly the settings the step depends on. A rerun skips every step whose
 marker matches, resumes a training step from its last checkpoint, and reruns only the steps a
 changed setting touches. Then DIR/table.md, table.csv, results.json and report.html are written
-from the steps' scores (`summary.py`).
+from the steps' scores (`reproduce_report.py`).
 """
 from __future__ import annotations
 
@@ -373,26 +373,3 @@ def save_config(cfg: ReproduceConfig, out: Path) -> None:
     atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(asdict(cfg))),
                                                           sort_keys=False))
 
-
-def run_reproduce(config: str | Path, *, seeds: list[int] | None = None,
-                  out: str | Path | None = None, dry_run: bool = False,
-                  say: Callable[[str], None] = log.info) -> str:
-    """Plan (dry run) or run the whole comparison into OUT; returns the plan or the table."""
-    from .reproduce_summary import summarise, table_markdown, write_outputs
-
-    cfg = load_reproduce_config(config, seeds)
-    if dry_run:
-        return describe_plan(cfg)
-    out = Path(out or f"runs/{cfg.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
-    start = time.perf_counter()
-    outcomes = execute(cfg, out, say=say)
-    say("all steps done; summarising")
-    cells = summarise(cfg, out / "steps")
-    write_outputs(cfg, out, cells, outcomes)
-    total = time.perf_counter() - start
-    atomic_write_json(out / "timing.json", {"seconds_this_call": round(total, 1),
-                                            "steps": [o.__dict__ for o in outcomes]})
-    return table_markdown(cells, cfg) + f"\nwrote {out}/ (table.md, table.csv, results.json, " \
-                                        "report.html)"

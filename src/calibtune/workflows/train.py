@@ -41,7 +41,8 @@ class TrainResult:
 
 def load_train_eval_items(cfg: TrainRunConfig) -> tuple[list[MCQItem], list[MCQItem]]:
     train = sample_items(load_dataset(cfg.data, cfg.split).items, cfg.train_limit, cfg.seed)
-    eval_seed = cfg.seed if cfg.eval_seed is None else cfg.eval_seed
+    eval_seed = getattr(cfg, "eval_seed", None)
+    eval_seed = cfg.seed if eval_seed is None else eval_seed
     evaluation = sample_items(load_dataset(cfg.eval_data or cfg.data, cfg.eval_split).items,
                               cfg.eval_limit, eval_seed)
     overlap = {it.id for it in train} & {it.id for it in evaluation}

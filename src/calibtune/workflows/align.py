@@ -17,14 +17,15 @@ from typing import Any
 from ..data import load_dataset, sample_items
 from ..data.items import MCQItem
 from ..errors import ConfigError, DataError
-from ..integrity import atomic_write_json, atomic_write_text
-from ..runs import write_config
-from ..train.run import evaluate_items, load_train_eval_items, save_adapter
-from .config import AlignConfig
-from .dpo import encode_pairs, make_dpo_trainer
-from .pairs import (PreferenceLoadResult, PreferencePair, load_preferences, pairs_from_items,
+from ..align.config import AlignConfig
+from ..align.dpo import encode_pairs, make_dpo_trainer
+from ..align.pairs import (PreferenceLoadResult, PreferencePair, load_preferences, pairs_from_items,
                     pairs_to_jsonl, split_pairs)
-from .retention import retention_report
+from ..align.retention import retention_report
+from ..integrity import atomic_write_json, atomic_write_text
+from ..training.finetune import save_adapter
+from .run_folder import write_config
+from .train import evaluate_items, load_train_eval_items
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def load_preference_source(spec: str, *, style: str = "plain", tokenizer: Any = 
                            skip_invalid: bool = False) -> PreferenceLoadResult:
     """Pairs from ``hhh`` (BIG-bench hhh_alignment, fetched once) or a JSONL file."""
     if spec == HHH:
-        from .hhh import load_hhh
+        from ..align.hhh import load_hhh
 
         return PreferenceLoadResult(pairs=load_hhh(style, tokenizer), source="hhh_alignment")
     if not Path(spec).exists():
@@ -89,7 +90,7 @@ def load_align_data(cfg: AlignConfig) -> AlignData:
         return AlignData(train_items, eval_items)
     loaded = None
     if cfg.preferences == HHH:
-        from .hhh import hhh_task_files
+        from ..align.hhh import hhh_task_files
 
         hhh_task_files()  # fetched and verified once; pairs need the tokenizer (chat style)
     else:
@@ -156,7 +157,7 @@ def run_alignment(cfg: AlignConfig, *, resume: bool = False, callbacks: list | N
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     train_seconds = time.perf_counter() - start
-    save_adapter(trainer, out)
+    save_adapter(trainer, out / "adapter")
     atomic_write_json(out / "train_log.json", trainer.state.log_history)
 
     model = trainer.model.eval()
@@ -222,7 +223,7 @@ class PreferenceEvalResult:
 def run_preference_eval(cfg: PreferenceEvalConfig) -> PreferenceEvalResult:
     """Score preference pairs; write OUT/config.yaml, OUT/preferences.json, [rejected.jsonl]."""
     from ..models import load_model
-    from .retention import preference_accuracy
+    from ..align.retention import preference_accuracy
 
     if cfg.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")

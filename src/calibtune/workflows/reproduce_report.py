@@ -1,4 +1,4 @@
-"""The comparison's tables, figures and page, from the finished steps of `reproduce`.
+"""`run_reproduce`, and the comparison's tables, figures and page from the finished steps.
 
 For each method and split the metrics are averaged over seeds; the 95% interval resamples the
 (shared) evaluation items jointly across seeds, so it is the interval of the seed-averaged
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -18,7 +21,8 @@ from ..integrity import atomic_write, atomic_write_json, atomic_write_text
 from ..metrics.calibration import classwise_ece, ece
 from ..metrics.proper import brier, nll
 from ..scores import OptionScores
-from .reproduce import ReproduceConfig, scores_of
+from .reproduce import (ReproduceConfig, describe_plan, execute, load_reproduce_config,
+                        save_config, scores_of)
 
 METRICS = ("accuracy", "ece", "cw_ece", "brier", "nll")
 NAMES = {"accuracy": "accuracy", "ece": "ECE", "cw_ece": "cw-ECE", "brier": "Brier",
@@ -229,3 +233,25 @@ def write_outputs(cfg: ReproduceConfig, out: Path, cells: list[Cell], outcomes: 
                                 "prompt": cfg.prompt, "seeds": str(cfg.seeds)},
                        footer="Written by calibtune reproduce.")
     atomic_write_text(out / "report.html", page)
+
+
+def run_reproduce(config: str | Path, *, seeds: list[int] | None = None,
+                  out: str | Path | None = None, dry_run: bool = False,
+                  say: Callable[[str], None] = logging.getLogger(__name__).info) -> str:
+    """Plan (dry run) or run the whole comparison into OUT; returns the plan or the table."""
+    cfg = load_reproduce_config(config, seeds)
+    if dry_run:
+        return describe_plan(cfg)
+    out = Path(out or f"runs/{cfg.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    start = time.perf_counter()
+    outcomes = execute(cfg, out, say=say)
+    say("all steps done; summarising")
+    cells = summarise(cfg, out / "steps")
+    write_outputs(cfg, out, cells, outcomes)
+    total = time.perf_counter() - start
+    atomic_write_json(out / "timing.json", {"seconds_this_call": round(total, 1),
+                                            "steps": [o.__dict__ for o in outcomes]})
+    return table_markdown(cells, cfg) + f"\nwrote {out}/ (table.md, table.csv, results.json, " \
+                                        "report.html)"
