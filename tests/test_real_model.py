@@ -65,3 +65,15 @@ def test_chat_prompt_scores_real_items(smollm2):
     items = sample_items(load_dataset("mmlu", "test").items, 8, seed=1)
     scores = LetterScorer(model, tok, prompt="chat", progress=False).score(items)
     assert np.isfinite(scores.logits).all() and scores.logits.shape == (8, 4)
+
+
+def test_readme_python_api_on_the_real_model(smollm2):
+    """The README's Python example on the embedded model and MMLU (40 items)."""
+    import calibtune as ct
+
+    items = ct.load_dataset("mmlu", split="test", limit=40)
+    scores = ct.score(smollm2, items, scoring="letter")
+    report = ct.evaluate(scores, n_boot=100)
+    assert report["n"] == 40 and report["mean_confidence"] > report["accuracy"] + 0.2
+    ts = ct.calibrators.TemperatureScaling().fit(scores.logits, scores.labels, scores.mask)
+    assert ts.temperature > 1  # overconfident: the fitted temperature softens

@@ -15,13 +15,13 @@ record = []
 original = estep_module.RegulariserState.update
 
 
-def recording_update(self, result, step, epoch):
+def recording_update(self, result, step, epoch, extra=None):
     record.append({"step": step, "counts": result.table.count.tolist(),
                    "accuracy": np.nan_to_num(result.table.accuracy, nan=-1).tolist(),
                    "targets_sum": float(result.targets.sum()),
                    "targets_hash": float((result.targets * np.arange(1, result.targets.size + 1)
                                           .reshape(result.targets.shape)).sum())})
-    return original(self, result, step, epoch)
+    return original(self, result, step, epoch, extra)
 
 
 estep_module.RegulariserState.update = recording_update

@@ -26,7 +26,7 @@ from .losses import completion_loss, ece_regulariser, full_sequence_loss, smooth
 if TYPE_CHECKING:
     from .estep import RegulariserState
 
-Batch = dict[str, torch.Tensor]
+Inputs = dict[str, torch.Tensor]  # a collated batch, as the Trainer passes it
 
 
 @dataclass
@@ -40,67 +40,67 @@ class LossTerms:
     anchor: torch.Tensor
 
 
-def letter_terms(head: Head, hidden: torch.Tensor, batch: Batch, cfg: TrainConfig
+def letter_terms(head: Head, hidden: torch.Tensor, inputs: Inputs, cfg: TrainConfig
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(SFT term or None, K option-letter logits for the regulariser or None)."""
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    h_answer = hidden[rows, batch["answer_pos"]]
-    letter_ids = batch["letter_ids"]
-    answer_token = letter_ids[rows, batch["label"]]
+    h_answer = hidden[rows, inputs["answer_pos"]]
+    letter_ids = inputs["letter_ids"]
+    answer_token = letter_ids[rows, inputs["label"]]
     sft = None
     if cfg.sft_weight > 0:
         if cfg.sft_loss == "full":
-            sft = full_sequence_loss(head, hidden, batch["lm_labels"], cfg.sft_normalise)
+            sft = full_sequence_loss(head, hidden, inputs["lm_labels"], cfg.sft_normalise)
         elif cfg.method == "label_smoothing":
             sft = smoothed_completion_loss(head(h_answer), answer_token, letter_ids,
-                                           batch["option_mask"], cfg.label_smoothing)
+                                           inputs["option_mask"], cfg.label_smoothing)
         else:
             sft = completion_loss(head(h_answer), answer_token)
     option_logits = head(h_answer, letter_ids[0]) if cfg.method == "rcft" else None
     return sft, option_logits
 
 
-def cloze_terms(head: Head, hidden: torch.Tensor, batch: Batch, cfg: TrainConfig
+def cloze_terms(head: Head, hidden: torch.Tensor, inputs: Inputs, cfg: TrainConfig
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The same terms on option texts: per row the summed log-likelihood of its option."""
-    ids, mask, n_cont = batch["input_ids"], batch["attention_mask"], batch["n_cont"]
+    ids, mask, n_cont = inputs["input_ids"], inputs["attention_mask"], inputs["n_cont"]
     select = continuation_mask(mask.sum(1), n_cont, ids.shape[1])
     loglik = selected_logliks(head, hidden[:, :-1], ids[:, 1:], select)  # [rows]
-    row_item = batch["row_item"]
-    gold = batch["row_option"] == batch["label"][row_item]
+    row_item = inputs["row_item"]
+    gold = inputs["row_option"] == inputs["label"][row_item]
     per_token = loglik / n_cont
     sft = None
     if cfg.sft_weight > 0:
         if cfg.sft_loss == "full":
-            sft = full_sequence_loss(head, hidden[gold], batch["lm_labels"][gold],
+            sft = full_sequence_loss(head, hidden[gold], inputs["lm_labels"][gold],
                                      cfg.sft_normalise)
         elif cfg.method == "label_smoothing":  # (1 − ε)·gold + ε·mean over the K options
-            n_items = batch["label"].shape[0]
+            n_items = inputs["label"].shape[0]
             spread = per_token.new_zeros(n_items).index_add(0, row_item, per_token)
-            spread = spread / batch["option_mask"].sum(1)
+            spread = spread / inputs["option_mask"].sum(1)
             sft = -((1 - cfg.label_smoothing) * per_token[gold]
                     + cfg.label_smoothing * spread).mean()
         else:  # completion-only: NLL of the gold option's text, per token or summed
             sft = -(per_token if cfg.sft_normalise == "token" else loglik)[gold].mean()
     option_scores = None
     if cfg.method == "rcft":
-        norm = {"token": n_cont, "char": batch["n_chars"]}.get(cfg.cloze_norm)
+        norm = {"token": n_cont, "char": inputs["n_chars"]}.get(cfg.cloze_norm)
         scores = loglik if norm is None else loglik / norm.clamp(min=1)
-        option_scores = scores.new_zeros(batch["option_mask"].shape)
-        option_scores = option_scores.index_put((row_item, batch["row_option"]), scores)
+        option_scores = scores.new_zeros(inputs["option_mask"].shape)
+        option_scores = option_scores.index_put((row_item, inputs["row_option"]), scores)
     return sft, option_scores
 
 
-def loss_terms(model: Any, batch: Batch, cfg: TrainConfig) -> LossTerms:
+def loss_terms(model: Any, inputs: Inputs, cfg: TrainConfig) -> LossTerms:
     """The terms of `cfg`'s method and scoring mode, from one forward call of `model`."""
     terms = cloze_terms if cfg.scoring == "cloze" else letter_terms
-    result = through_forward(model, lambda hidden, head: terms(head, hidden, batch, cfg),
-                             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    result = through_forward(model, lambda hidden, head: terms(head, hidden, inputs, cfg),
+                             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
     sft, option_scores = result.value
     return LossTerms(sft, option_scores, result.anchor)
 
 
-def total_loss(terms: LossTerms, batch: Batch, cfg: TrainConfig,
+def total_loss(terms: LossTerms, inputs: Inputs, cfg: TrainConfig,
                reg_state: "RegulariserState | None" = None) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, the terms to log): anchor + sft_weight · L_SFT + λ · L_ECE.
 
@@ -114,9 +114,9 @@ def total_loss(terms: LossTerms, batch: Batch, cfg: TrainConfig,
             raise ConfigError("--method rcft: the ECE regulariser needs the E-step's targets "
                               "(pass reg_state)")
         targets, weights = reg_state.batch_targets(
-            terms.option_scores, batch["option_mask"], batch["item_index"], cfg.ece_targets,
+            terms.option_scores, inputs["option_mask"], inputs["item_index"], cfg.ece_targets,
             cfg.ece_reduction)
-        reg = ece_regulariser(terms.option_scores, batch["option_mask"], targets, weights)
+        reg = ece_regulariser(terms.option_scores, inputs["option_mask"], targets, weights)
         loss = loss + cfg.ece_lambda * reg
         logged["loss_ece"] = float(reg.detach())
     return loss, logged
