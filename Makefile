@@ -24,6 +24,13 @@ $(VENV)/.installed: $(VENV)/.demo-installed
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
+# Headless Chromium from Debian's packages, for the report.html browser tests (playwright
+# drives it; it never downloads a browser of its own). Needs root, as on CI and the dev machines.
+$(VENV)/.chromium: $(VENV)/.installed
+	command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	touch $@
+
 # DeepSpeed, for the ZeRO-3 test on CPU processes: its sdist builds against the torch installed
 # above (build isolation would fetch another, CUDA, torch).
 $(VENV)/.deepspeed: $(VENV)/.installed
@@ -35,13 +42,14 @@ demo: install-demo
 		--limit 500 --out runs/demo
 
 # Everything: lint, the real-model tests and the multi-process engine tests.
-test: install $(VENV)/.deepspeed
+test: install $(VENV)/.deepspeed $(VENV)/.chromium
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
-# Minutes, and nothing heavy to build: no real model, no multi-process runs, no DeepSpeed.
+# Minutes, and nothing heavy to build: no real model, no multi-process runs, no DeepSpeed,
+# no browser.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not distributed"
+	$(PY) -m pytest -q -m "not slow and not distributed and not browser"
 
 clean:
 	rm -rf runs .pytest_cache

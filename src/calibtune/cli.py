@@ -243,6 +243,32 @@ config_command("report", CompareConfig, report_cmd, config_file=False, extra=[
         1000, help="Bootstrap resamples of the paired differences."))])
 
 
+def align_cmd(cfg, resume: bool) -> None:
+    """Preference-optimise (DPO / IPO through TRL, LoRA), then evaluate calibration before and
+    after and how much of the preference the model keeps."""
+    from .workflows.align import run_alignment
+
+    result = run_alignment(cfg, resume=resume)
+    if result.metrics_before:
+        Console().print("before alignment:")
+        print_summary(result.metrics_before, f"{cfg.model} (untouched)", result.out / "eval_before")
+    if result.metrics_after:
+        print_summary(result.metrics_after, f"{cfg.model} after {cfg.loss}", result.out / "eval")
+    if result.retention:
+        Console().print(f"retention: {result.retention}")
+
+
+def _register_align() -> None:
+    from .align.config import AlignConfig
+
+    config_command("align", AlignConfig, align_cmd, extra=[
+        inspect.Parameter("resume", KW, annotation=bool, default=typer.Option(
+            False, help="Continue from the last checkpoint in --out."))])
+
+
+_register_align()
+
+
 @app.command("diagnose")
 def diagnose_cmd(
     scores: Path = typer.Argument(..., help="An eval run folder, a train run folder or a scores.npz."),

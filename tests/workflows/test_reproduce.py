@@ -17,6 +17,7 @@ from calibtune.workflows.reproduce import execute, load_reproduce_config
 from calibtune.workflows.reproduce_report import run_reproduce
 
 from conftest import items_to_rows, make_items, write_jsonl
+from report.test_html import page_check
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,6 +48,7 @@ def setup(tmp_path_factory, tiny_llama):
     return path, config
 
 
+@pytest.mark.browser
 def test_the_whole_comparison_and_a_rerun_that_recomputes_nothing(setup, tmp_path):
     path, _ = setup
     out = tmp_path / "rep"
@@ -64,6 +66,9 @@ def test_the_whole_comparison_and_a_rerun_that_recomputes_nothing(setup, tmp_pat
     assert acc[0] == pytest.approx(0.0, abs=1e-12)  # temperature cannot move accuracy
     again = execute(load_reproduce_config(path), out)
     assert {o.status for o in again} == {"done"}
+    page = page_check(out / "report.html", screenshot=tmp_path / "shot.png")
+    assert page["errors"] == [] and page["requests"] == []
+    assert len(page["images"]) == 2 and all(w > 0 and h > 0 for w, h in page["images"])
 
 
 def test_kill_halfway_then_rerun_recomputes_nothing_finished(setup, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..config import option
 from ..errors import ConfigError
 
 #: calibtune's loss names and TRL's `DPOConfig.loss_type` for each.
@@ -22,47 +23,47 @@ class AlignConfig:
     are our choice, not tuned (docs/alignment.md).
     """
 
-    model: str = "smollm2-135m-instruct"
-    data: str = "mmlu"  # MCQ items: pairs to train on (unless `preferences`), eval default
-    split: str | None = "train"
-    train_limit: int | None = None  # train on a seeded sample of N pairs
-    preferences: str | None = None  # a .jsonl of prompt/chosen/rejected, or "hhh"
-    skip_invalid: bool = False  # keep going past bad preference rows (listed in rejected.jsonl)
-    heldout_fraction: float = 0.2  # share of `preferences` pairs held out for retention
-    eval_data: str | None = None  # default: the same dataset as `data`
-    eval_split: str | None = "test"
-    eval_limit: int | None = 500
-    eval_before: bool = True
-    retention: bool = True  # preference accuracy and KL on held-out pairs after training
-    retention_limit: int | None = 200  # held-out pairs / prompts the retention check reads
-    prompt: str = "plain"
-    scoring: str = "letter"  # letter | cloze: how MCQ pairs read options, and the evaluation
-    cloze_norm: str = "none"
-    n_bins: int = 10
-    loss: str = "dpo"  # dpo (TRL "sigmoid") | ipo
-    beta: float = 0.1
-    append_eos: bool = False  # TRL's own tokenisation appends EOS to every response; we do not
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 2  # pairs per device step (each a chosen and a rejected sequence)
-    grad_accum: int = 1
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    lora_r: int = 128
-    lora_alpha: int = 64
-    lora_dropout: float = 0.05
-    lora_targets: str = "all-linear"
-    max_length: int = 1024  # pairs whose prompt + longer response exceed this are dropped
-    dtype: str = "float32"
-    bf16: bool = False
-    seed: int = 0
-    save_steps: int = 50
-    logging_steps: int = 10
-    report_to: str = "none"
-    gradient_checkpointing: bool = False
-    out: str = "runs/align"
+    model: str = option("smollm2-135m-instruct", 'Built-in name, model folder or .gguf file.')
+    data: str = option("mmlu", 'MCQ items for pairs (unless --preferences); held-out default.')
+    split: str | None = option("train", 'Split of a built-in dataset (default train).')
+    train_limit: int | None = option(None, 'Train on a seeded sample of N pairs.')
+    preferences: str | None = option(None, 'prompt/chosen/rejected .jsonl, or hhh (BIG-bench).')
+    skip_invalid: bool = option(False, 'Keep going past bad preference rows (listed in rejected.jsonl).')
+    heldout_fraction: float = option(0.2, 'Share of --preferences pairs held out for the retention check.')
+    eval_data: str | None = option(None, 'Held-out MCQ data (default: the same dataset as --data).')
+    eval_split: str | None = option("test", 'Held-out split (default test).')
+    eval_limit: int | None = option(500, 'Evaluate on a seeded sample of N items (default 500).')
+    eval_before: bool = option(True, 'Also score the held-out items before training.')
+    retention: bool = option(True, 'Measure preference accuracy and KL on held-out pairs after training.')
+    retention_limit: int | None = option(200, 'Held-out pairs the retention check reads (200).')
+    prompt: str = option("plain", 'Prompt style: plain | reference | chat.')
+    scoring: str = option("letter", 'letter | cloze: how MCQ pairs read options, and the evaluation.')
+    cloze_norm: str = option("none", 'Cloze length normalisation: none | token | char.')
+    n_bins: int = option(10, 'Number of confidence bins.')
+    loss: str = option("dpo", "dpo (TRL's sigmoid loss) | ipo.")
+    beta: float = option(0.1, 'β of DPO / IPO (default 0.1).')
+    append_eos: bool = option(False, "Append EOS to every response (TRL's own tokenisation does).")
+    epochs: float = option(1.0, 'Epochs (default 1).')
+    max_steps: int = option(-1, 'Stop after N optimiser steps.')
+    batch_size: int = option(2, 'Pairs per device step (each a chosen and a rejected sequence).')
+    grad_accum: int = option(1, 'Gradient accumulation steps.')
+    learning_rate: float = option(5e-5, 'Peak learning rate (default 5e-5).')
+    warmup_ratio: float = option(0.1, 'Share of steps for linear warm-up.')
+    weight_decay: float = option(0.0, 'AdamW weight decay.')
+    lr_scheduler: str = option("cosine", "Learning-rate schedule (transformers' names).")
+    lora_r: int = option(128, 'LoRA rank.')
+    lora_alpha: int = option(64, 'LoRA alpha.')
+    lora_dropout: float = option(0.05, 'LoRA dropout.')
+    lora_targets: str = option("all-linear", 'all-linear or comma-separated module names.')
+    max_length: int = option(1024, 'Longer pairs (prompt + response tokens) are dropped.')
+    dtype: str = option("float32", 'float32 | bfloat16.')
+    bf16: bool = option(False, 'Mixed precision in bfloat16.')
+    seed: int = option(0, 'Seed of sampling, pairing, splits and training.')
+    save_steps: int = option(50, 'Checkpoint every N steps.')
+    logging_steps: int = option(10, 'Log the loss every N steps.')
+    report_to: str = option("none", 'none | tensorboard.')
+    gradient_checkpointing: bool = option(False, 'Recompute activations in backward (less memory).')
+    out: str = option("runs/align", 'Output folder.')
 
     @property
     def method(self) -> str:
