@@ -10,6 +10,10 @@ The library returns objects and writes nothing; the `calibtune` command's workfl
     report = ct.evaluate(scores)                        # metrics + intervals, plain data
     ts = ct.calibrators.TemperatureScaling().fit(scores.logits, scores.labels, scores.mask)
     outcome = ct.train(model, train_items, ct.TrainConfig(method="rcft"))
+    ct.diagnose(scores.probs(), scores.labels, scores.mask)   # regime, bounds, recommendation
+    ct.compare_scores(scores_a, scores_b)                     # paired Δ with intervals, McNemar
+    ct.split_conformal(scores.probs(), scores.labels, scores.mask, alpha=0.1)
+    ct.load_lm_eval_samples("lm_eval_out/")                   # another harness's outputs
 
 Names that need torch, transformers or scikit-learn (`load_model`, `score`, `train`,
 `calibrators`, ...) are imported on first use, so `import calibtune` stays quick.
@@ -39,6 +43,13 @@ _LAZY = {
     "scoring": ("calibtune.scoring", None),
     "training": ("calibtune.training", None),
     "workflows": ("calibtune.workflows", None),
+    "diagnose": ("calibtune.theory", "diagnose"),
+    "theory": ("calibtune.theory", None),
+    "load_lm_eval_samples": ("calibtune.interop", "load_lm_eval_samples"),
+    "load_option_table": ("calibtune.interop", "load_option_table"),
+    "compare_scores": ("calibtune.metrics.paired", "compare_scores"),
+    "split_conformal": ("calibtune.metrics.conformal", "split_conformal"),
+    "align": ("calibtune.align", None),
 }
 
 __all__ = ["AssetError", "CalibtuneError", "ConfigError", "DataError", "FieldMap", "InputError",

@@ -1,6 +1,9 @@
 """Calibration metrics on plain arrays (probabilities or logits [n, K], labels [n], mask)."""
 from .binning import BinTable, assign_bins, bin_edges, bin_statistics, calibration_error_from_table
 from .calibration import bin_table, classwise_ece, classwise_tables, ece
+from .conformal import ConformalResult, split_conformal
+from .groups import GroupTable, group_table
+from .paired import PairedComparison, align_items, compare_scores, mcnemar_exact, paired_compare
 from .proper import accuracy, brier, gold_nll, nll
 from .selective import (accuracy_coverage_curve, area_under_accuracy_coverage, auroc,
                         auroc_from_confidence, selective_accuracies, selective_accuracy)
@@ -9,7 +12,9 @@ from .summary import summarize
 from .uncertainty import Interval, NoiseFloor, bootstrap_ci, ece_noise_floor
 from .validation import MetricInputError, check_inputs, log_softmax, softmax, top_label
 
-__all__ = ["BinTable", "Interval", "MetricInputError", "NoiseFloor", "accuracy",
+__all__ = ["ConformalResult", "GroupTable", "PairedComparison", "align_items", "compare_scores",
+           "group_table", "mcnemar_exact", "paired_compare", "split_conformal",
+           "BinTable", "Interval", "MetricInputError", "NoiseFloor", "accuracy",
            "accuracy_coverage_curve", "area_under_accuracy_coverage", "assign_bins", "auroc",
            "auroc_from_confidence", "bin_edges", "bin_statistics", "bin_table",
            "bootstrap_ci", "brier", "calibration_error_from_table", "check_inputs",
