@@ -207,7 +207,7 @@ def test_two_models_with_the_same_task_are_refused(run_folder):
 @pytest.mark.slow
 def test_real_lm_eval_log_samples_equal_calibtune_cloze(tiny_qwen, tmp_path):
     """Run lm-eval 0.4.13's CLI with --log_samples on a tiny model; import; compare."""
-    from calibtune.lm_eval_task import write_lm_eval_task
+    from lm_eval_task import write_lm_eval_task
     from calibtune.models import load_model
     from calibtune.scoring import make_scorer
     from conftest import make_items
