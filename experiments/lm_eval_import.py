@@ -58,8 +58,8 @@ def main() -> None:
     order = np.argsort([int(i.split("/")[1]) for i in theirs.ids])  # lm-eval doc_id = item order
     t_logits = theirs.logits[order]
     diff = np.abs(np.where(ours.mask, t_logits - ours.logits, 0.0)).max()
-    same_pred = bool((t_logits.argmax(1) == np.where(ours.mask, ours.logits, -np.inf).argmax(1))
-                     .all())
+    same_pred = bool((np.where(ours.mask, t_logits, -np.inf).argmax(1)
+                      == np.where(ours.mask, ours.logits, -np.inf).argmax(1)).all())
     keys = ("accuracy", "mean_confidence", "ece", "cw_ece", "brier", "nll")
     m_theirs = ct.evaluate(ct.OptionScores(t_logits, theirs.labels[order], theirs.mask[order],
                                            ours.ids), n_boot=0)

@@ -6,6 +6,7 @@ fields into typer options, so the flags, their help and the YAML keys cannot dri
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import sys
@@ -147,10 +148,23 @@ def field_map(given: dict[str, str | None]) -> dict | None:
 
 def eval_cmd(cfg: EvalConfig, resume: bool, from_source: tuple[str, str] | None = None,
              kind: str = "logprob", renormalise: bool = False, norm: str = "none",
-             **given: str | None) -> None:
+             preferences: str | None = None, **given: str | None) -> None:
     """Score a dataset with a model and report its calibration (or read another harness's saved
-    outputs with --from lm-eval PATH / --from table PATH: no model)."""
+    outputs with --from lm-eval PATH / --from table PATH: no model; or measure preference
+    accuracy with --preferences FILE|hhh)."""
     from dataclasses import replace
+
+    if preferences:
+        from .workflows.align import PreferenceEvalConfig, run_preference_eval
+
+        result = run_preference_eval(PreferenceEvalConfig(
+            model=cfg.model, preferences=preferences, adapter=cfg.adapter, prompt=cfg.prompt,
+            limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
+            skip_invalid=cfg.skip_invalid, dtype=cfg.dtype, device=cfg.device,
+            trust_remote_code=cfg.trust_remote_code, out=cfg.out))
+        typer.echo(json.dumps(result.metrics, indent=2, default=str)[:4000])
+        typer.echo(f"wrote {result.folder}/preferences.json")
+        return
 
     if from_source:
         from .workflows.imports import ImportConfig, run_import
@@ -178,6 +192,8 @@ config_command("eval", EvalConfig, eval_cmd, extra=[
         "logprob", help="--from table: the values are logprob (log-probabilities or logits) or prob.")),
     inspect.Parameter("renormalise", KW, annotation=bool, default=typer.Option(
         False, help="--from table: divide probabilities by their row sum instead of refusing rows that do not sum to 1.")),
+    inspect.Parameter("preferences", KW, annotation=Optional[str], default=typer.Option(
+        None, help="Measure preference accuracy and margin on pairs instead: a prompt/chosen/rejected .jsonl or hhh (BIG-bench hhh_alignment).")),
     inspect.Parameter("norm", KW, annotation=str, default=typer.Option(
         "none", help="--from lm-eval: none (raw sums) | char | byte (lm-eval's acc_norm / acc_bytes).")),
     *[inspect.Parameter(name, KW, annotation=Optional[str], default=typer.Option(None, help=text))

@@ -136,8 +136,7 @@ def keep_top(probs: np.ndarray, new_top: np.ndarray, mask: np.ndarray | None = N
     rest = m.copy()
     rest[rows, top] = False
     weight = np.where(rest, p, 0.0)
-    no_weight = weight.sum(axis=1) <= 0
-    weight[no_weight] = rest[no_weight]  # nothing to go by: share equally
+    weight = np.where(rest, np.maximum(weight, 1e-300), 0.0)  # probability 0: a share still
     cap = c * (1.0 - 1e-9)
     share = np.zeros_like(p)
     free = rest.copy()

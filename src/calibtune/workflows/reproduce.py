@@ -99,6 +99,12 @@ class ReproduceConfig:
         for m in self.method_training:
             if m not in TRAINED:
                 raise ConfigError(f"method_training.{m}: only {', '.join(TRAINED)} train")
+        names = [s.name for s in self.splits]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"evaluation splits need distinct names (give each a 'name'); got "
+                              f"{names}")
+        if any(n.startswith("train-s") or "/" in n for n in names):
+            raise ConfigError(f"split names may not start with 'train-s' or hold '/': {names}")
 
     @property
     def splits(self) -> list[DataSpec]:

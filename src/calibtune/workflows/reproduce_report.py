@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import SavedFileError
 from ..integrity import atomic_write, atomic_write_json, atomic_write_text
 from ..metrics.calibration import classwise_ece, ece
 from ..metrics.proper import brier, nll
@@ -68,8 +69,8 @@ def summarise(cfg: ReproduceConfig, steps_dir: Path, n_boot: int | None = None, 
                     [scores_of(cfg, steps_dir, method, s, split) for s in cfg.seeds])
             for r in runs:
                 if r.ids.tolist() != aligned.ids.tolist():
-                    raise ValueError(f"{method} on {split.name} scored other items than the "
-                                     "aligned model")
+                    raise SavedFileError(f"{method} on {split.name} scored other items than "
+                                         "the aligned model; delete that step's folder and rerun")
             # [resample, seed, metric]
             vals = np.array([[[_values(r, idx, cfg.n_bins)[k] for k in METRICS] for r in runs]
                              for idx in resamples])
