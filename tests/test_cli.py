@@ -84,8 +84,9 @@ def test_config_yaml_with_override(tmp_path, tiny_llama, data_file):
 
 def test_report_overlays_runs(tmp_path):
     rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 50)  # the same items, scored by two models
     for name, scale in (("aligned", 4.0), ("cft", 1.0)):
-        s = OptionScores(rng.normal(size=(50, 4)) * scale, rng.integers(0, 4, 50),
+        s = OptionScores(rng.normal(size=(50, 4)) * scale, labels,
                          np.ones((50, 4), bool), [str(i) for i in range(50)])
         (tmp_path / name).mkdir()
         s.save(tmp_path / name / "scores.npz")
