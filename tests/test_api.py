@@ -54,7 +54,9 @@ def test_api_scores_and_metrics_equal_the_cli_run_folder(tiny_llama, data_file, 
     np.testing.assert_allclose(scores.logits, folder.logits, atol=1e-6)
     assert scores.ids.tolist() == folder.ids.tolist()
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved == json.loads(json.dumps(ct.evaluate(folder, seed=3, n_boot=50)))
+    from calibtune.integrity import json_ready  # metrics.json is strict JSON: NaN → null
+
+    assert saved == json.loads(json.dumps(json_ready(ct.evaluate(folder, seed=3, n_boot=50))))
 
 
 def test_train_in_memory_writes_nothing_unless_asked(tiny_llama, tmp_path, monkeypatch):
