@@ -126,8 +126,8 @@ class TemperatureScaling(Calibrator):
     def set_params(self, params: dict) -> None:
         if "inverse_temperature" in params:
             self.inverse_temperature = float(params["inverse_temperature"])
-        else:  # files written before β was stored
-            t = params.get("temperature")
+        else:  # files written before β was stored (KeyError: not a temperature file)
+            t = params["temperature"]
             self.inverse_temperature = 0.0 if t is None else 1.0 / float(t)
         self.at_bound = params.get("at_bound")
         g = params.get("grad_at_optimum")
