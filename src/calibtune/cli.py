@@ -305,8 +305,8 @@ def diagnose_cmd(
                                                      n_bins, n_boot))
     except CalibtuneError as err:
         _fail(err)
-    Console().print(result.to_markdown(), markup=False, highlight=False)
-    Console().print(f"wrote {folder}/diagnosis.json and diagnosis.md")
+    typer.echo(result.to_markdown())
+    typer.echo(f"wrote {folder}/diagnosis.json and diagnosis.md")
 
 
 @app.command("reproduce")
