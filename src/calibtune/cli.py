@@ -243,9 +243,9 @@ def report_cmd(cfg: CompareConfig, runs: list[Path], plane: bool, intersect: boo
     the accuracy-ECE plane of training runs."""
     from .workflows.compare import compare_runs
 
-    Console().print(compare_runs(runs, Path(cfg.out), cfg.n_bins, plane=plane,
-                                 intersect=intersect, n_boot=n_boot))
-    Console().print(f"wrote {cfg.out}/ (compare.md, report.html)")
+    typer.echo(compare_runs(runs, Path(cfg.out), cfg.n_bins, plane=plane, intersect=intersect,
+                            n_boot=n_boot))
+    typer.echo(f"wrote {cfg.out}/ (compare.md, report.html)")
 
 
 config_command("report", CompareConfig, report_cmd, config_file=False, extra=[
