@@ -1,6 +1,8 @@
 """The short human-readable `report.md` of a run, from its metrics dict."""
 from __future__ import annotations
 
+from .reading import gap_sentence, noise_sentence
+
 
 def _ci(metrics: dict, key: str) -> str:
     ci = metrics.get("ci", {}).get(key)
@@ -9,7 +11,6 @@ def _ci(metrics: dict, key: str) -> str:
 
 def render_report(metrics: dict, *, title: str, context: dict, figures: list[str]) -> str:
     """Markdown with the headline numbers, how to read them, and the figures."""
-    floor = metrics["ece_noise_floor"]
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: {v}" for k, v in context.items()]
     lines += ["", "| metric | value |", "|---|---|"]
@@ -24,16 +25,10 @@ def render_report(metrics: dict, *, title: str, context: dict, figures: list[str
                       ("nll", "NLL"), ("auroc", "AUROC (confidence vs correct)"),
                       ("area_under_accuracy_coverage", "area under accuracy–coverage")]:
         lines.append(f"| {name} | {metrics[key]:.3f} |")
-    lines += ["", f"A perfectly calibrated model with these confidences would still show an ECE "
-              f"of {floor['mean']:.3f} ± {floor['std']:.3f} on {metrics['n']} items (95% of "
-              f"simulations below {floor['q95']:.3f}): ECE below that is noise."]
-    gap = metrics["mean_confidence"] - metrics["accuracy"]
-    if gap > 0.05:
-        lines.append(f"The model is **overconfident**: mean confidence exceeds accuracy by "
-                     f"{gap:.3f}.")
-    elif gap < -0.05:
-        lines.append(f"The model is **underconfident**: accuracy exceeds mean confidence by "
-                     f"{-gap:.3f}.")
+    lines += ["", noise_sentence(metrics)]
+    gap = gap_sentence(metrics)
+    if gap:
+        lines.append(gap)
     lines.append("")
     lines += [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"

@@ -25,24 +25,37 @@ def metric_rows(metrics: dict, keys: list[tuple[str, str]]) -> list[list]:
     return rows
 
 
+def noise_sentence(metrics: dict) -> str:
+    """What ECE a perfectly calibrated model would show on these items (the noise floor)."""
+    floor = metrics["ece_noise_floor"]
+    return (f"A perfectly calibrated model with these confidences would still show an ECE "
+            f"of {floor['mean']:.3f} ± {floor['std']:.3f} on {metrics['n']} items (95% of "
+            f"simulations below {floor['q95']:.3f}): ECE below that is noise.")
+
+
+def gap_sentence(metrics: dict) -> str | None:
+    """Over- or underconfidence beyond 0.05, in words (None when the gap is smaller)."""
+    gap = metrics["mean_confidence"] - metrics["accuracy"]
+    if gap > 0.05:
+        return f"The model is **overconfident**: mean confidence exceeds accuracy by {gap:.3f}."
+    if gap < -0.05:
+        return (f"The model is **underconfident**: accuracy exceeds mean confidence by "
+                f"{-gap:.3f}.")
+    return None
+
+
 def reading(metrics: dict) -> list[str]:
     """The sentences a reader needs: the noise floor and the direction of the gap."""
     lines = []
     floor = metrics.get("ece_noise_floor")
     if floor:
-        lines.append(f"A perfectly calibrated model with these confidences would still show an "
-                     f"ECE of {floor['mean']:.3f} ± {floor['std']:.3f} on {metrics['n']} items "
-                     f"(95% of simulations below {floor['q95']:.3f}): ECE below that is noise.")
+        lines.append(noise_sentence(metrics))
         if metrics["ece"] <= floor["q95"]:
             lines.append(f"Here ECE = {metrics['ece']:.3f} is **within the noise floor**: these "
                          "items cannot tell this model from a calibrated one.")
-    gap = metrics["mean_confidence"] - metrics["accuracy"]
-    if gap > 0.05:
-        lines.append(f"The model is **overconfident**: mean confidence exceeds accuracy by "
-                     f"{gap:.3f}.")
-    elif gap < -0.05:
-        lines.append(f"The model is **underconfident**: accuracy exceeds mean confidence by "
-                     f"{-gap:.3f}.")
+    gap = gap_sentence(metrics)
+    if gap:
+        lines.append(gap)
     k = metrics.get("n_options_max")
     if k and metrics["accuracy"] < 1.5 / k:
         lines.append(f"Accuracy {metrics['accuracy']:.3f} is close to chance (1/K = {1 / k:.3f} "
