@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 from ..scoring.cloze import cloze_context
 from ..data.items import LETTERS, MCQItem
-from ..data.loaders import MAX_FIELD_CHARS, _read_jsonl
+from ..data.loaders import MAX_FIELD_CHARS, _read_jsonl, validated_rows
 from ..errors import ConfigError, DataError
 from ..scoring.prompts import letter_prefix, render_prompt
 
@@ -151,30 +151,10 @@ def load_preferences(path: str | Path, *, skip_invalid: bool = False) -> Prefere
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise DataError(f"unknown file type {path.suffix!r}; preference pairs are read from "
                         ".jsonl (one JSON object per line)", file=str(path))
-    result = PreferenceLoadResult(pairs=[], source=str(path))
-    seen: dict[str, int] = {}
-    n_rows = 0
-    for row_no, raw in _read_jsonl(path):
-        n_rows += 1
-        try:
-            if isinstance(raw, DataError):
-                raise raw
-            pair = pair_from_row(raw, file=str(path), row=row_no)
-            if pair.id in seen:
-                raise DataError(f"duplicate id {pair.id!r} (first seen in row {seen[pair.id]})",
-                                file=str(path), row=row_no, field="id")
-            seen[pair.id] = row_no
-            result.pairs.append(pair)
-        except DataError as err:
-            if not skip_invalid:
-                raise
-            result.rejected.append(err)
-    if n_rows == 0:
-        raise DataError("file holds no rows", file=str(path))
-    if not result.pairs:
-        raise DataError(f"no valid rows ({len(result.rejected)} rejected; first: "
-                        f"{result.rejected[0] if result.rejected else 'none'})", file=str(path))
-    return result
+    pairs, rejected = validated_rows(
+        _read_jsonl(path), lambda raw, row: pair_from_row(raw, file=str(path), row=row),
+        file=str(path), id_field="id", skip_invalid=skip_invalid)
+    return PreferenceLoadResult(pairs=pairs, rejected=rejected, source=str(path))
 
 
 def pairs_to_jsonl(pairs: Iterable[PreferencePair]) -> str:

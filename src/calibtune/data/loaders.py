@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import DataError
 from .items import LETTERS, MAX_OPTIONS, MIN_OPTIONS, MCQItem
@@ -81,30 +81,43 @@ def load_items(path: str | Path, fields: FieldMap | None = None, *,
                ".parquet": _read_parquet, ".pq": _read_parquet}
     if suffix.lower() not in readers:
         raise DataError(f"unknown file type {suffix!r}; use .jsonl, .csv or .parquet", file=str(path))
-    result = LoadResult(items=[], source=str(path))
-    seen_ids: dict[str, int] = {}
+    items, rejected = validated_rows(readers[suffix.lower()](path),
+                                     lambda raw, row: item_from_row(raw, fields, file=str(path),
+                                                                    row=row),
+                                     file=str(path), id_field=fields.id, skip_invalid=skip_invalid)
+    return LoadResult(items=items, rejected=rejected, source=str(path))
+
+
+def validated_rows(rows: Iterator[tuple[int, Any]], parse: Callable[[Any, int], Any], *,
+                   file: str, id_field: str, skip_invalid: bool) -> tuple[list, list[DataError]]:
+    """Parse each (row number, raw row) with `parse`, refusing duplicate `.id`s; a bad row raises
+    its `DataError` unless `skip_invalid` (then it is returned as rejected). An empty file, or one
+    with no valid row, is refused. Shared by every row-level loader (items, preference pairs)."""
+    kept: list = []
+    rejected: list[DataError] = []
+    seen: dict[str, int] = {}
     n_rows = 0
-    for row_no, raw in readers[suffix.lower()](path):
+    for row_no, raw in rows:
         n_rows += 1
         try:
             if isinstance(raw, DataError):
                 raise raw
-            item = item_from_row(raw, fields, file=str(path), row=row_no)
-            if item.id in seen_ids:
-                raise DataError(f"duplicate id {item.id!r} (first seen in row {seen_ids[item.id]})",
-                                file=str(path), row=row_no, field=fields.id)
-            seen_ids[item.id] = row_no
-            result.items.append(item)
+            parsed = parse(raw, row_no)
+            if parsed.id in seen:
+                raise DataError(f"duplicate id {parsed.id!r} (first seen in row {seen[parsed.id]})",
+                                file=file, row=row_no, field=id_field)
+            seen[parsed.id] = row_no
+            kept.append(parsed)
         except DataError as err:
             if not skip_invalid:
                 raise
-            result.rejected.append(err)
+            rejected.append(err)
     if n_rows == 0:
-        raise DataError("file holds no rows", file=str(path))
-    if not result.items:
-        raise DataError(f"no valid rows ({len(result.rejected)} rejected; first: "
-                        f"{result.rejected[0] if result.rejected else 'none'})", file=str(path))
-    return result
+        raise DataError("file holds no rows", file=file)
+    if not kept:
+        raise DataError(f"no valid rows ({len(rejected)} rejected; first: "
+                        f"{rejected[0] if rejected else 'none'})", file=file)
+    return kept, rejected
 
 
 def _decode(data: bytes, path: Path) -> str:
