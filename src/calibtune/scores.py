@@ -24,6 +24,14 @@ def option_mask(n_options, k_max: int | None = None) -> np.ndarray:
     return np.arange(k_max)[None, :] < n_options[:, None]
 
 
+def pad_option_rows(rows) -> tuple[np.ndarray, np.ndarray]:
+    """(logits [n, K_max], mask) from per-item score lists of differing lengths (0 where masked)."""
+    mask = option_mask([len(r) for r in rows])
+    logits = np.zeros(mask.shape)
+    logits[mask] = np.concatenate([np.asarray(r, dtype=np.float64) for r in rows])
+    return logits, mask
+
+
 @dataclass
 class OptionScores:
     """Option scores [n, K_max], gold labels [n], option mask [n, K_max] and item ids [n].

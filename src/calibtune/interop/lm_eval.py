@@ -42,7 +42,7 @@ import numpy as np
 
 from ..data.items import LETTERS, MAX_OPTIONS
 from ..errors import DataError
-from ..scores import OptionScores
+from ..scores import OptionScores, pad_option_rows
 
 NORMS = ("none", "char", "byte")
 _DATE = r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?"
@@ -326,12 +326,7 @@ def load_lm_eval_samples(path: str | Path, *, tasks: Sequence[str] | None = None
         ids += f_ids
         labels += f_labels
         scores += f_scores
-    k_max = max(len(s) for s in scores)
-    logits = np.zeros((len(scores), k_max))
-    mask = np.zeros((len(scores), k_max), dtype=bool)
-    for i, s in enumerate(scores):
-        logits[i, : len(s)] = s
-        mask[i, : len(s)] = True
+    logits, mask = pad_option_rows(scores)
     order = sorted(range(len(ids)), key=lambda i: (ids[i].split("/", 1)[0], i))
     models = sorted({m["model"] for m in task_meta.values() if "model" in m})
     versions = sorted({m["lm_eval_version"] for m in task_meta.values() if "lm_eval_version" in m})

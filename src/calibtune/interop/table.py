@@ -24,7 +24,7 @@ from ..data.items import LETTERS, MAX_OPTIONS, MIN_OPTIONS
 from ..data.loaders import _read_csv, _read_jsonl, _read_parquet
 from ..errors import DataError
 from ..metrics.proper import PROB_FLOOR
-from ..scores import OptionScores
+from ..scores import OptionScores, pad_option_rows
 
 KINDS = ("logprob", "prob")
 LABEL_FORMATS = ("auto", "index", "letter")
@@ -208,12 +208,7 @@ def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = 
                       str(raw[group_col]))
     if not rows:
         raise DataError("file holds no rows", file=file)
-    k_max = max(len(r) for r in rows)
-    logits = np.zeros((len(rows), k_max))
-    mask = np.zeros((len(rows), k_max), dtype=bool)
-    for i, r in enumerate(rows):
-        logits[i, : len(r)] = r
-        mask[i, : len(r)] = True
+    logits, mask = pad_option_rows(rows)
     meta = {"source": "table", "path": file, "kind": kind, "renormalised": bool(renormalise),
             "options": list(opt) if isinstance(opt, tuple) else opt}
     return OptionScores(logits, np.array(labels), mask, np.array(ids), meta,
