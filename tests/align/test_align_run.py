@@ -84,6 +84,37 @@ def test_the_adapter_disabled_evaluation_is_the_untouched_model(dpo_run, tiny_ll
     assert res.metrics["ece"] == pytest.approx(dpo_run.metrics_before["ece"], abs=1e-6)
 
 
+def test_a_merged_base_adapter_is_the_aligned_model_and_cft_starts_from_it(dpo_run, tiny_llama,
+                                                                            data, tmp_path):
+    """--base-adapter merges the DPO adapter into the weights: scoring equals the unmerged
+    adapter's, and `calibtune train --base-adapter` evaluates and trains the DPO'd model."""
+    import numpy as np
+
+    from calibtune.workflows.config import EvalConfig
+    from calibtune.workflows.eval import run_eval
+    from calibtune.workflows.train import run_training
+
+    from conftest import tiny_train_config
+
+    adapter = str(dpo_run.out / "adapter")
+    common = dict(model=str(tiny_llama), data=str(data / "eval.jsonl"), n_boot=0)
+    attached = run_eval(EvalConfig(**common, adapter=adapter, out=str(tmp_path / "attached")))
+    merged = run_eval(EvalConfig(**common, base_adapter=adapter, out=str(tmp_path / "merged")))
+    untouched = np.load(dpo_run.out / "eval_before" / "scores.npz")["logits"]
+    a = np.load(tmp_path / "attached" / "scores.npz")["logits"]
+    m = np.load(tmp_path / "merged" / "scores.npz")["logits"]
+    assert np.abs(a - untouched).max() > 1e-3  # the adapter moves the scores ...
+    np.testing.assert_allclose(m, a, atol=1e-4)  # ... and merging it changes nothing
+    assert merged.metrics["ece"] == pytest.approx(attached.metrics["ece"], abs=1e-5)
+
+    cfg = tiny_train_config(tiny_llama, data, tmp_path, base_adapter=adapter, method="cft",
+                            max_steps=2, save_steps=10)
+    run_training(cfg)
+    before = np.load(tmp_path / "run" / "eval_before" / "scores.npz")["logits"]
+    np.testing.assert_allclose(before, a, atol=1e-4)  # CFT starts from the DPO'd model
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["base_adapter"] == adapter
+
+
 def test_trl_trains_on_calibtunes_token_ids(tiny_llama, tmp_path):
     model, tok = load_model(str(tiny_llama), device="cpu")
     pairs = pairs_from_items(make_items(4), style="chat", tokenizer=tok)

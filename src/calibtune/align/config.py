@@ -24,6 +24,8 @@ class AlignConfig:
     """
 
     model: str = option("smollm2-135m-instruct", 'Built-in name, model folder or .gguf file.')
+    base_adapter: str | None = option(None, "A PEFT adapter merged into the model first (e.g. "
+                                            "an earlier SFT/CFT run's OUT/adapter).")
     data: str = option("mmlu", 'MCQ items for pairs (unless --preferences); held-out default.')
     split: str | None = option("train", 'Split of a built-in dataset (default train).')
     train_limit: int | None = option(None, 'Train on a seeded sample of N pairs.')

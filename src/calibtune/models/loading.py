@@ -63,11 +63,13 @@ def quantization_config(load_in_4bit: bool, dtype: str) -> Any:
                               bnb_4bit_compute_dtype=getattr(torch, dtype))
 
 
-def load_model(spec: str, *, adapter: str | None = None, dtype: str = "float32",
-               device: str | None = None, trust_remote_code: bool = False,
-               load_in_4bit: bool = False) -> LoadedModel:
+def load_model(spec: str, *, adapter: str | None = None, base_adapter: str | None = None,
+               dtype: str = "float32", device: str | None = None,
+               trust_remote_code: bool = False, load_in_4bit: bool = False) -> LoadedModel:
     """The model and its tokenizer in eval mode, on `device` (CUDA when available by default).
 
+    `base_adapter` is merged into the weights (the model a later stage starts from, e.g. a
+    `calibtune align` adapter before CFT); `adapter` is then attached as a PEFT adapter.
     `load_in_4bit` quantises the frozen weights to NF4 for QLoRA training (the output head and
     embeddings stay in `dtype`)."""
     import torch
@@ -77,6 +79,8 @@ def load_model(spec: str, *, adapter: str | None = None, dtype: str = "float32",
         raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     folder = resolve_model(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if base_adapter and load_in_4bit:
+        raise ModelError("--base-adapter cannot be merged into 4-bit weights: drop --load-in-4bit")
     quant = quantization_config(load_in_4bit, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -85,13 +89,19 @@ def load_model(spec: str, *, adapter: str | None = None, dtype: str = "float32",
             **({"quantization_config": quant, "device_map": device} if quant else {}))
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load model from {folder}: {err}") from None
+    if base_adapter:
+        model = _attach_adapter(model, base_adapter).merge_and_unload()
     if adapter:
-        from peft import PeftModel
-
-        if not (Path(adapter) / "adapter_config.json").exists():
-            raise ModelError(f"{adapter} holds no adapter_config.json: not a PEFT adapter folder")
-        model = PeftModel.from_pretrained(model, adapter)
+        model = _attach_adapter(model, adapter)
     if quant is None:  # a quantised model is placed by device_map and cannot be moved
         model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, spec, adapter)
+
+
+def _attach_adapter(model: Any, adapter: str) -> Any:
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise ModelError(f"{adapter} holds no adapter_config.json: not a PEFT adapter folder")
+    return PeftModel.from_pretrained(model, adapter)

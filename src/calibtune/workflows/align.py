@@ -132,7 +132,8 @@ def run_alignment(cfg: AlignConfig, *, resume: bool = False, callbacks: list | N
     if resume and last is None:
         log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device="cpu")
+    model, tokenizer = load_model(cfg.model, base_adapter=cfg.base_adapter, dtype=cfg.dtype,
+                                  device="cpu")
     train_pairs, held_pairs, rejected = build_pairs(cfg, tokenizer, data)
     eval_items = data.eval_items
     encoded, dropped = encode_pairs(tokenizer, train_pairs, append_eos=cfg.append_eos,
@@ -229,8 +230,9 @@ def run_preference_eval(cfg: PreferenceEvalConfig) -> PreferenceEvalResult:
         raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.preferences != HHH:  # bad rows fail before the model loads
         load_preference_source(cfg.preferences, skip_invalid=cfg.skip_invalid)
-    model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
-                                  device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, base_adapter=cfg.base_adapter,
+                                  dtype=cfg.dtype, device=cfg.device,
+                                  trust_remote_code=cfg.trust_remote_code)
     loaded = load_preference_source(cfg.preferences, style=cfg.prompt, tokenizer=tokenizer,
                                     skip_invalid=cfg.skip_invalid)
     pairs = _sample(loaded.pairs, cfg.limit, cfg.seed)

@@ -13,6 +13,8 @@ from ..errors import ConfigError
 from ..training.config import PROMPT_HELP, SCORING_HELP, SEED_HELP, TrainConfig
 
 MODEL_HELP = "Built-in name, model folder or .gguf file."
+BASE_ADAPTER_HELP = ("A PEFT adapter merged into the model first (e.g. a `calibtune align` "
+                     "run's OUT/adapter: the DPO'd model).")
 OUT_HELP = "Output folder."
 BINS_HELP = "Number of confidence bins (default 10)."
 
@@ -30,6 +32,7 @@ class EvalConfig:
     scoring: str = option("letter", SCORING_HELP)
     cloze_norm: str = option("none", "Cloze length normalisation: none | token | char.")
     adapter: str | None = option(None, "A PEFT adapter folder to apply.")
+    base_adapter: str | None = option(None, BASE_ADAPTER_HELP)
     dtype: str = option("float32", "float32 | bfloat16 | float16.")
     device: str | None = option(None, "cpu, cuda, cuda:1 … (default: cuda if present).")
     batch_size: int = option(16, "Most items per forward pass.")
@@ -70,6 +73,7 @@ class TrainRunConfig(TrainConfig):
     """`calibtune train`: the training options, and the model, data and output folder."""
 
     model: str = option("smollm2-135m-instruct", MODEL_HELP)
+    base_adapter: str | None = option(None, BASE_ADAPTER_HELP)
     data: str = option("mmlu", "Training data: built-in name or file.")
     split: str | None = option("train", "Split of a built-in training dataset (default train).")
     train_limit: int | None = option(None, "Train on a seeded sample of N items.")

@@ -32,8 +32,9 @@ def load_eval_items(cfg: EvalConfig) -> tuple[list[MCQItem], list]:
 
 def _fingerprint(cfg: EvalConfig, items: list[MCQItem]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.model, cfg.adapter, cfg.prompt, cfg.scoring, cfg.cloze_norm,
-                         cfg.dtype, cfg.chunk_size]).encode())
+    key = [cfg.model, cfg.adapter, cfg.prompt, cfg.scoring, cfg.cloze_norm, cfg.dtype,
+           cfg.chunk_size] + ([cfg.base_adapter] if cfg.base_adapter else [])
+    h.update(json.dumps(key).encode())
     for it in items:
         h.update(f"{it.id}\x00{it.answer}\x00{it.n_options}\x01".encode())
     return h.hexdigest()
@@ -91,8 +92,9 @@ def _drop_too_long(scorer: Any, items: list[MCQItem]
 def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) -> RunOutputs:
     """Score `cfg.data` with `cfg.model` and write the run folder `cfg.out`."""
     items, rejected = load_eval_items(cfg)  # bad data fails here, before anything is written
-    model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
-                                  device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, base_adapter=cfg.base_adapter,
+                                  dtype=cfg.dtype, device=cfg.device,
+                                  trust_remote_code=cfg.trust_remote_code)
     scorer = make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt,
                          cloze_norm=cfg.cloze_norm, batch_size=cfg.batch_size,
                          max_batch_tokens=cfg.max_batch_tokens, progress=progress)
@@ -115,7 +117,8 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) ->
                              cfg.chunk_size, resume)
     meta = {"model": cfg.model, "adapter": cfg.adapter, "prompt": cfg.prompt,
             "scoring": cfg.scoring, "cloze_norm": cfg.cloze_norm if cfg.scoring == "cloze" else None,
-            "data": cfg.data, "split": cfg.split, "limit": cfg.limit, "seed": cfg.seed}
+            "data": cfg.data, "split": cfg.split, "limit": cfg.limit, "seed": cfg.seed,
+            **({"base_adapter": cfg.base_adapter} if cfg.base_adapter else {})}
     scores = scores_from(items, logits, meta)
     write_config(out, asdict(cfg))
     result = write_run(out, scores, title=f"calibtune eval — {cfg.model} on {cfg.data}",

@@ -80,7 +80,8 @@ def run_training(cfg: TrainRunConfig, *, resume: bool = False, callbacks: list |
     torch.manual_seed(cfg.seed)
     # The Trainer places an unquantised model itself; a 4-bit one is placed as it loads.
     device = "cuda" if cfg.load_in_4bit and torch.cuda.is_available() else "cpu"
-    model = load_model(cfg.model, dtype=cfg.dtype, device=device, load_in_4bit=cfg.load_in_4bit)
+    model = load_model(cfg.model, base_adapter=cfg.base_adapter, dtype=cfg.dtype, device=device,
+                       load_in_4bit=cfg.load_in_4bit)
 
     class WriteConfig(TrainerCallback):
         """config.yaml once the data and model have passed their checks."""
