@@ -387,3 +387,22 @@ def test_critical_accuracy():
     assert r.critical == 0.60 and r.last_within is None
     with pytest.raises(MetricInputError):
         critical_accuracy([0.5], [0.1, 0.2], [0.1])
+
+
+def test_option_entropy_is_the_mean_normalised_entropy_of_each_items_options():
+    """Cross-checked with scipy.stats.entropy row by row, with a ragged mask; edges: uniform
+    rows give 1, one-hot rows 0, a row with an exact zero is finite."""
+    from scipy.stats import entropy
+
+    rng = np.random.default_rng(3)
+    k_i = np.array([4, 3, 2, 4, 2, 3])
+    mask = np.arange(4)[None, :] < k_i[:, None]
+    p = np.where(mask, rng.dirichlet(np.ones(4), size=6), 0.0)
+    p[3] = [0.0, 0.5, 0.5, 0.0]  # exact zeros inside the valid options
+    p = p / p.sum(axis=1, keepdims=True)
+    y = np.zeros(6, dtype=int)
+    expected = np.mean([entropy(p[i, :k]) / np.log(k) for i, k in enumerate(k_i)])
+    c = collapse_measures(p, y, mask)
+    assert c.option_entropy == pytest.approx(expected, abs=1e-12)
+    assert collapse_measures(np.full((5, 4), 0.25), y[:5]).option_entropy == pytest.approx(1.0)
+    assert collapse_measures(np.eye(4)[[0, 1, 2, 0]], y[:4]).option_entropy == 0.0

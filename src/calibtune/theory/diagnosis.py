@@ -77,6 +77,9 @@ class CollapseMeasures:
     prediction / gold distributions over option positions, divided by log(K). `p_value` is the
     exact one-sided McNemar test of "predicted j* more often than gold j*" (discordant pairs
     b = predicted j* but gold not, c = gold j* but predicted not), Bonferroni-adjusted × K.
+    `option_entropy` is the mean over items of the entropy of the item's own option
+    distribution divided by log(its number of options): 1 = uniform, 0 = all mass on one option
+    (the per-item collapse that preference optimisation is blamed for, METHOD.md §1).
     """
 
     n: int
@@ -97,6 +100,7 @@ class CollapseMeasures:
     mcnemar_c: int
     p_value: float
     letter_prior: bool
+    option_entropy: float
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
@@ -137,7 +141,17 @@ def _collapse(p: np.ndarray, y: np.ndarray, m: np.ndarray) -> CollapseMeasures:
         gap_beyond_accuracy=float(conf.mean() - correct.mean()),
         wrong_share_on_top=float(np.mean(pred[wrong] == j)) if wrong.any() else None,
         pred_entropy=_norm_entropy(pred_share, k), gold_entropy=_norm_entropy(gold_share, k),
-        mcnemar_b=b, mcnemar_c=c, p_value=p_adj, letter_prior=prior)
+        mcnemar_b=b, mcnemar_c=c, p_value=p_adj, letter_prior=prior,
+        option_entropy=_mean_option_entropy(p, m))
+
+
+def _mean_option_entropy(p: np.ndarray, m: np.ndarray) -> float:
+    """Mean normalised entropy of each item's option distribution (`check_inputs` ensures ≥ 2
+    options per item)."""
+    k_i = m.sum(axis=1)
+    plogp = np.where(m & (p > 0), p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    h = -plogp.sum(axis=1)
+    return float(np.mean(h / np.log(k_i)))
 
 
 # --------------------------------------------------------------------------------------------
