@@ -1,0 +1,179 @@
+"""The preference-collapse study of issue 15, as a chain of `calibtune` commands.
+
+    python experiments/collapse_study.py --out runs/collapse                  # everything
+    python experiments/collapse_study.py --out runs/collapse --models smollm2-135m-instruct \\
+        --settings mmlu-letter --betas 0.01 0.1 1.0                          # one slice
+    python experiments/collapse_study.py --out runs/collapse --table-only      # re-read the table
+
+For each model and setting: DPO (`calibtune align`, LoRA) at every β, each run scoring the
+held-out items before (adapter off: the starting model) and after, and measuring retention on
+held-out pairs; the same items' calibration on the DPO training items (`eval --split train` on
+the same seeded sample); then CFT and RCFT on top of the DPO'd model at `--restore-beta`
+(`train --base-adapter`), and the hhh_alignment preference accuracy of the DPO'd model and of
+the CFT/RCFT models relative to it (`eval --preferences hhh`). Base models can go through SFT
+first (`--sft-first`: `train --method sft`, then DPO from that adapter).
+
+Every stage is a run folder under OUT; a finished one (its summary.json / metrics.json /
+preferences.json exists) is skipped, a partial one resumed, so the script can be stopped and run
+again. The table (accuracy, mean confidence, ECE, cw-ECE with 95% intervals, the mean option
+entropy, the share of predictions on the most frequent option and the top-option mass beyond
+accuracy; preference accuracy, margin and KL) is printed as Markdown and written as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SETTINGS = {
+    "mmlu-letter": ["--data", "mmlu", "--split", "train", "--eval-split", "test",
+                    "--scoring", "letter", "--prompt", "plain"],
+    "socialiqa-cloze": ["--data", "socialiqa", "--split", "train", "--eval-split", "test",
+                        "--scoring", "cloze", "--cloze-norm", "token"],
+}
+LORA = ["--lora-r", "16", "--lora-alpha", "32"]
+
+
+def calibtune(args: list[str], done: Path, folder: Path) -> None:
+    """Run one stage unless `done` exists; resume it when its folder already holds a start."""
+    if done.exists():
+        print(f"kept  {folder}", flush=True)
+        return
+    resume = ["--resume"] if folder.exists() and "eval" not in args[:1] else []
+    cmd = ["calibtune", *args, "--out", str(folder), *resume]
+    print("run   " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def stages(out: Path, model: str, setting: str, a: argparse.Namespace) -> None:
+    base = out / Path(model).name / setting
+    data = SETTINGS[setting]
+    sizes = ["--train-limit", str(a.train_limit), "--eval-limit", str(a.eval_limit),
+             "--seed", str(a.seed)]
+    start = []
+    if a.sft_first:
+        sft = base / "sft"
+        calibtune(["train", "--model", model, *data, *sizes, *LORA, "--method", "sft",
+                   "--epochs", str(a.sft_epochs)], sft / "summary.json", sft)
+        start = ["--base-adapter", str(sft / "adapter")]
+    split_train = ["--data", data[1], "--split", "train", "--limit", str(a.train_limit),
+                   "--seed", str(a.seed), *data[6:]]
+    for beta in a.betas:
+        dpo = base / f"dpo-b{beta:g}"
+        calibtune(["align", "--model", model, *start, *data, *sizes, *LORA, "--beta", str(beta),
+                   "--epochs", str(a.dpo_epochs)], dpo / "summary.json", dpo)
+        on_train = base / f"dpo-b{beta:g}-train-items"
+        calibtune(["eval", "--model", model, *start, "--adapter", str(dpo / "adapter"),
+                   *split_train, "--n-boot", "1000"], on_train / "metrics.json", on_train)
+    if a.restore_beta is None:
+        return
+    if start:  # SFT + DPO are two adapters; --base-adapter merges one
+        print(f"{base}: CFT/RCFT after SFT + DPO is not run (one --base-adapter)", file=sys.stderr)
+        return
+    dpo = base / f"dpo-b{a.restore_beta:g}"
+    dpo_model = ["--model", model, "--base-adapter", str(dpo / "adapter")]
+    for method in ("cft", "rcft"):
+        run = base / f"dpo-b{a.restore_beta:g}-{method}"
+        calibtune(["train", *dpo_model, *data, *sizes, *LORA, "--method", method,
+                   "--epochs", str(a.restore_epochs)], run / "summary.json", run)
+        if a.skip_hhh:
+            continue
+        hhh = base / f"hhh-{method}"
+        calibtune(["eval", *dpo_model, "--adapter", str(run / "adapter"), "--preferences", "hhh"],
+                  hhh / "preferences.json", hhh)
+    if a.skip_hhh:
+        return
+    hhh = base / "hhh-dpo"
+    calibtune(["eval", "--model", model, "--adapter", str(dpo / "adapter"),
+               "--preferences", "hhh"], hhh / "preferences.json", hhh)
+
+
+def ci(m: dict, key: str) -> str:
+    c = m["ci"].get(key)
+    return f"{m[key]:.3f}" if not c else f"{c['estimate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+
+
+def metrics_row(folder: Path, label: str) -> dict | None:
+    path = folder / "metrics.json"
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    c = m["collapse"]
+    return {"stage": label, "n": m["n"], "accuracy": ci(m, "accuracy"),
+            "mean_confidence": round(m["mean_confidence"], 3), "ece": ci(m, "ece"),
+            "cw_ece": ci(m, "cw_ece"), "option_entropy": round(c.get("option_entropy", float("nan")), 3),
+            "top_pred_share": round(c["top_pred_share"], 3),
+            "gap_beyond_accuracy": round(c["gap_beyond_accuracy"], 3)}
+
+
+def table(out: Path) -> list[dict]:
+    rows = []
+    for base in sorted(p for p in out.glob("*/*") if p.is_dir()):
+        tag = f"{base.parent.name} / {base.name}"
+        first = next(iter(sorted(base.glob("dpo-b*/eval_before"))), None)
+        if first:
+            rows.append({"setting": tag, **(metrics_row(first, "start (before DPO)") or {})})
+        for run in sorted(base.glob("dpo-b*")):
+            if (run / "eval").exists():
+                r = metrics_row(run / "eval", run.name) or {}
+                ret = run / "retention.json"
+                if ret.exists():
+                    t = json.loads(ret.read_text())
+                    r |= {"pref_acc": round(t["preference_tuned"]["accuracy"], 3),
+                          "margin": round(t["preference_tuned"]["mean_margin"], 3),
+                          "kl": round(t["kl_reference_tuned"]["mean_kl"], 4)}
+                rows.append({"setting": tag, **r})
+            elif run.name.endswith("-train-items"):
+                rows.append({"setting": tag, **(metrics_row(run, run.name) or {})})
+        for hhh in sorted(base.glob("hhh-*")):
+            p = hhh / "preferences.json"
+            if p.exists():
+                t = json.loads(p.read_text())
+                rows.append({"setting": tag, "stage": hhh.name, "preferences": t})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = ["setting", "stage", "n", "accuracy", "mean_confidence", "ece", "cw_ece",
+            "option_entropy", "top_pred_share", "gap_beyond_accuracy", "pref_acc", "margin", "kl"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if "preferences" in r:
+            continue
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/collapse"))
+    p.add_argument("--models", nargs="+", default=["gemma-3-270m", "smollm2-135m-instruct"])
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--betas", nargs="+", type=float, default=[0.01, 0.1, 1.0])
+    p.add_argument("--restore-beta", type=float, default=0.1,
+                   help="the DPO run that CFT/RCFT start from")
+    p.add_argument("--train-limit", type=int, default=240)
+    p.add_argument("--eval-limit", type=int, default=300)
+    p.add_argument("--dpo-epochs", type=float, default=1.0)
+    p.add_argument("--restore-epochs", type=float, default=2.0)
+    p.add_argument("--sft-first", action="store_true")
+    p.add_argument("--sft-epochs", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-hhh", action="store_true", help="no hhh_alignment retention stage")
+    p.add_argument("--table-only", action="store_true")
+    p.add_argument("--json", type=Path, default=Path("experiments/results/collapse_study.json"))
+    a = p.parse_args()
+    if not a.table_only:
+        for model in a.models:
+            for setting in a.settings:
+                stages(a.out, model, setting, a)
+    rows = table(a.out)
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(rows, indent=2) + "\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
