@@ -41,3 +41,17 @@ def test_train_shows_its_phases_and_nothing_else(tiny_llama, tmp_path):
     labels = {m.group(2) for m in map(BAR.match, err) if m.group(2)}
     assert {"E-step: training items: ", "epoch check: ", "scoring: "} <= labels
     assert not [x for x in lines(run.stdout) if "WARNING" in x or "Warning" in x]
+
+
+def test_preference_scoring_and_the_kl_check_show_a_bar(tiny_llama, capfd):
+    from calibtune.align.pairs import pairs_from_items
+    from calibtune.align.retention import kl_divergence, preference_accuracy
+    from calibtune.models import load_model
+
+    model, tok = load_model(str(tiny_llama), device="cpu")
+    pairs = pairs_from_items(make_items(4), scoring="letter", style="plain", tokenizer=tok,
+                             seed=0)
+    preference_accuracy(model, tok, pairs, batch_size=2)
+    kl_divergence(model, tok, pairs, reference=model, batch_size=2)
+    err = capfd.readouterr().err
+    assert "preference log-probs" in err and "KL check" in err
