@@ -1,7 +1,7 @@
 """The package's layering: one dependency direction, no import cycle, a light public import.
 
-    errors ← config, integrity, packaged ← data, metrics ← theory ← scores ← models, report, interop
-        ← scoring ← calibrators, training ← workflows ← cli ← __main__
+    errors ← config, integrity, packaged, interrupts ← run_guard ← data, metrics ← theory ← scores
+        ← models, report, interop ← scoring ← calibrators, training ← workflows ← cli ← __main__
 
 A module imports only from lower layers or from its own package; imports inside functions
 count too. `calibtune/__init__.py` (the public API) is exempt: it loads heavy names lazily.
@@ -19,7 +19,8 @@ import calibtune
 
 SRC = Path(calibtune.__file__).parent
 LAYERS = {
-    "errors": 0, "config": 1, "integrity": 1, "packaged": 1,
+    "errors": 0, "config": 1, "integrity": 1, "packaged": 1, "interrupts": 1,
+    "run_guard": 1.5,  # run-folder claims: lock, overwrite, resume checks (uses integrity)
     "data": 2, "metrics": 2,
     "theory": 2.5,  # bounds and the regime diagnosis (docs/theory.md): pure NumPy on metrics
     "scores": 3,

@@ -9,7 +9,9 @@ import inspect
 import json
 import logging
 import os
+import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,6 +24,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from .config import build_config, option_specs  # noqa: E402
 from .errors import CalibtuneError, ConfigError  # noqa: E402
+from .interrupts import Interrupted, stop_on_signals  # noqa: E402
 from .workflows.config import CompareConfig, EvalConfig, PosthocConfig, TrainRunConfig  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -76,20 +79,53 @@ def config_command(name: str, cls: type, run: Callable[..., None], *,
         _setup_logging(given.pop("verbose"))
         try:
             cfg = build_config(cls, given.pop("config", None), config_values(cls, given))
-            run(cfg, **{k: given[k] for k in extra_names})
+            with stop_on_signals():
+                run(cfg, **{k: given[k] for k in extra_names})
         except CalibtuneError as err:
             _fail(err)
+        except Interrupted as sig:
+            _interrupted(sig, getattr(cfg, "out", None))
 
     command.__signature__ = inspect.Signature([*config_parameters(cls), *extra, *common])
     command.__doc__ = run.__doc__
     app.command(name)(command)
 
 
+# Libraries whose notices and deprecation warnings say nothing a user of calibtune can act on.
+QUIET = ("transformers", "httpx", "urllib3", "accelerate", "peft", "bitsandbytes", "trl",
+         "torch", "datasets", "DeepSpeed", "deepspeed")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line: `warning: TEXT` (the first line of it), no source echo."""
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    print(f"warning: {text}", file=file or sys.stderr)
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Nothing the user did not ask for on the terminal: library notices below ERROR (DeepSpeed's
+    accelerator notice included: it sets up its own logger, so a filter is used, which its setup
+    keeps) and library Future/Deprecation warnings are dropped; other warnings are one line."""
+    level = logging.WARNING if verbose else logging.ERROR
+    for noisy in QUIET:
+        logger = logging.getLogger(noisy)
+        logger.setLevel(level)
+        if not any(getattr(f, "calibtune", False) for f in logger.filters):
+            keep = logging.Filter()
+            keep.filter = lambda record, lv=level: record.levelno >= lv  # type: ignore[method-assign]
+            keep.calibtune = True  # type: ignore[attr-defined]
+            logger.addFilter(keep)
+    if not verbose:
+        modules = r"(transformers|peft|trl|accelerate|torch|deepspeed|datasets|bitsandbytes)(\.|$)"
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=modules)
+    warnings.showwarning = _one_line_warning
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "httpx", "urllib3", "accelerate", "peft", "bitsandbytes"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    _quiet_libraries(verbose)
     try:  # transformers' weight-loading bars say nothing a user needs
         from transformers.utils import logging as hf_logging
 
@@ -101,6 +137,23 @@ def _setup_logging(verbose: bool) -> None:
 def _fail(err: Exception) -> None:
     console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted run: --overwrite dropped, --resume added."""
+    args = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return shlex.join(["calibtune", *args, "--resume"])
+
+
+def _interrupted(sig: Interrupted, out: Any, *, argv: list[str] | None = None,
+                 command: str | None = None) -> None:
+    """One line: which signal, that the folder is kept, and the command that resumes; exit
+    128 + signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    where = f"{out} is kept and resumable" if out else "stopped"
+    again = command or resume_command(sys.argv[1:] if argv is None else argv)
+    console.print(f"\ninterrupted ({sig.name}): {where}; to go on: {again}", highlight=False,
+                  soft_wrap=True, markup=False)
+    raise typer.Exit(sig.exit_code)
 
 
 def print_summary(metrics: dict, title: str, out: Path) -> None:
@@ -146,7 +199,8 @@ def field_map(given: dict[str, str | None]) -> dict | None:
     return fields or None
 
 
-def eval_cmd(cfg: EvalConfig, resume: bool, from_source: tuple[str, str] | None = None,
+def eval_cmd(cfg: EvalConfig, resume: bool, overwrite: bool = False,
+             from_source: tuple[str, str] | None = None,
              kind: str = "logprob", renormalise: bool = False, norm: str = "none",
              preferences: str | None = None, **given: str | None) -> None:
     """Score a dataset with a model and report its calibration (or read another harness's saved
@@ -161,7 +215,8 @@ def eval_cmd(cfg: EvalConfig, resume: bool, from_source: tuple[str, str] | None 
             model=cfg.model, preferences=preferences, adapter=cfg.adapter, prompt=cfg.prompt,
             limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
             skip_invalid=cfg.skip_invalid, dtype=cfg.dtype, device=cfg.device,
-            trust_remote_code=cfg.trust_remote_code, out=cfg.out))
+            trust_remote_code=cfg.trust_remote_code, out=cfg.out), resume=resume,
+            overwrite=overwrite)
         typer.echo(json.dumps(result.metrics, indent=2, default=str)[:4000])
         typer.echo(f"wrote {result.folder}/preferences.json")
         return
@@ -172,19 +227,30 @@ def eval_cmd(cfg: EvalConfig, resume: bool, from_source: tuple[str, str] | None 
         source, path = from_source
         result = run_import(ImportConfig(source, path, out=cfg.out, kind=kind,
                                          renormalise=renormalise, norm=norm, n_bins=cfg.bins,
-                                         n_boot=cfg.n_boot, seed=cfg.seed))
+                                         n_boot=cfg.n_boot, seed=cfg.seed),
+                            resume=resume, overwrite=overwrite)
         print_summary(result.metrics, f"{source}: {path}", result.folder)
         return
     from .workflows.eval import run_eval
 
     fields = field_map(given)
-    result = run_eval(replace(cfg, fields=fields) if fields else cfg, resume=resume)
+    result = run_eval(replace(cfg, fields=fields) if fields else cfg, resume=resume,
+                      overwrite=overwrite)
     print_summary(result.metrics, f"{cfg.model} on {cfg.data}", result.folder)
 
 
+OVERWRITE = inspect.Parameter("overwrite", KW, annotation=bool, default=typer.Option(
+    False, help="Replace the run already in --out (without it, a folder holding a run is "
+    "refused)."))
+
+
+def resume_option(text: str) -> inspect.Parameter:
+    return inspect.Parameter("resume", KW, annotation=bool, default=typer.Option(
+        False, help=text + " Refused if its settings differ."))
+
+
 config_command("eval", EvalConfig, eval_cmd, extra=[
-    inspect.Parameter("resume", KW, annotation=bool, default=typer.Option(
-        False, help="Reuse the saved chunks of an interrupted run in --out.")),
+    resume_option("Reuse the saved chunks of an interrupted run in --out."), OVERWRITE,
     inspect.Parameter("from_source", KW, annotation=Optional[tuple[str, str]], default=typer.Option(
         None, "--from", help="Read saved outputs instead of running a model: lm-eval PATH "
         "(--log_samples files or a results folder) or table PATH (CSV/JSONL/Parquet of per-option scores).")),
@@ -200,11 +266,11 @@ config_command("eval", EvalConfig, eval_cmd, extra=[
       for name, (_, text) in FIELD_OPTIONS.items()]])
 
 
-def posthoc_cmd(cfg: PosthocConfig) -> None:
+def posthoc_cmd(cfg: PosthocConfig, resume: bool, overwrite: bool) -> None:
     """Fit a post-hoc calibrator on part of saved scores and report on the disjoint rest."""
     from .workflows.posthoc import run_posthoc
 
-    result = run_posthoc(cfg)
+    result = run_posthoc(cfg, resume=resume, overwrite=overwrite)
     m = result.metrics
     b = m["before"]
     Console().print(f"{cfg.method}: fitted on {m['n_fit']} items, reported on {m['n_report']}")
@@ -217,14 +283,15 @@ def posthoc_cmd(cfg: PosthocConfig) -> None:
     Console().print(f"wrote {result.folder}/")
 
 
-config_command("posthoc", PosthocConfig, posthoc_cmd)
+config_command("posthoc", PosthocConfig, posthoc_cmd, extra=[
+    resume_option("Redo an interrupted run in --out."), OVERWRITE])
 
 
-def train_cmd(cfg: TrainRunConfig, resume: bool) -> None:
+def train_cmd(cfg: TrainRunConfig, resume: bool, overwrite: bool) -> None:
     """Fine-tune for calibration (CFT / RCFT) or a baseline, then evaluate on held-out items."""
     from .workflows.train import run_training
 
-    result = run_training(cfg, resume=resume)
+    result = run_training(cfg, resume=resume, overwrite=overwrite)
     if result.metrics_after:
         if result.metrics_before:
             Console().print("before training:")
@@ -233,18 +300,17 @@ def train_cmd(cfg: TrainRunConfig, resume: bool) -> None:
 
 
 config_command("train", TrainRunConfig, train_cmd, extra=[
-    inspect.Parameter("resume", KW, annotation=bool, default=typer.Option(
-        False, help="Continue from the last checkpoint in --out."))])
+    resume_option("Continue from the last checkpoint in --out."), OVERWRITE])
 
 
 def report_cmd(cfg: CompareConfig, runs: list[Path], plane: bool, intersect: bool,
-               n_boot: int) -> None:
+               n_boot: int, resume: bool, overwrite: bool) -> None:
     """Compare runs: overlay, table, paired differences against the first run, and (--plane)
     the accuracy-ECE plane of training runs."""
     from .workflows.compare import compare_runs
 
     typer.echo(compare_runs(runs, Path(cfg.out), cfg.n_bins, plane=plane, intersect=intersect,
-                            n_boot=n_boot))
+                            n_boot=n_boot, resume=resume, overwrite=overwrite))
     typer.echo(f"wrote {cfg.out}/ (compare.md, report.html)")
 
 
@@ -256,15 +322,16 @@ config_command("report", CompareConfig, report_cmd, config_file=False, extra=[
     inspect.Parameter("intersect", KW, annotation=bool, default=typer.Option(
         False, help="Compare runs scored on different items on the items they share.")),
     inspect.Parameter("n_boot", KW, annotation=int, default=typer.Option(
-        1000, help="Bootstrap resamples of the paired differences."))])
+        1000, help="Bootstrap resamples of the paired differences.")),
+    resume_option("Redo an interrupted report in --out."), OVERWRITE])
 
 
-def align_cmd(cfg, resume: bool) -> None:
+def align_cmd(cfg, resume: bool, overwrite: bool) -> None:
     """Preference-optimise (DPO / IPO through TRL, LoRA), then evaluate calibration before and
     after and how much of the preference the model keeps."""
     from .workflows.align import run_alignment
 
-    result = run_alignment(cfg, resume=resume)
+    result = run_alignment(cfg, resume=resume, overwrite=overwrite)
     if result.metrics_before:
         Console().print("before alignment:")
         print_summary(result.metrics_before, f"{cfg.model} (untouched)", result.out / "eval_before")
@@ -278,8 +345,7 @@ def _register_align() -> None:
     from .align.config import AlignConfig
 
     config_command("align", AlignConfig, align_cmd, extra=[
-        inspect.Parameter("resume", KW, annotation=bool, default=typer.Option(
-            False, help="Continue from the last checkpoint in --out."))])
+        resume_option("Continue from the last checkpoint in --out."), OVERWRITE])
 
 
 _register_align()
@@ -316,6 +382,8 @@ def reproduce_cmd(
     more_seeds: Optional[list[str]] = typer.Argument(None, hidden=True),
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<config name>); every step is cached there."),
     dry_run: bool = typer.Option(False, help="Check the config and print the plan; load no model."),
+    overwrite: bool = typer.Option(False, help="Replace what --out holds (without it, only the "
+                                   "same comparison, by name, goes on there)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
 ) -> None:
     """The paper's comparison in one command: aligned vs temperature vs label smoothing vs CFT vs
@@ -329,10 +397,15 @@ def reproduce_cmd(
             if not value.lstrip("-").isdigit():
                 raise ConfigError(f"unexpected argument {value!r} (seeds are integers)")
             all_seeds.append(int(value))
-        text = run_reproduce(config, seeds=all_seeds or None, out=out, dry_run=dry_run,
-                             say=lambda line: Console().print(line, highlight=False))
+        with stop_on_signals():
+            text = run_reproduce(config, seeds=all_seeds or None, out=out, dry_run=dry_run,
+                                 overwrite=overwrite,
+                                 say=lambda line: Console().print(line, highlight=False))
     except CalibtuneError as err:
         _fail(err)
+    except Interrupted as sig:  # a rerun goes on where this one stopped: no --resume needed
+        args = [a for a in sys.argv[1:] if a != "--overwrite"]
+        _interrupted(sig, out or "the run folder", command=shlex.join(["calibtune", *args]))
     typer.echo(text)
 
 

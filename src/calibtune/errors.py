@@ -8,6 +8,7 @@ One type per fault, whichever module finds it:
 - `ModelError`: a model or tokenizer cannot be used as asked.
 - `AssetError`: a built-in model or dataset is not installed.
 - `IntegrityError`: a file does not match its pinned digest.
+- `RunFolderError`: a run folder holds another run, other settings, or another writer's lock.
 """
 from __future__ import annotations
 
@@ -55,3 +56,8 @@ class AssetError(CalibtuneError):
 
 class IntegrityError(CalibtuneError):
     """A file does not match its pinned digest."""
+
+
+class RunFolderError(CalibtuneError):
+    """A run folder cannot be written as asked: it holds another run (and neither --overwrite
+    nor --resume was given), a run with other settings (--resume), or another process's lock."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, ModelError
 from .dpo import EncodedPair, encode_pair
@@ -108,7 +109,8 @@ def response_logprobs(model: Any, rows: Sequence[tuple[Sequence[int], Sequence[i
     _check_padding(padding_side)
     out = np.zeros(len(rows))
     device = _device(model)
-    for batch in _batches([len(p) + len(r) for p, r in rows], batch_size):
+    batches = _batches([len(p) + len(r) for p, r in rows], batch_size)
+    for batch in tqdm(batches, desc="preference log-probs", unit="batch", leave=False):
         seqs = [list(rows[i][0]) + list(rows[i][1]) for i in batch]
         ids, mask = pad_batch(seqs, pad_id, padding_side)
         resp = torch.zeros_like(mask, dtype=torch.bool)
@@ -202,7 +204,8 @@ def kl_divergence(model: Any, tokenizer: Any, prompts: Sequence[PreferencePair |
         names.append(p.id if isinstance(p, PreferencePair) else str(k))
     pad = pad_token_id(tokenizer)
     kl = np.zeros(len(ids_list))
-    for batch in _batches([len(s) for s in ids_list], batch_size):
+    batches = _batches([len(s) for s in ids_list], batch_size)
+    for batch in tqdm(batches, desc="KL check", unit="batch", leave=False):
         ids, mask = pad_batch([ids_list[i] for i in batch], pad, padding_side)
         tuned = _last_logprobs(model, ids.to(_device(model)), mask.to(_device(model)))
         ref_model, context = reference_context(model, reference)

@@ -156,8 +156,8 @@ class ClozeScorer:
         rows_per_item = 1 if self.share_context else k_max
         plan = plan_batches([c // rows_per_item for c in cost], self.items_per_batch(k_max),
                             self.max_batch_tokens and self.max_batch_tokens // rows_per_item)
-        bar = tqdm(total=len(items), desc="scoring (cloze)", unit="item",
-                   disable=not self.progress)
+        label = self.progress if isinstance(self.progress, str) else "scoring (cloze)"
+        bar = tqdm(total=len(items), desc=label, unit="item", disable=not self.progress)
         for batch in plan.batches:
             group = [encoded[i] for i in batch]
             with torch.no_grad():

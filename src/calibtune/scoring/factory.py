@@ -11,8 +11,9 @@ from .base import SCORINGS, Scorer, unpack_model
 
 def make_scorer(model: Any, tokenizer: Any, scoring: str = "letter", *, prompt: str = "plain",
                 cloze_norm: str = "none", batch_size: int = 16,
-                max_batch_tokens: int | None = 8192, progress: bool = True) -> Scorer:
-    """The letter or cloze scorer (both yield option scores per batch and `score` items)."""
+                max_batch_tokens: int | None = 8192, progress: bool | str = True) -> Scorer:
+    """The letter or cloze scorer (both yield option scores per batch and `score` items);
+    `progress`: a bar per call, labelled with the string when one is given."""
     if scoring == "letter":
         from .letter import LetterScorer
 

@@ -63,7 +63,8 @@ class LetterScorer:
         letters = torch.tensor(letter_ids, dtype=torch.long)
         device = next(self.model.parameters()).device
         pad = pad_token_id(self.tokenizer)
-        bar = tqdm(total=len(items), desc="scoring", unit="item", disable=not self.progress)
+        label = self.progress if isinstance(self.progress, str) else "scoring"
+        bar = tqdm(total=len(items), desc=label, unit="item", disable=not self.progress)
         queue = list(plan.batches)
         while queue:
             batch = queue.pop(0)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from ..config import hf_arguments
 from ..data.items import MCQItem
+from ..interrupts import finish_first
 from ..models import LoadedModel
 from ..scoring import make_scorer
 from ..scoring.base import Scorer, unpack_model
@@ -25,7 +26,7 @@ from ..scoring.prompts import PromptEncoder
 from .cloze_dataset import ClozeCollator, ClozeTrainDataset
 from .config import TrainConfig
 from .dataset import ExampleDataset, MCQCollator, MCQTrainDataset
-from .distributed import check_engine, sharding_engine
+from .distributed import check_engine, rank_and_world, sharding_engine
 from .estep import EStepCallback, RegulariserState, steps_per_epoch
 from .monitor import EpochEvalCallback
 from .trainer import CalibTrainer
@@ -93,7 +94,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, save: bool = Tr
         disable_tqdm=False)
 
 
-def config_scorer(cfg: TrainConfig, model: Any, tokenizer: Any, progress: bool = False
+def config_scorer(cfg: TrainConfig, model: Any, tokenizer: Any, progress: bool | str = False
                   ) -> Scorer:
     """The scorer of this run's mode: the E-step, the epoch monitor and the final evaluation
     all read options the way training does. Sharded ranks batch by count only (no token
@@ -134,26 +135,33 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
     dataset, collator = build_dataset(cfg, items, tokenizer)
     reg_state = RegulariserState()
 
-    def scorer_for(current: Any) -> Scorer:
-        return config_scorer(cfg, current, tokenizer)
+    def labelled(label: str):
+        """A scorer factory whose bar (rank 0 only) says what a minutes-long pass is doing."""
+        def scorer_for(current: Any) -> Scorer:
+            return config_scorer(cfg, current, tokenizer,
+                                 progress=label if rank_and_world()[0] == 0 else False)
+        return scorer_for
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     extra = list(callbacks or [])
     estep = None
     if cfg.method == "rcft":
-        estep = EStepCallback(reg_state, dataset.kept_items, scorer_for, cfg.n_bins,
+        estep = EStepCallback(reg_state, dataset.kept_items, labelled("E-step: training items"),
+                              cfg.n_bins,
                               steps_per_epoch(len(dataset), cfg.batch_size, world, cfg.grad_accum),
                               cfg.estep_every_steps, resume_from=resume_from)
         extra.insert(0, estep)
     if cfg.epoch_eval_limit > 0 and eval_items:
-        extra.append(EpochEvalCallback(list(eval_items)[: cfg.epoch_eval_limit], scorer_for,
-                                       cfg.n_bins, dataset.kept_items[: cfg.epoch_train_limit]))
+        extra.append(EpochEvalCallback(list(eval_items)[: cfg.epoch_eval_limit],
+                                       labelled("epoch check"), cfg.n_bins,
+                                       dataset.kept_items[: cfg.epoch_train_limit]))
     scratch = None if output_dir is not None else tempfile.mkdtemp(prefix="calibtune-train-")
     try:
         args = training_arguments(cfg, output_dir or scratch, save=output_dir is not None)
         trainer = CalibTrainer(model=inner, args=args, train_dataset=dataset,
                                data_collator=collator, callbacks=extra, calib_config=cfg,
                                reg_state=reg_state)
+        finish_saves_first(trainer)
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=resume_from)
         seconds = time.perf_counter() - start
@@ -164,6 +172,21 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
     return TrainOutcome(trained, list(trainer.state.log_history), list(reg_state.history),
                         trainer.state.global_step, seconds, estep.seconds if estep else 0.0,
                         list(dataset.dropped), trainer)
+
+
+def finish_saves_first(trainer: Any) -> None:
+    """A SIGINT / SIGTERM during a checkpoint save lets the save finish, then stops: the last
+    checkpoint is never half-written (`interrupts.finish_first`). Between saves a signal
+    discards the step in progress; `--resume` goes on from the last checkpoint."""
+    step = getattr(trainer, "_maybe_log_save_evaluate", None)
+    if step is None:  # pragma: no cover - a Trainer without it: signals stop at once
+        return
+
+    def log_save_evaluate(*args: Any, **kwargs: Any) -> Any:
+        with finish_first():
+            return step(*args, **kwargs)
+
+    trainer._maybe_log_save_evaluate = log_save_evaluate
 
 
 def save_adapter(trainer: Any, folder: Path) -> None:
@@ -178,5 +201,6 @@ def save_adapter(trainer: Any, folder: Path) -> None:
     trainer.accelerator.wait_for_everyone()
     if main:
         (tmp / "training_args.bin").unlink(missing_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        with finish_first():  # never the old adapter deleted and the new one not in place
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)

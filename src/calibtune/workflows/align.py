@@ -23,8 +23,8 @@ from ..align.pairs import (PreferenceLoadResult, PreferencePair, load_preference
                     pairs_to_jsonl, split_pairs)
 from ..align.retention import retention_report
 from ..integrity import atomic_write_json, atomic_write_text
-from ..training.finetune import save_adapter
-from .run_folder import write_config
+from ..run_guard import RunFolder
+from ..training.finetune import finish_saves_first, save_adapter
 from .train import evaluate_items, load_train_eval_items
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,18 @@ def build_pairs(cfg: AlignConfig, tokenizer: Any, data: AlignData | None = None
     return _sample(train, cfg.train_limit, cfg.seed), held, loaded.rejected
 
 
-def run_alignment(cfg: AlignConfig, *, resume: bool = False, callbacks: list | None = None
-                  ) -> AlignResult:
+def run_alignment(cfg: AlignConfig, *, resume: bool = False, overwrite: bool = False,
+                  callbacks: list | None = None) -> AlignResult:
     """Align with DPO/IPO, save the adapter to OUT/adapter, evaluate the held-out MCQ items
-    before/after and measure retention on held-out pairs."""
+    before/after and measure retention on held-out pairs. A folder holding another run is
+    refused unless `overwrite`; `resume` continues a run of the same settings."""
+    with RunFolder(cfg.out, asdict(cfg), command="align", resume=resume,
+                   overwrite=overwrite) as folder:
+        return _align_into(folder, cfg, resume, callbacks)
+
+
+def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: list | None
+                ) -> AlignResult:
     import torch
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -142,10 +150,9 @@ def run_alignment(cfg: AlignConfig, *, resume: bool = False, callbacks: list | N
         raise DataError(f"no training pair fits --max-length {cfg.max_length}")
     held_pairs = _sample(held_pairs, cfg.retention_limit, cfg.seed)
 
+    folder.open()  # cleared first with --overwrite; config.yaml written
     if not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, asdict(cfg))
     atomic_write_text(out / "train_pairs.jsonl", pairs_to_jsonl(train_pairs))
     atomic_write_text(out / "heldout_pairs.jsonl", pairs_to_jsonl(held_pairs))
     if rejected:
@@ -155,6 +162,7 @@ def run_alignment(cfg: AlignConfig, *, resume: bool = False, callbacks: list | N
 
     trainer = make_dpo_trainer(model, tokenizer, encoded, cfg, str(ckpt_dir),
                                callbacks=list(callbacks or []))
+    finish_saves_first(trainer)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     train_seconds = time.perf_counter() - start
@@ -221,8 +229,15 @@ class PreferenceEvalResult:
     metrics: dict
 
 
-def run_preference_eval(cfg: PreferenceEvalConfig) -> PreferenceEvalResult:
+def run_preference_eval(cfg: PreferenceEvalConfig, *, resume: bool = False,
+                        overwrite: bool = False) -> PreferenceEvalResult:
     """Score preference pairs; write OUT/config.yaml, OUT/preferences.json, [rejected.jsonl]."""
+    with RunFolder(cfg.out, asdict(cfg), command="eval --preferences", resume=resume,
+                   overwrite=overwrite) as folder:
+        return _preference_eval_into(folder, cfg)
+
+
+def _preference_eval_into(folder: RunFolder, cfg: PreferenceEvalConfig) -> PreferenceEvalResult:
     from ..models import load_model
     from ..align.retention import preference_accuracy
 
@@ -246,9 +261,7 @@ def run_preference_eval(cfg: PreferenceEvalConfig) -> PreferenceEvalResult:
                                                      append_eos=cfg.append_eos).to_dict()}
     metrics["source"] = loaded.source
     metrics["rejected_rows"] = len(loaded.rejected)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, asdict(cfg))
+    out = folder.open()
     if loaded.rejected:
         atomic_write_text(out / "rejected.jsonl", _rejected_text(loaded.rejected))
     atomic_write_json(out / "preferences.json", metrics)

@@ -15,6 +15,7 @@ from ..integrity import atomic_write_json, atomic_write_text
 from ..metrics.paired import compare_scores
 from ..report.html import Figure, Heading, Paragraph, Table, render_html
 from ..report.plots import prepare_reliability, save_overlay
+from ..run_guard import RunFolder
 from ..scores import OptionScores, evaluate
 
 DELTAS = ("accuracy", "ece", "cw_ece", "brier", "nll")
@@ -33,7 +34,19 @@ def _delta_text(d: dict) -> str:
 
 
 def compare_runs(runs: list[Path], out: Path, n_bins: int = 10, *, plane: bool = False,
-                 intersect: bool = False, n_boot: int = 1000, seed: int = 0) -> str:
+                 intersect: bool = False, n_boot: int = 1000, seed: int = 0,
+                 resume: bool = False, overwrite: bool = False) -> str:
+    """Compare `runs` and write the folder `out` (a folder holding another run is refused
+    unless `overwrite`, or `resume` with the same settings)."""
+    settings = {"runs": [str(r) for r in runs], "out": str(out), "n_bins": n_bins,
+                "plane": plane, "intersect": intersect, "n_boot": n_boot, "seed": seed}
+    with RunFolder(out, settings, command="report", resume=resume, overwrite=overwrite) as folder:
+        return _compare_into(folder, runs, n_bins, plane=plane, intersect=intersect,
+                             n_boot=n_boot, seed=seed)
+
+
+def _compare_into(folder: RunFolder, runs: list[Path], n_bins: int, *, plane: bool,
+                  intersect: bool, n_boot: int, seed: int) -> str:
     if not runs:
         raise ConfigError("give at least one run folder")
     loaded = [run_scores(Path(r)) for r in runs]
@@ -52,7 +65,7 @@ def compare_runs(runs: list[Path], out: Path, n_bins: int = 10, *, plane: bool =
         result = compare_scores(base, scores, intersect=intersect, n_bins=n_bins, n_boot=n_boot,
                                 seed=seed).to_dict()
         paired.append({"a": base_label, "b": label, **result})
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder.open()
     save_overlay(curves, out / "overlay.png")
     text = "\n".join(["| run | n | accuracy | mean conf. | ECE | cw-ECE | NLL |",
                       "|---|---|---|---|---|---|---|", *rows]) + "\n"

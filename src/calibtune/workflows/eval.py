@@ -16,11 +16,14 @@ from ..data.items import MCQItem
 from ..errors import DataError
 from ..integrity import atomic_write, atomic_write_text
 from ..models import load_model
+from ..run_guard import RunFolder
 from ..scoring import collect_logits, make_scorer, scores_from
 from .config import EvalConfig
-from .run_folder import RunOutputs, write_config, write_run
+from .run_folder import RunOutputs, write_run
 
 log = logging.getLogger(__name__)
+# Settings that do not change an eval's results: --resume may change them.
+RUN_ONLY = ("out", "device", "batch_size", "max_batch_tokens")
 
 
 def load_eval_items(cfg: EvalConfig) -> tuple[list[MCQItem], list]:
@@ -89,8 +92,16 @@ def _drop_too_long(scorer: Any, items: list[MCQItem]
     return kept, encoded, errors
 
 
-def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) -> RunOutputs:
-    """Score `cfg.data` with `cfg.model` and write the run folder `cfg.out`."""
+def run_eval(cfg: EvalConfig, *, resume: bool = False, overwrite: bool = False,
+             progress: bool = True) -> RunOutputs:
+    """Score `cfg.data` with `cfg.model` and write the run folder `cfg.out` (a folder holding
+    another run is refused unless `overwrite`; `resume` reuses saved chunks, same settings)."""
+    with RunFolder(cfg.out, asdict(cfg), command="eval", resume=resume, overwrite=overwrite,
+                   ignore=RUN_ONLY) as folder:
+        return _eval_into(folder, cfg, resume, progress)
+
+
+def _eval_into(folder: RunFolder, cfg: EvalConfig, resume: bool, progress: bool) -> RunOutputs:
     items, rejected = load_eval_items(cfg)  # bad data fails here, before anything is written
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, base_adapter=cfg.base_adapter,
                                   dtype=cfg.dtype, device=cfg.device,
@@ -105,8 +116,7 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) ->
             raise
         items, encoded, too_long = _drop_too_long(scorer, items)
         rejected = rejected + too_long
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder.open()  # cleared first with --overwrite; config.yaml written
     if rejected:
         atomic_write_text(out / "rejected.jsonl", "".join(
             json.dumps({"file": e.file, "row": e.row, "field": e.field, "reason": e.reason}) + "\n"
@@ -120,7 +130,6 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, progress: bool = True) ->
             "data": cfg.data, "split": cfg.split, "limit": cfg.limit, "seed": cfg.seed,
             **({"base_adapter": cfg.base_adapter} if cfg.base_adapter else {})}
     scores = scores_from(items, logits, meta)
-    write_config(out, asdict(cfg))
     result = write_run(out, scores, title=f"calibtune eval — {cfg.model} on {cfg.data}",
                        context={k: v for k, v in meta.items() if v is not None}, n_bins=cfg.bins,
                        n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.model)

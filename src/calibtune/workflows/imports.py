@@ -7,11 +7,11 @@ metrics.json, diagrams, report.md, report.html), with where the scores came from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import ConfigError
 from ..interop import load_lm_eval_samples, load_option_table
-from .run_folder import RunOutputs, write_config, write_run
+from ..run_guard import RunFolder
+from .run_folder import RunOutputs, write_run
 
 SOURCES = ("lm-eval", "table")
 
@@ -38,10 +38,17 @@ def load_imported(cfg: ImportConfig):
     raise ConfigError(f"--from must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
 
 
-def run_import(cfg: ImportConfig) -> RunOutputs:
-    """Read the saved outputs and write the run folder (nothing is written if reading fails)."""
-    scores = load_imported(cfg)
-    out = Path(cfg.out)
+def run_import(cfg: ImportConfig, *, resume: bool = False, overwrite: bool = False
+               ) -> RunOutputs:
+    """Read the saved outputs and write the run folder (nothing is written if reading fails;
+    a folder holding another run is refused unless `overwrite` or, same settings, `resume`)."""
+    with RunFolder(cfg.out, dict(cfg.__dict__), command="eval --from", resume=resume,
+                   overwrite=overwrite) as folder:
+        scores = load_imported(cfg)
+        return _write_import(folder, cfg, scores)
+
+
+def _write_import(folder: RunFolder, cfg: ImportConfig, scores) -> RunOutputs:
     meta = scores.meta
     context = {"source": f"{cfg.source}: {cfg.path}", "items": len(scores)}
     if cfg.source == "lm-eval":
@@ -49,8 +56,7 @@ def run_import(cfg: ImportConfig) -> RunOutputs:
                     "lm-eval version": meta.get("lm_eval_version"), "normalisation": cfg.norm}
     else:
         context |= {"values": cfg.kind, "renormalised": cfg.renormalise}
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, {k: v for k, v in cfg.__dict__.items()})
+    out = folder.open()
     return write_run(out, scores, title=f"calibtune eval --from {cfg.source}",
                      context={k: v for k, v in context.items() if v not in (None, "")},
                      n_bins=cfg.n_bins, n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.source)

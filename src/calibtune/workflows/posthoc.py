@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 
@@ -13,9 +12,10 @@ from ..errors import ConfigError
 from ..integrity import atomic_write_json, atomic_write_text
 from ..report.html import Figure, Heading, Paragraph, Table
 from ..report.plots import prepare_reliability, save_overlay
+from ..run_guard import RunFolder
 from ..scores import OptionScores, evaluate
 from .config import PosthocConfig
-from .run_folder import RunOutputs, write_config, write_page, write_run
+from .run_folder import RunOutputs, write_page, write_run
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,16 @@ def fit_note(params: dict) -> str:
     return ""
 
 
-def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
+def run_posthoc(cfg: PosthocConfig, *, resume: bool = False, overwrite: bool = False
+                ) -> RunOutputs:
+    """Fit, report and write the run folder `cfg.out` (a folder holding another run is refused
+    unless `overwrite`; `resume` rewrites a run of the same settings)."""
+    with RunFolder(cfg.out, asdict(cfg), command="posthoc", resume=resume,
+                   overwrite=overwrite) as folder:
+        return _posthoc_into(folder, cfg)
+
+
+def _posthoc_into(folder: RunFolder, cfg: PosthocConfig) -> RunOutputs:
     if not cfg.scores:
         raise ConfigError("--scores is required")
     scores = OptionScores.load(cfg.scores)
@@ -82,10 +91,8 @@ def run_posthoc(cfg: PosthocConfig) -> RunOutputs:
     after = calibrated_scores(report, cal.transform(report.logits, report.mask),
                               {"calibrator": cfg.method})
     before = evaluate(report, n_bins=cfg.bins, n_boot=cfg.n_boot, seed=cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder.open()
     cal.save(out / "calibrator.json")
-    write_config(out, asdict(cfg))
     atomic_write_json(out / "before_metrics.json", before)
     extra = {"calibrator": {"method": cfg.method, **cal.get_params()},
              "n_fit": int(len(fit_idx)), "n_report": int(len(report_idx)),

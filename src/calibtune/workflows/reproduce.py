@@ -285,8 +285,8 @@ def _train(cfg: ReproduceConfig, method: str, seed: int) -> Callable[[Path], Non
     def run(folder: Path) -> None:
         from .train import run_training
 
-        resume = (folder / "checkpoints").exists()
-        run_training(_train_config(cfg, method, seed, folder), resume=resume)
+        resume = (folder / "checkpoints").exists()  # the step's key matched: same settings
+        run_training(_train_config(cfg, method, seed, folder), resume=resume, claim=False)
     return run
 
 

@@ -21,6 +21,7 @@ from ..errors import SavedFileError
 from ..integrity import atomic_write, atomic_write_json, atomic_write_text
 from ..metrics.calibration import classwise_ece, ece
 from ..metrics.proper import brier, nll
+from ..run_guard import RunFolder, read_config
 from ..scores import OptionScores
 from .reproduce import (ReproduceConfig, describe_plan, execute, load_reproduce_config,
                         save_config, scores_of)
@@ -237,15 +238,27 @@ def write_outputs(cfg: ReproduceConfig, out: Path, cells: list[Cell], outcomes: 
 
 
 def run_reproduce(config: str | Path, *, seeds: list[int] | None = None,
-                  out: str | Path | None = None, dry_run: bool = False,
+                  out: str | Path | None = None, dry_run: bool = False, overwrite: bool = False,
                   say: Callable[[str], None] = logging.getLogger(__name__).info) -> str:
-    """Plan (dry run) or run the whole comparison into OUT; returns the plan or the table."""
+    """Plan (dry run) or run the whole comparison into OUT; returns the plan or the table.
+
+    A rerun into the folder of the same comparison (same `name`) goes on: finished steps are
+    kept, changed settings rerun the steps they touch. A folder holding anything else is
+    refused unless `overwrite`."""
     cfg = load_reproduce_config(config, seeds)
     if dry_run:
         return describe_plan(cfg)
     out = Path(out or f"runs/{cfg.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    saved = read_config(out)
+    same = bool(saved) and saved.get("name") == cfg.name and "methods" in saved
+    with RunFolder(out, None, command="reproduce", resume=same and not overwrite,
+                   overwrite=overwrite) as folder:
+        folder.open()
+        save_config(cfg, out)
+        return _reproduce_into(cfg, out, say)
+
+
+def _reproduce_into(cfg: ReproduceConfig, out: Path, say: Callable[[str], None]) -> str:
     start = time.perf_counter()
     outcomes = execute(cfg, out, say=say)
     say("all steps done; summarising")

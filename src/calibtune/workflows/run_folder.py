@@ -9,9 +9,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ..integrity import atomic_write_json, atomic_write_text
+from ..run_guard import write_config  # noqa: F401  (workflows import it from here)
 from ..report.markdown import render_report
 from ..report.reading import markdown_sections, run_page
 from ..report.plots import (prepare_classwise, prepare_reliability, save_classwise,
@@ -25,10 +24,6 @@ log = logging.getLogger(__name__)
 class RunOutputs:
     folder: Path
     metrics: dict
-
-
-def write_config(folder: Path, config: dict) -> None:
-    atomic_write_text(folder / "config.yaml", yaml.safe_dump(config, sort_keys=True))
 
 
 def write_run(folder: str | Path, scores: OptionScores, *, title: str, context: dict,

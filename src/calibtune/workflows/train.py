@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import load_dataset, sample_items
@@ -22,10 +22,11 @@ from ..data.items import MCQItem
 from ..errors import ConfigError
 from ..integrity import atomic_write_json
 from ..models import load_model
+from ..run_guard import RunFolder
 from ..training.distributed import check_engine, sharding_engine
 from ..training.finetune import config_scorer, save_adapter, train
 from .config import TrainRunConfig
-from .run_folder import write_config, write_run
+from .run_folder import write_run
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,21 @@ def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainR
                      n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
 
 
-def run_training(cfg: TrainRunConfig, *, resume: bool = False, callbacks: list | None = None
-                 ) -> TrainResult:
-    """Train, save the adapter to OUT/adapter, and evaluate before/after on the held-out items."""
+def run_training(cfg: TrainRunConfig, *, resume: bool = False, overwrite: bool = False,
+                 callbacks: list | None = None, claim: bool = True) -> TrainResult:
+    """Train, save the adapter to OUT/adapter, and evaluate before/after on the held-out items.
+
+    A folder holding another run is refused unless `overwrite`; `resume` continues from the last
+    checkpoint of a run with the same settings. `claim=False`: the caller (reproduce) owns the
+    folder, so no lock and no check; nor on ranks other than 0 of a multi-process run."""
+    claim = claim and os.environ.get("RANK", "0") == "0"
+    with RunFolder(cfg.out, asdict(cfg), command="train", resume=resume, overwrite=overwrite,
+                   claim=claim) as folder:
+        return _train_into(folder, cfg, resume, callbacks)
+
+
+def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks: list | None
+                ) -> TrainResult:
     check_engine()
     train_items, eval_items = load_train_eval_items(cfg)
     out = Path(cfg.out)
@@ -75,22 +88,16 @@ def run_training(cfg: TrainRunConfig, *, resume: bool = False, callbacks: list |
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.exists() else None
     if resume and last is None:
         log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
-    if not resume and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
     torch.manual_seed(cfg.seed)
     # The Trainer places an unquantised model itself; a 4-bit one is placed as it loads.
     device = "cuda" if cfg.load_in_4bit and torch.cuda.is_available() else "cpu"
     model = load_model(cfg.model, base_adapter=cfg.base_adapter, dtype=cfg.dtype, device=device,
                        load_in_4bit=cfg.load_in_4bit)
-
-    class WriteConfig(TrainerCallback):
-        """config.yaml once the data and model have passed their checks."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            write_config(out, asdict(cfg))
-
+    folder.open()  # cleared first with --overwrite; config.yaml written
+    if not resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
     outcome = train(model, train_items, cfg, eval_items=eval_items, output_dir=ckpt_dir,
-                    resume_from=last, callbacks=[WriteConfig(), *(callbacks or [])])
+                    resume_from=last, callbacks=list(callbacks or []))
     save_adapter(outcome.trainer, out / "adapter")
     main = outcome.trainer.is_world_process_zero()
     if main:
