@@ -8,6 +8,8 @@ One type per fault, whichever module finds it:
 - `ModelError`: a model or tokenizer cannot be used as asked.
 - `AssetError`: a built-in model or dataset is not installed.
 - `IntegrityError`: a file does not match its pinned digest.
+- `TrainingError`: training stopped on a fault (a non-finite loss or gradient, a failed save), or
+  a checkpoint cannot be resumed (corrupted, incomplete, another configuration).
 """
 from __future__ import annotations
 
@@ -55,3 +57,8 @@ class AssetError(CalibtuneError):
 
 class IntegrityError(CalibtuneError):
     """A file does not match its pinned digest."""
+
+
+class TrainingError(CalibtuneError):
+    """Training stopped on a fault, or a checkpoint cannot be resumed; the message says at which
+    step, what went wrong and which checkpoint is kept."""

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..integrity import atomic_write_json
 from ..models import load_model
 from ..training.distributed import check_engine, sharding_engine
+from ..training.faults import check_resumable, fingerprint
 from ..training.finetune import config_scorer, save_adapter, train
 from .config import TrainRunConfig
 from .run_folder import write_config, write_run
@@ -75,6 +76,8 @@ def run_training(cfg: TrainRunConfig, *, resume: bool = False, callbacks: list |
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.exists() else None
     if resume and last is None:
         log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
+    if last is not None:  # refuse a broken or foreign checkpoint before loading the model
+        check_resumable(last, fingerprint(cfg, train_items))
     if not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
     torch.manual_seed(cfg.seed)
