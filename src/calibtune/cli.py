@@ -99,7 +99,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    from rich.markup import escape  # a message's "[low, high]" or "[Errno 28]" is text, not markup
+
+    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
