@@ -127,7 +127,7 @@ def print_summary(metrics: dict, title: str, out: Path) -> None:
 FIELD_OPTIONS = {
     "question_field": ("question", "Field holding the question."),
     "options_field": ("options", "Field with a list of options, or comma-separated fields."),
-    "answer_field": ("answer", "Field holding the answer."),
+    "answer_field": ("answer", "Field holding the answer (--from table: the label column)."),
     "id_field": ("id", "Field holding the item id."),
     "subject_field": ("subject", "Field holding the subject."),
     "answer_format": ("answer_format", "auto | index | letter | text."),
@@ -174,7 +174,8 @@ def eval_cmd(cfg: EvalConfig, resume: bool, from_source: tuple[str, str] | None 
         source, path = from_source
         result = run_import(ImportConfig(source, path, out=cfg.out, kind=kind,
                                          renormalise=renormalise, norm=norm, n_bins=cfg.bins,
-                                         n_boot=cfg.n_boot, seed=cfg.seed))
+                                         n_boot=cfg.n_boot, seed=cfg.seed,
+                                         fields=field_map(given)))
         print_summary(result.metrics, f"{source}: {path}", result.folder)
         return
     from .workflows.eval import run_eval
