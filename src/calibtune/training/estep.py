@@ -157,10 +157,9 @@ class EStepCallback(TrainerCallback):
             logits = gather_logits(index, local, len(self.items), k)
             if not np.isfinite(logits[mask]).all():
                 problem = "the E-step (RCFT's EM targets) scored non-finite option logits"
-        if problem is not None and args is not None:
-            raise TrainingError(fault_message(step, problem, current_lr(args, lr_scheduler), args))
-        if problem is not None:
-            raise TrainingError(f"training stopped at step {step}: {problem}")
+        if problem is not None:  # `args` is None only when called outside a Trainer
+            raise TrainingError(f"training stopped at step {step}: {problem}" if args is None else
+                                fault_message(step, problem, current_lr(args, lr_scheduler), args))
         labels = np.array([it.answer for it in self.items])
         result = estep_targets(logits, labels, mask, self.n_bins)
         acc = accuracy(softmax(logits, mask), labels, mask)
