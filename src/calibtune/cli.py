@@ -135,7 +135,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    from rich.markup import escape  # a message's "[low, high]" or "[Errno 28]" is text, not markup
+
+    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -178,7 +180,7 @@ def print_summary(metrics: dict, title: str, out: Path) -> None:
 FIELD_OPTIONS = {
     "question_field": ("question", "Field holding the question."),
     "options_field": ("options", "Field with a list of options, or comma-separated fields."),
-    "answer_field": ("answer", "Field holding the answer."),
+    "answer_field": ("answer", "Field holding the answer (--from table: the label column)."),
     "id_field": ("id", "Field holding the item id."),
     "subject_field": ("subject", "Field holding the subject."),
     "answer_format": ("answer_format", "auto | index | letter | text."),
@@ -227,7 +229,8 @@ def eval_cmd(cfg: EvalConfig, resume: bool, overwrite: bool = False,
         source, path = from_source
         result = run_import(ImportConfig(source, path, out=cfg.out, kind=kind,
                                          renormalise=renormalise, norm=norm, n_bins=cfg.bins,
-                                         n_boot=cfg.n_boot, seed=cfg.seed),
+                                         n_boot=cfg.n_boot, seed=cfg.seed,
+                                         fields=field_map(given)),
                             resume=resume, overwrite=overwrite)
         print_summary(result.metrics, f"{source}: {path}", result.folder)
         return

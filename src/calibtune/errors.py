@@ -9,6 +9,8 @@ One type per fault, whichever module finds it:
 - `AssetError`: a built-in model or dataset is not installed.
 - `IntegrityError`: a file does not match its pinned digest.
 - `RunFolderError`: a run folder holds another run, other settings, or another writer's lock.
+- `TrainingError`: training stopped on a fault (a non-finite loss or gradient, a failed save), or
+  a checkpoint cannot be resumed (corrupted, incomplete, another configuration).
 """
 from __future__ import annotations
 
@@ -61,3 +63,8 @@ class IntegrityError(CalibtuneError):
 class RunFolderError(CalibtuneError):
     """A run folder cannot be written as asked: it holds another run (and neither --overwrite
     nor --resume was given), a run with other settings (--resume), or another process's lock."""
+
+
+class TrainingError(CalibtuneError):
+    """Training stopped on a fault, or a checkpoint cannot be resumed; the message says at which
+    step, what went wrong and which checkpoint is kept."""

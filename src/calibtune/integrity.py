@@ -1,4 +1,10 @@
-"""Digest checks and atomic writes: nothing half-written, nothing silently corrupted."""
+"""Digest checks, atomic writes and strict reads: nothing half-written, nothing silently corrupted.
+
+`read_json_file`, `read_json_records`, `saved_number` and `saved_interval` read calibtune's own
+JSON files back (metrics.json, train_log.json, ...) as untrusted input: a file cut short, edited
+by hand or written by another version is one `SavedFileError` naming the file and the field,
+never a KeyError.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import IntegrityError
+from .errors import IntegrityError, SavedFileError
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -82,3 +88,56 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Strict JSON (null for NaN/inf, never the NaN token), written atomically."""
     text = json.dumps(json_ready(obj), indent=2, sort_keys=True, allow_nan=False)
     atomic_write_text(path, text + "\n")
+
+
+def read_json_file(path: str | Path, kind: type = dict) -> Any:
+    """The JSON value in `path`, which must be a `kind` (dict: an object, list: a list)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SavedFileError(f"{path}: not found") from None
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError included
+        raise SavedFileError(f"{path}: not valid JSON ({err}); cut short or edited by hand?") \
+            from None
+    if not isinstance(data, kind):
+        want = {dict: "object", list: "list"}.get(kind, kind.__name__)
+        raise SavedFileError(f"{path}: expected a JSON {want}, got {type(data).__name__}")
+    return data
+
+
+def read_json_records(path: str | Path) -> list[tuple[str, dict]]:
+    """("entry N: ", object) for each entry of a JSON list of objects (train_log.json, ...)."""
+    entries = read_json_file(path, list)
+    for i, e in enumerate(entries, start=1):
+        if not isinstance(e, dict):
+            raise SavedFileError(f"{path}: entry {i} is {type(e).__name__}, expected an object")
+    return [(f"entry {i}: ", e) for i, e in enumerate(entries, start=1)]
+
+
+def saved_number(record: dict, key: str, path: str | Path, *, optional: bool = False,
+                 where: str = "") -> float | None:
+    """`record[key]` as a float; a missing (unless `optional`) or non-numeric value is a
+    `SavedFileError` naming the file, `where` in it ("entry 3: ") and the field."""
+    value = record.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        got = "missing" if key not in record else json.dumps(value)[:40]
+        raise SavedFileError(f"{path}: {where}field '{key}' is {got}, expected a number")
+    return float(value)
+
+
+def saved_interval(record: dict, key: str, path: str | Path, *, where: str = ""
+                   ) -> tuple[float, float] | None:
+    """`record[key]` as (low, high), None when absent; any other shape is a `SavedFileError`."""
+    value = record.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise SavedFileError(f"{path}: {where}field '{key}' is {json.dumps(value)[:40]}, "
+                             "expected [low, high]")
+    if value[0] is None and value[1] is None:  # an interval that could not be estimated
+        return None
+    pair = {"low": value[0], "high": value[1]}
+    return saved_number(pair, "low", path, where=f"{where}{key} "), \
+        saved_number(pair, "high", path, where=f"{where}{key} ")

@@ -1,7 +1,9 @@
 """`OptionScores`: the K option scores of every item — the hinge between models and metrics.
 
 Plain NumPy, saved as ``scores.npz`` (no pickle), so metrics, calibrators and reports run again
-without the model. `evaluate` turns them into every metric of a run, as plain data.
+without the model. `evaluate` turns them into every metric of a run, as plain data. A saved file
+is checked whole when it is read (archive, format, dtypes, shapes, labels, finite scores): a
+truncated, hand-made or newer-format file is one `SavedFileError` naming the file.
 """
 from __future__ import annotations
 
@@ -14,7 +16,12 @@ import numpy as np
 from .errors import InputError, SavedFileError
 from .integrity import atomic_write
 from .metrics.summary import summarize
-from .metrics.validation import softmax
+from .metrics.validation import check_inputs, softmax
+
+SCORES_FORMAT = 1  # the layout of scores.npz; files written before 2026-11-29 carry no format
+ARRAY_KINDS = {"logits": ("fiu", "numbers"), "labels": ("iu", "integer option indices"),
+               "mask": ("b", "booleans"), "ids": ("U", "text"), "groups": ("U", "text"),
+               "meta": ("U", "a JSON text"), "format": ("iu", "an integer")}
 
 
 def option_mask(n_options, k_max: int | None = None) -> np.ndarray:
@@ -88,25 +95,66 @@ class OptionScores:
                 extra = {} if self.groups is None else {"groups": self.groups}
                 np.savez_compressed(f, logits=self.logits, labels=self.labels, mask=self.mask,
                                     ids=self.ids, meta=np.array(json.dumps(self.meta, sort_keys=True)),
-                                    **extra)
+                                    format=np.array(SCORES_FORMAT), **extra)
         atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> "OptionScores":
+        """Read a scores.npz (never unpickling): `SavedFileError` naming the file and the fault
+        unless it is a whole file of a format this version reads, with valid scores."""
         path = Path(path)
         if not path.exists():
             raise SavedFileError(f"{path}: scores file not found")
+        if path.is_dir():
+            raise SavedFileError(f"{path}: is a folder, not a scores.npz")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = {"logits", "labels", "mask", "ids"} - set(z.files)
-                if missing:
-                    raise SavedFileError(f"{path}: not a calibtune scores file (missing "
-                                         f"{', '.join(sorted(missing))})")
-                meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-                groups = z["groups"] if "groups" in z.files else None
-                return cls(z["logits"], z["labels"], z["mask"], z["ids"], meta, groups)
-        except (OSError, ValueError) as err:
-            raise SavedFileError(f"{path}: unreadable scores file ({err})") from None
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("one .npy array, not an .npz archive")
+            with loaded as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as err:  # BadZipFile, EOFError, zlib.error, ValueError, OSError ...
+            if "Object arrays" in str(err):
+                raise SavedFileError(f"{path}: unreadable scores file: it holds Python objects, "
+                                     "which calibtune never unpickles") from None
+            reason = "not an .npz archive" if "pickle" in str(err) else f"{type(err).__name__}: {err}"
+            raise SavedFileError(f"{path}: unreadable scores file, truncated or not written by "
+                                 f"calibtune ({reason})") from None
+        return cls.from_arrays(arrays, str(path))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], file: str) -> "OptionScores":
+        """The scores of a scores.npz's arrays, every field checked (`load`)."""
+        def bad(reason: str) -> SavedFileError:
+            return SavedFileError(f"{file}: {reason}")
+
+        fmt = arrays.get("format")
+        if fmt is not None and (fmt.shape != () or fmt.dtype.kind not in "iu"):
+            raise bad("its format field is not an integer")
+        if fmt is not None and int(fmt) > SCORES_FORMAT:
+            raise bad(f"written by a newer calibtune (scores format {int(fmt)}; this version reads "
+                      f"format {SCORES_FORMAT}): upgrade calibtune to read it")
+        missing = {"logits", "labels", "mask", "ids"} - set(arrays)
+        if missing:
+            raise bad(f"not a calibtune scores file (missing {', '.join(sorted(missing))})")
+        for name, (kinds, what) in ARRAY_KINDS.items():
+            if name in arrays and arrays[name].dtype.kind not in kinds:
+                raise bad(f"{name} holds {arrays[name].dtype}, expected {what}")
+        meta = {}
+        if "meta" in arrays:
+            try:
+                meta = json.loads(str(arrays["meta"])) if arrays["meta"].shape == () else None
+            except ValueError:
+                meta = None
+            if not isinstance(meta, dict):
+                raise bad("meta is not a JSON object")
+        try:
+            scores = cls(arrays["logits"], arrays["labels"], arrays["mask"], arrays["ids"], meta,
+                         arrays.get("groups"))
+            check_inputs(scores.logits, scores.labels, scores.mask, from_logits=True)
+        except InputError as err:
+            raise bad(str(err)) from None
+        return scores
 
 
 def evaluate(scores: OptionScores, *, n_bins: int = 10, n_boot: int = 1000, seed: int = 0

@@ -42,7 +42,7 @@ def now(tmp_path_factory, tiny_llama):
 def same_scores(old: Path, new: Path, atol: float) -> bool:
     """Assert the arrays agree (ids, labels, mask, meta exactly); True when bit-equal."""
     a, b = (read_scores(p, Path("/nowhere"), Path("/nowhere")) for p in (old, new))
-    assert set(a) <= set(b) and set(b) - set(a) <= {"groups"}
+    assert set(a) <= set(b) and set(b) - set(a) <= {"groups", "format"}
     for key in ("labels", "mask", "ids", "meta"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     np.testing.assert_allclose(b["logits"], a["logits"], atol=atol, rtol=0)

@@ -120,8 +120,9 @@ def pair_from_row(raw: dict, *, file: str, row: int) -> PreferencePair:
     if missing:
         have = ", ".join(sorted(map(str, raw))) or "none"
         raise DataError(f"missing field{'s' if len(missing) > 1 else ''} "
-                        f"{', '.join(missing)} (the row has: {have})", file=file, row=row,
-                        field=missing[0])
+                        f"{', '.join(missing)} (the row has: {have}); preference files name "
+                        "their fields prompt, chosen and rejected (no flag maps other names: "
+                        "rename them)", file=file, row=row, field=missing[0])
     prompt, chosen, rejected = (_string(raw, f, file=file, row=row) for f in PAIR_FIELDS)
     if chosen.strip() == rejected.strip():
         raise DataError("chosen and rejected are the same text", file=file, row=row,

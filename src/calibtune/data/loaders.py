@@ -17,6 +17,17 @@ from ..errors import DataError
 from .items import LETTERS, MAX_OPTIONS, MIN_OPTIONS, MCQItem
 
 MAX_FIELD_CHARS = 100_000  # a longer question or option is a broken file, not a real item
+# The command-line flag that names each part's field (`calibtune eval`; for `--from table` the
+# answer flag names the label column).
+FIELD_FLAGS = {"question": "--question-field", "options": "--options-field",
+               "answer": "--answer-field", "id": "--id-field", "subject": "--subject-field"}
+
+
+def missing_field(raw: dict, name: str, part: str, *, file: str, row: int) -> DataError:
+    """'missing field (the row has: a, b, c); name the question field with --question-field'."""
+    have = ", ".join(map(str, raw)) or "no fields"
+    return DataError(f"missing field (the row has: {have}); name the {part} field with "
+                     f"{FIELD_FLAGS[part]}", file=file, row=row, field=name)
 
 
 @dataclass(frozen=True)
@@ -201,7 +212,7 @@ def _options(raw: dict, fields: FieldMap, *, file: str, row: int) -> tuple[tuple
         names = list(fields.options)
         missing = [n for n in names if n not in raw]
         if missing:
-            raise DataError("missing field", file=file, row=row, field=missing[0])
+            raise missing_field(raw, missing[0], "options", file=file, row=row)
         values = [raw[n] for n in names]
         # trailing empty columns mean "this item has fewer options"
         while values and (values[-1] is None or str(values[-1]).strip() == ""):
@@ -209,7 +220,7 @@ def _options(raw: dict, fields: FieldMap, *, file: str, row: int) -> tuple[tuple
             names.pop()
     else:
         if fields.options not in raw:
-            raise DataError("missing field", file=file, row=row, field=fields.options)
+            raise missing_field(raw, fields.options, "options", file=file, row=row)
         values = raw[fields.options]
         if isinstance(values, str):
             try:
@@ -277,12 +288,12 @@ def _answer_index(value: Any, options: tuple[str, ...], fmt: str, *, file: str, 
 def item_from_row(raw: dict, fields: FieldMap, *, file: str, row: int) -> MCQItem:
     """Validate one raw record and turn it into an `MCQItem`, or raise `DataError`."""
     if fields.question not in raw:
-        raise DataError("missing field", file=file, row=row, field=fields.question)
+        raise missing_field(raw, fields.question, "question", file=file, row=row)
     question = _text(raw[fields.question], file=file, row=row, fname=fields.question,
                      what="question")
     options, _ = _options(raw, fields, file=file, row=row)
     if fields.answer not in raw:
-        raise DataError("missing field", file=file, row=row, field=fields.answer)
+        raise missing_field(raw, fields.answer, "answer", file=file, row=row)
     answer = _answer_index(raw[fields.answer], options, fields.answer_format, file=file, row=row,
                            fname=fields.answer)
     item_id = f"{Path(file).stem}:{row}"

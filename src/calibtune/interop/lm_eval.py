@@ -100,11 +100,17 @@ def find_results(samples_file: Path) -> tuple[Path | None, dict]:
     return None, {}
 
 
+def _obj(value: Any) -> dict:
+    """`value` when it is a JSON object, else {}: a results file's fields of another shape (an
+    edited file, another lm-eval version) count as absent; they are metadata only."""
+    return value if isinstance(value, dict) else {}
+
+
 def _model_name(results: dict) -> str | None:
     """The evaluated model, from any of the places lm-eval versions have put it."""
     if results.get("model_name"):
         return str(results["model_name"])
-    config = results.get("config") or {}
+    config = _obj(results.get("config"))
     args = config.get("model_args")
     if isinstance(args, dict):
         for key in ("peft", "delta", "pretrained", "model", "path", "engine"):
@@ -120,12 +126,12 @@ def _model_name(results: dict) -> str | None:
 
 def run_info(results: dict, task: str) -> dict:
     """Task, model and harness version of one run, tolerant of missing fields."""
-    task_cfg = (results.get("configs") or {}).get(task) or {}
-    config = results.get("config") or {}
+    task_cfg = _obj(_obj(results.get("configs")).get(task))
+    config = _obj(results.get("config"))
     info = {"model": _model_name(results), "model_type": config.get("model"),
             "lm_eval_version": results.get("lm_eval_version"), "git_hash": results.get("git_hash"),
-            "task_version": (results.get("versions") or {}).get(task),
-            "num_fewshot": (results.get("n-shot") or {}).get(task, task_cfg.get("num_fewshot")),
+            "task_version": _obj(results.get("versions")).get(task),
+            "num_fewshot": _obj(results.get("n-shot")).get(task, task_cfg.get("num_fewshot")),
             "output_type": task_cfg.get("output_type"),
             "target_delimiter": task_cfg.get("target_delimiter")}
     return {k: v for k, v in info.items() if v is not None}
@@ -209,6 +215,8 @@ def read_samples_file(path: Path, *, norm: str = "none", filter_name: str | None
     task = task or (parse_samples_name(path) or ("unknown",))[0]
     info = run_info(results or {}, task)
     delimiter = info.get("target_delimiter", " ")
+    if not isinstance(delimiter, str):
+        delimiter = " "
     lines: list[tuple[int, dict]] = []
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -244,6 +252,9 @@ def read_samples_file(path: Path, *, norm: str = "none", filter_name: str | None
         if "doc_id" not in raw:
             raise DataError("missing field", file=file, row=row, field="doc_id")
         doc_id = raw["doc_id"]
+        if isinstance(doc_id, (bool, list, dict)) or doc_id is None:
+            raise DataError(f"doc_id must be a number or text, got {type(doc_id).__name__}",
+                            file=file, row=row, field="doc_id")
         if doc_id in by_doc:
             raise DataError(f"duplicate doc_id {doc_id!r} (first in row {by_doc[doc_id][0]})",
                             file=file, row=row, field="doc_id")

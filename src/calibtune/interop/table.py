@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..data.items import LETTERS, MAX_OPTIONS, MIN_OPTIONS
-from ..data.loaders import _read_csv, _read_jsonl, _read_parquet
+from ..data.loaders import _read_csv, _read_jsonl, _read_parquet, missing_field
 from ..errors import DataError
 from ..metrics.proper import PROB_FLOOR
 from ..scores import OptionScores, pad_option_rows
@@ -59,8 +59,10 @@ def _detect_option_columns(columns: Sequence[str], file: str) -> tuple[str, ...]
         letters.append(letter)
     if letters:
         return tuple(letters)
-    raise DataError("no option columns found (looked for option_0.. and A, B, ..); pass options= "
-                    "with the column names or the name of a list column", file=file, row=1)
+    have = ", ".join(map(str, columns)) or "no fields"
+    raise DataError(f"no option columns found (looked for option_0.. and A, B, ..; the row has: "
+                    f"{have}); name them with --options-field (comma-separated columns, or one "
+                    "list column)", file=file, row=1)
 
 
 def _empty(value: Any) -> bool:
@@ -87,7 +89,7 @@ def _values(raw: dict, options: str | tuple[str, ...], *, file: str, row: int
     if isinstance(options, tuple):
         missing = [c for c in options if c not in raw]
         if missing:
-            raise DataError("missing field", file=file, row=row, field=missing[0])
+            raise missing_field(raw, missing[0], "options", file=file, row=row)
         vals, names = [raw[c] for c in options], list(options)
         while vals and _empty(vals[-1]):  # trailing empty columns: fewer options
             vals.pop()
@@ -98,7 +100,7 @@ def _values(raw: dict, options: str | tuple[str, ...], *, file: str, row: int
                                 field=c)
     else:
         if options not in raw:
-            raise DataError("missing field", file=file, row=row, field=options)
+            raise missing_field(raw, options, "options", file=file, row=row)
         vals = raw[options]
         if isinstance(vals, str):
             try:
@@ -191,7 +193,9 @@ def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = 
         if opt is None:
             opt = _detect_option_columns(list(raw), file)
         vals, names = _values(raw, opt, file=file, row=row)
-        if id_col not in raw or _empty(raw[id_col]):
+        if id_col not in raw:
+            raise missing_field(raw, id_col, "id", file=file, row=row)
+        if _empty(raw[id_col]):
             raise DataError("missing id", file=file, row=row, field=id_col)
         item_id = str(raw[id_col]).strip()
         if item_id in seen:
@@ -199,7 +203,7 @@ def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = 
                             file=file, row=row, field=id_col)
         seen[item_id] = row
         if label_col not in raw:
-            raise DataError("missing field", file=file, row=row, field=label_col)
+            raise missing_field(raw, label_col, "answer", file=file, row=row)
         labels.append(_label(raw[label_col], len(vals), label_format, file=file, row=row,
                              fname=label_col))
         rows.append(_logits(vals, kind, renormalise, tol, file=file, row=row, names=names))

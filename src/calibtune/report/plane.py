@@ -7,13 +7,13 @@ bounds of docs/theory.md evaluated at each point; the empirical critical accurac
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SavedFileError
+from ..integrity import read_json_file, read_json_records, saved_interval, saved_number
 from ..theory import critical_accuracy, generalisation_gap_floor
 
 
@@ -42,66 +42,80 @@ class PlaneData:
         return asdict(self)
 
 
-def _read_json(path: Path) -> dict | list:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot read ({err}); is this a finished calibtune train "
-                          "run folder?") from None
-
-
 def _eval_point(folder: Path, label: str) -> PlanePoint | None:
     path = folder / "metrics.json"
     if not path.exists():
         return None
-    m = _read_json(path)
-    ci = m.get("ci", {})
-    return PlanePoint(label, m["accuracy"], m["ece"], m["mean_confidence"],
-                      (ci["accuracy"]["low"], ci["accuracy"]["high"]) if "accuracy" in ci else None,
-                      (ci["ece"]["low"], ci["ece"]["high"]) if "ece" in ci else None,
-                      m.get("ece_noise_floor", {}).get("q95"))
+    m = read_json_file(path, dict)
+    ci = m.get("ci") or {}
+    noise = m.get("ece_noise_floor") or {}
+    if not isinstance(ci, dict) or not isinstance(noise, dict):
+        raise SavedFileError(f"{path}: field 'ci' or 'ece_noise_floor' is not a JSON object")
+    intervals = []
+    for key in ("accuracy", "ece"):
+        entry = ci.get(key)
+        if entry is not None and not isinstance(entry, dict):
+            raise SavedFileError(f"{path}: field 'ci.{key}' is not a JSON object")
+        intervals.append(None if entry is None else
+                         (saved_number(entry, "low", path, where=f"ci.{key} "),
+                          saved_number(entry, "high", path, where=f"ci.{key} ")))
+    return PlanePoint(label, saved_number(m, "accuracy", path), saved_number(m, "ece", path),
+                      saved_number(m, "mean_confidence", path), *intervals,
+                      saved_number(noise, "q95", path, optional=True, where="ece_noise_floor "))
+
+
+def _log_points(path: Path, prefix: str, label: str, entry: dict, where: str,
+                floor: float | None = None) -> PlanePoint:
+    """One epoch-end point of train_log.json, held-out (`prefix` heldout) or training items."""
+    def num(key: str, optional: bool = False) -> float | None:
+        return saved_number(entry, f"{prefix}_{key}", path, optional=optional, where=where)
+
+    return PlanePoint(label, num("accuracy"), num("ece"), num("confidence", True),
+                      saved_interval(entry, f"{prefix}_accuracy_ci", path, where=where),
+                      saved_interval(entry, f"{prefix}_ece_ci", path, where=where),
+                      num("noise_q95", True), floor)
 
 
 def prepare_plane(run: str | Path) -> PlaneData:
-    """The trajectory of one training run folder in the (accuracy, ECE) plane."""
+    """The trajectory of one training run folder in the (accuracy, ECE) plane. A file of the
+    folder cut short, edited by hand or of another shape is a `SavedFileError` naming it."""
     run = Path(run)
     if not (run / "train_log.json").exists():
         raise ConfigError(f"{run} holds no train_log.json: `report --plane` reads training run "
                           "folders (calibtune train --out RUN)")
-    log = _read_json(run / "train_log.json")
-    summary = _read_json(run / "summary.json") if (run / "summary.json").exists() else {}
+    log_path = run / "train_log.json"
+    log = read_json_records(log_path)
+    summary = read_json_file(run / "summary.json", dict) if (run / "summary.json").exists() \
+        else {}
     before = _eval_point(run / "eval_before", "before")
     after = _eval_point(run / "eval", "after")
     k = 0
     if (run / "eval" / "metrics.json").exists():
-        k = int(_read_json(run / "eval" / "metrics.json").get("n_options_max") or 0)
-    data = PlaneData(str(run), summary.get("method", "?"), k)
+        k = int(saved_number(read_json_file(run / "eval" / "metrics.json", dict),
+                             "n_options_max", run / "eval" / "metrics.json", optional=True) or 0)
+    data = PlaneData(str(run), str(summary.get("method", "?")), k)
     if before:
         data.heldout.append(before)
-    for e in log:
+    for where, e in log:
         if "heldout_accuracy" not in e:
             continue
-        label = f"epoch {e['epoch']:g}"
-        floor = None
-        if "train_accuracy" in e and "heldout_confidence" in e:
-            floor = generalisation_gap_floor(e["train_accuracy"], e["heldout_accuracy"],
-                                             e["heldout_confidence"]).floor
-        acc_ci, ece_ci = e.get("heldout_accuracy_ci"), e.get("heldout_ece_ci")
-        data.heldout.append(PlanePoint(label, e["heldout_accuracy"], e["heldout_ece"],
-                                       e.get("heldout_confidence"),
-                                       tuple(acc_ci) if acc_ci else None,
-                                       tuple(ece_ci) if ece_ci else None,
-                                       e.get("heldout_noise_q95"), floor))
+        label = f"epoch {saved_number(e, 'epoch', log_path, where=where):g}"
+        point = _log_points(log_path, "heldout", label, e, where)
+        if "train_accuracy" in e and point.confidence is not None:
+            point.gap_floor = generalisation_gap_floor(
+                saved_number(e, "train_accuracy", log_path, where=where), point.accuracy,
+                point.confidence).floor
+        data.heldout.append(point)
         if "train_accuracy" in e:
-            data.train.append(PlanePoint(label, e["train_accuracy"], e["train_ece"],
-                                         e.get("train_confidence"),
-                                         tuple(e["train_accuracy_ci"]), tuple(e["train_ece_ci"]),
-                                         e.get("train_noise_q95")))
+            data.train.append(_log_points(log_path, "train", label, e, where))
     if not data.train and (run / "estep_history.json").exists():  # RCFT runs of older versions
-        for h in _read_json(run / "estep_history.json"):
+        history = run / "estep_history.json"
+        for where, h in read_json_records(history):
             if "train_accuracy" in h:
-                data.train.append(PlanePoint(f"E-step {h['step']}", h["train_accuracy"],
-                                             h["train_ece"]))
+                step = saved_number(h, "step", history, where=where)
+                data.train.append(PlanePoint(f"E-step {step:g}",
+                                             saved_number(h, "train_accuracy", history, where=where),
+                                             saved_number(h, "train_ece", history, where=where)))
     if after:
         data.heldout.append(after)
     usable = [p for p in data.heldout if p.noise_q95 is not None]

@@ -3,8 +3,8 @@
 Runs at the start of training and then at every epoch (or every N steps). All ranks score a
 shard of the training set and gather the logits, so every rank holds the same bin accuracies
 and targets; under FSDP / ZeRO-3 the shards are dealt so that every rank makes the same number
-of forward calls. The state is saved with each checkpoint so a resumed run continues
-identically.
+of forward calls. The state is saved with each checkpoint (by `CalibTrainer`, before the seal)
+so a resumed run continues identically. Non-finite option scores stop training (`faults`).
 """
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ import torch
 from transformers import TrainerCallback
 
 from ..data.items import MCQItem
+from ..errors import ModelError, TrainingError
 from ..integrity import atomic_write, atomic_write_json
 from ..metrics.binning import calibration_error_from_table
 from ..metrics.proper import accuracy
 from ..metrics.validation import softmax
 from ..scores import option_mask
 from .distributed import lockstep_chunks, rank_and_world, sharding_engine
+from .faults import current_lr, fault_message
 from .targets import EStepResult, estep_targets, format_bin_table, live_targets
 
 log = logging.getLogger(__name__)
@@ -135,19 +137,30 @@ class EStepCallback(TrainerCallback):
         self.resume_from = resume_from
         self.seconds = 0.0
 
-    def run_estep(self, model: Any, step: int) -> None:
+    def run_estep(self, model: Any, step: int, args: Any = None, lr_scheduler: Any = None
+                  ) -> None:
         import time
 
         start = time.perf_counter()
         was_training = model.training
         model.eval()
         k = max(it.n_options for it in self.items)
-        index, local = self.score_shard(self.scorer_for(model), k)
+        problem = None
+        try:
+            index, local = self.score_shard(self.scorer_for(model), k)
+        except ModelError as err:
+            problem, index, local = f"the E-step (RCFT's EM targets) failed: {err}", [], None
         if was_training:
             model.train()
-        logits = gather_logits(index, local, len(self.items), k)
-        labels = np.array([it.answer for it in self.items])
         mask = option_mask([it.n_options for it in self.items], k)
+        if problem is None:
+            logits = gather_logits(index, local, len(self.items), k)
+            if not np.isfinite(logits[mask]).all():
+                problem = "the E-step (RCFT's EM targets) scored non-finite option logits"
+        if problem is not None:  # `args` is None only when called outside a Trainer
+            raise TrainingError(f"training stopped at step {step}: {problem}" if args is None else
+                                fault_message(step, problem, current_lr(args, lr_scheduler), args))
+        labels = np.array([it.answer for it in self.items])
         result = estep_targets(logits, labels, mask, self.n_bins)
         acc = accuracy(softmax(logits, mask), labels, mask)
         ece = calibration_error_from_table(result.table, "l1")
@@ -180,24 +193,19 @@ class EStepCallback(TrainerCallback):
         if self.resume_from and self.state.load(Path(self.resume_from)):
             log.info("restored E-step targets from %s", self.resume_from)
             return
-        self.run_estep(model, state.global_step)
+        self.run_estep(model, state.global_step, args, kwargs.get("lr_scheduler"))
 
     def on_epoch_begin(self, args, state, control, model=None, **kwargs):
         if self.every_steps is not None:
             return
         epoch = state.global_step // self.steps_per_epoch
         if epoch > self.state.last_estep_epoch:
-            self.run_estep(model, state.global_step)
+            self.run_estep(model, state.global_step, args, kwargs.get("lr_scheduler"))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every_steps and state.global_step % self.every_steps == 0 \
                 and state.global_step != self.state.last_estep_step:
-            self.run_estep(model, state.global_step)
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.exists() and self.state.targets is not None:
-            self.state.save(folder)
+            self.run_estep(model, state.global_step, args, kwargs.get("lr_scheduler"))
 
 
 def steps_per_epoch(n_items: int, batch_size: int, world_size: int, grad_accum: int) -> int:

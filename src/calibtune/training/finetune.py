@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from ..config import hf_arguments
 from ..data.items import MCQItem
 from ..interrupts import finish_first
+from ..errors import TrainingError
 from ..models import LoadedModel
 from ..scoring import make_scorer
 from ..scoring.base import Scorer, unpack_model
@@ -28,6 +29,7 @@ from .config import TrainConfig
 from .dataset import ExampleDataset, MCQCollator, MCQTrainDataset
 from .distributed import check_engine, rank_and_world, sharding_engine
 from .estep import EStepCallback, RegulariserState, steps_per_epoch
+from .faults import check_resumable, fingerprint
 from .monitor import EpochEvalCallback
 from .trainer import CalibTrainer
 
@@ -123,12 +125,17 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
     The model is trained in place (LoRA layers are added to it); the outcome holds it, in eval
     mode. `eval_items` feed the per-epoch held-out monitor (`config.epoch_eval_limit` of them).
     With `output_dir`, checkpoints are saved there every `config.save_steps` steps and
-    `resume_from` may name one; without it nothing is written.
+    `resume_from` may name one (refused, with nothing touched, unless it is a whole checkpoint
+    of this configuration and these items: `faults.check_resumable`); without it nothing is
+    written. A non-finite loss term or gradient raises `TrainingError` (`faults`).
     """
     import torch
 
     cfg = config or TrainConfig()
     check_engine()
+    identity = fingerprint(cfg, items)
+    if resume_from:
+        check_resumable(resume_from, identity)
     inner, tokenizer, name = unpack_model(model)
     torch.manual_seed(cfg.seed)
     inner = prepare_model(inner, cfg)
@@ -160,7 +167,7 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
         args = training_arguments(cfg, output_dir or scratch, save=output_dir is not None)
         trainer = CalibTrainer(model=inner, args=args, train_dataset=dataset,
                                data_collator=collator, callbacks=extra, calib_config=cfg,
-                               reg_state=reg_state)
+                               reg_state=reg_state, fingerprint=identity)
         finish_saves_first(trainer)
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=resume_from)
@@ -197,7 +204,15 @@ def save_adapter(trainer: Any, folder: Path) -> None:
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))
+    try:
+        trainer.save_model(str(tmp))
+    except Exception as err:  # a full disk: torch and safetensors raise OSError or RuntimeError
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        before = "the adapter there before is intact" if folder.exists() else "nothing was left"
+        raise TrainingError(f"saving {folder} failed ({type(err).__name__}: {err}); {before} "
+                            "and the checkpoints are kept — free space and run again with "
+                            "--resume") from None
     trainer.accelerator.wait_for_everyone()
     if main:
         (tmp / "training_args.bin").unlink(missing_ok=True)

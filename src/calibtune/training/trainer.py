@@ -1,34 +1,84 @@
 """One trainer for sft / cft / rcft / label smoothing: a Trainer that overrides compute_loss.
 
 The loss itself is `objective.loss_terms` and `objective.total_loss` (plain functions, one
-forward call per step); this class adds what only a Trainer has: the E-step state it reads and
-the logging of the loss terms.
+forward call per step); this class adds what only a Trainer has: the E-step state it reads, the
+logging of the loss terms, and the fault guards of `faults`: a non-finite loss term or gradient
+stops training before the optimiser step, non-finite weights are never saved, and a checkpoint
+is whole (sealed, with the E-step state) or removed.
 """
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
+from pathlib import Path
 
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
+from ..errors import TrainingError
 from .config import TrainConfig
 from .estep import RegulariserState
+from .faults import (all_finite, checkpoints, current_lr, fault_message, nonfinite_term,
+                     seal_checkpoint)
 from .objective import loss_terms, total_loss
 
 
 class CalibTrainer(Trainer):
-    def __init__(self, *args, calib_config: TrainConfig, reg_state: RegulariserState, **kwargs):
+    def __init__(self, *args, calib_config: TrainConfig, reg_state: RegulariserState,
+                 fingerprint: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.calib_config = calib_config
         self.reg_state = reg_state
+        self.fingerprint = fingerprint or {}
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: scale for GA
         self._terms: dict[str, list[float]] = defaultdict(list)
+        self._fault: str | None = None  # the first non-finite term of the step in progress
+        self.add_callback(FaultGuard(self))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         terms = loss_terms(model, inputs, self.calib_config)
         loss, logged = total_loss(terms, inputs, self.calib_config, self.reg_state)
         for name, value in logged.items():
             self._terms[name].append(value)
+        if self._fault is None:  # raised before the optimiser step, on every rank alike
+            self._fault = nonfinite_term(loss, logged)
         return (loss, {"option_scores": terms.option_scores}) if return_outputs else loss
+
+    def check_step(self) -> None:
+        """Before the optimiser step: stop on a non-finite loss term or gradient."""
+        problem, self._fault = self._fault, None
+        if problem is None and not all_finite(p.grad for p in self.model.parameters()
+                                              if p.grad is not None):
+            problem = "the gradient is not finite (every loss term is)"
+        if problem:
+            raise TrainingError(fault_message(self.state.global_step + 1,
+                                              f"{problem}; its update was not applied",
+                                              current_lr(self.args, self.lr_scheduler), self.args))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """HF's checkpoint, then the E-step state and the seal; finite weights only. A save that
+        fails (a full disk) removes its partial folder, so the previous checkpoint is the last."""
+        step = self.state.global_step
+        folder = Path(self.args.output_dir) / f"checkpoint-{step}"
+        if not all_finite(p for p in self.model.parameters() if p.requires_grad):
+            raise TrainingError(fault_message(step, "the weights are not finite after this step "
+                                              "(checkpoint not saved)",
+                                              current_lr(self.args, self.lr_scheduler), self.args))
+        previous = [c for c in checkpoints(folder.parent) if c != folder]
+        try:
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                if self.reg_state.targets is not None:
+                    self.reg_state.save(folder)
+                seal_checkpoint(folder, self.fingerprint, step)
+        except BaseException as err:
+            if self.args.should_save:
+                shutil.rmtree(folder, ignore_errors=True)
+            if not isinstance(err, Exception):
+                raise  # an interrupt: the partial checkpoint is gone, the earlier ones stay
+            kept = f"{previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+            raise TrainingError(f"saving checkpoint {folder} at step {step} failed "
+                                f"({type(err).__name__}: {err}); the partial folder was removed "
+                                f"and {kept} — free space and resume with --resume") from None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for name, values in self._terms.items():
@@ -36,3 +86,13 @@ class CalibTrainer(Trainer):
                 logs[name] = round(sum(values) / len(values), 6)
         self._terms.clear()
         super().log(logs, start_time)
+
+
+class FaultGuard(TrainerCallback):
+    """Calls `CalibTrainer.check_step` after gradient clipping, before `optimizer.step()`."""
+
+    def __init__(self, trainer: CalibTrainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.check_step()

@@ -50,6 +50,14 @@ def _compare_into(folder: RunFolder, runs: list[Path], n_bins: int, *, plane: bo
     if not runs:
         raise ConfigError("give at least one run folder")
     loaded = [run_scores(Path(r)) for r in runs]
+    planes = None
+    if plane:  # every input is read before anything is written
+        from ..report.plane import prepare_plane
+
+        planes = [prepare_plane(Path(r)) for r in runs if (Path(r) / "train_log.json").exists()]
+        if not planes:
+            raise ConfigError("--plane draws training run folders (with train_log.json); none "
+                              "of the runs given is one")
     rows, curves, table = [], [], []
     for label, scores in loaded:
         m = evaluate(scores, n_bins=n_bins, n_boot=0)
@@ -85,13 +93,9 @@ def _compare_into(folder: RunFolder, runs: list[Path], n_bins: int, *, plane: bo
                                 p["mcnemar"]["p_value"]])
         atomic_write_json(out / "paired.json", paired)
     figures = [Figure(out / "overlay.png", "reliability curves of every run")]
-    if plane:
-        from ..report.plane import prepare_plane, save_plane
+    if planes:
+        from ..report.plane import save_plane
 
-        planes = [prepare_plane(Path(r)) for r in runs if (Path(r) / "train_log.json").exists()]
-        if not planes:
-            raise ConfigError("--plane draws training run folders (with train_log.json); none "
-                              "of the runs given is one")
         save_plane(planes, out / "plane.png")
         atomic_write_json(out / "plane.json", [p.to_dict() for p in planes])
         figures.append(Figure(out / "plane.png", "accuracy–ECE plane (docs/theory.md)"))

@@ -6,12 +6,11 @@ writes diagnosis.json and diagnosis.md. The rule is docs/theory.md §5.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, SavedFileError
-from ..integrity import atomic_write_json, atomic_write_text
+from ..errors import ConfigError
+from ..integrity import atomic_write_json, atomic_write_text, read_json_records, saved_number
 from ..scores import OptionScores
 from ..theory import Diagnosis, diagnose
 
@@ -41,17 +40,15 @@ def scores_path(spec: str | Path) -> Path:
 def training_measurements(run: str | Path) -> dict:
     """The fine-tuned model on its own training items, from the run's last epoch-end check."""
     log_path = Path(run) / "train_log.json"
-    try:
-        log = json.loads(log_path.read_text())
-    except (OSError, ValueError) as err:
-        raise SavedFileError(f"{log_path}: cannot read a training log ({err})") from None
-    points = [e for e in log if "train_accuracy" in e and "train_confidence" in e]
+    points = [(where, e) for where, e in read_json_records(log_path)
+              if "train_accuracy" in e and "train_confidence" in e]
     if not points:
         raise ConfigError(f"{log_path} has no training-item measurements (runs of calibtune "
                           "before 2026-11-29, or --epoch-train-limit 0)")
-    last = points[-1]
-    return {"accuracy": last["train_accuracy"], "confidence": last["train_confidence"],
-            "n": last["train_n"]}
+    where, last = points[-1]
+    return {"accuracy": saved_number(last, "train_accuracy", log_path, where=where),
+            "confidence": saved_number(last, "train_confidence", log_path, where=where),
+            "n": int(saved_number(last, "train_n", log_path, where=where))}
 
 
 def run_diagnose(cfg: DiagnoseConfig) -> tuple[Diagnosis, Path]:

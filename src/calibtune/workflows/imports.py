@@ -28,13 +28,20 @@ class ImportConfig:
     n_bins: int = 10
     n_boot: int = 1000
     seed: int = 0
+    fields: dict | None = None  # table: id, answer (the label), options, subject, answer_format
 
 
 def load_imported(cfg: ImportConfig):
     if cfg.source == "lm-eval":
         return load_lm_eval_samples(cfg.path, tasks=cfg.tasks, norm=cfg.norm)
     if cfg.source == "table":
-        return load_option_table(cfg.path, kind=cfg.kind, renormalise=cfg.renormalise)
+        fields = cfg.fields or {}
+        return load_option_table(cfg.path, kind=cfg.kind, renormalise=cfg.renormalise,
+                                 id_col=fields.get("id", "id"),
+                                 label_col=fields.get("answer", "label"),
+                                 options=fields.get("options"),
+                                 label_format=fields.get("answer_format", "auto"),
+                                 group_col=fields.get("subject", "subject"))
     raise ConfigError(f"--from must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
 
 

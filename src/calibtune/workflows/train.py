@@ -24,6 +24,7 @@ from ..integrity import atomic_write_json
 from ..models import load_model
 from ..run_guard import RunFolder
 from ..training.distributed import check_engine, sharding_engine
+from ..training.faults import check_resumable, fingerprint
 from ..training.finetune import config_scorer, save_adapter, train
 from .config import TrainRunConfig
 from .run_folder import write_run
@@ -88,6 +89,8 @@ def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks:
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.exists() else None
     if resume and last is None:
         log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
+    if last is not None:  # refuse a broken or foreign checkpoint before loading the model
+        check_resumable(last, fingerprint(cfg, train_items))
     torch.manual_seed(cfg.seed)
     # The Trainer places an unquantised model itself; a 4-bit one is placed as it loads.
     device = "cuda" if cfg.load_in_4bit and torch.cuda.is_available() else "cpu"

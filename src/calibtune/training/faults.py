@@ -1,0 +1,152 @@
+"""Training faults: non-finite values stop a run, checkpoints are whole or refused.
+
+A loss term, a gradient or the weights that stop being finite end training with one line (the
+step, the term, the learning rate) before the optimiser applies the step, so the last checkpoint
+stays good. Every checkpoint the `CalibTrainer` saves ends with a seal, `calibtune_checkpoint.json`:
+the configuration it was made with (`fingerprint`) and the size and sha256 of every file in the
+folder. `check_resumable` reads only the seal and the files' bytes (nothing is unpickled) and
+refuses, before anything is loaded or written, a checkpoint without a seal (its save did not
+finish), one whose files were truncated, altered or removed since, and one of another
+configuration (the fields that differ are named).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..errors import TrainingError
+from ..integrity import atomic_write_json, sha256_file
+
+SEAL = "calibtune_checkpoint.json"
+SEAL_FORMAT = 1
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# Fields that may change between a run and its resume: where and how often it logs and saves,
+# what the held-out monitor scores, and how the training items are named (their digest is
+# compared instead). Every other field changes what a checkpoint holds or how it continues.
+RESUME_FREE = frozenset({"out", "logging_steps", "save_steps", "report_to", "eval_data",
+                         "eval_split", "eval_limit", "eval_seed", "eval_before",
+                         "epoch_eval_limit", "epoch_train_limit", "data", "split",
+                         "train_limit"})
+TERM_NAMES = {"loss_sft": "the SFT term (loss_sft)", "loss_ece": "the ECE regulariser (loss_ece)"}
+
+
+def fingerprint(config: Any, items: Sequence[Any]) -> dict:
+    """What a checkpoint must share with the run that resumes it: the configuration's fields
+    (less `RESUME_FREE`) and a digest of the training items (ids, answers, option counts)."""
+    fields = asdict(config) if is_dataclass(config) else dict(config)
+    digest = hashlib.sha256(json.dumps([[str(it.id), int(it.answer), len(it.options)]
+                                        for it in items]).encode()).hexdigest()
+    kept = {k: v for k, v in fields.items() if k not in RESUME_FREE}
+    return json.loads(json.dumps(kept | {"train_items": f"{len(items)} items, sha256 {digest[:16]}"},
+                                 default=str))
+
+
+def checkpoints(folder: str | Path) -> list[Path]:
+    """The checkpoint-N folders in `folder`, by step."""
+    folder = Path(folder)
+    found = [p for p in folder.iterdir() if p.is_dir() and CHECKPOINT_RE.match(p.name)] \
+        if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def seal_checkpoint(folder: Path, config: dict, step: int) -> None:
+    """Write the seal, last: the configuration and each file's size and sha256."""
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SEAL
+             and not p.name.endswith(".tmp")}
+    atomic_write_json(folder / SEAL, {"format": SEAL_FORMAT, "step": step, "config": config,
+                                      "files": files})
+
+
+def checkpoint_problem(folder: Path, config: dict) -> str | None:
+    """What keeps `folder` from being resumed by a run of `config`, or None."""
+    try:
+        seal = json.loads((folder / SEAL).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return (f"it is incomplete: no {SEAL} (its save did not finish, or calibtune before "
+                "2026-11-29 wrote it)")
+    except (OSError, ValueError) as err:
+        return f"its {SEAL} is unreadable ({err})"
+    if not isinstance(seal, dict) or seal.get("format") != SEAL_FORMAT \
+            or not isinstance(seal.get("files"), dict) or not isinstance(seal.get("config"), dict):
+        got = seal.get("format") if isinstance(seal, dict) else None
+        return f"its {SEAL} is not one this version reads (format {got!r}, expected {SEAL_FORMAT})"
+    for name, record in seal["files"].items():
+        path = folder / name
+        if not isinstance(record, dict):
+            return f"its {SEAL} is not one this version reads (entry of {name})"
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != record.get("bytes"):
+            return f"{name} is truncated or altered ({size} bytes, {record.get('bytes')} when saved)"
+        if sha256_file(path) != record.get("sha256"):
+            return f"{name} is corrupted (its sha256 differs from the one recorded when saved)"
+    saved = seal["config"]
+    differ = [f"{k} {saved.get(k)!r} there, {config.get(k)!r} now"
+              for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+    if differ:
+        return "it was made with another configuration: " + "; ".join(differ)
+    return None
+
+
+def check_resumable(folder: str | Path, config: dict) -> None:
+    """Raise `TrainingError` (one line) unless `folder` is a whole checkpoint of `config`. Reads
+    only; names an earlier whole checkpoint when there is one."""
+    folder = Path(folder)
+    problem = checkpoint_problem(folder, config)
+    if problem is None:
+        return
+    step = int(CHECKPOINT_RE.match(folder.name).group(1)) if CHECKPOINT_RE.match(folder.name) \
+        else None
+    earlier = [c for c in checkpoints(folder.parent)
+               if step is not None and int(CHECKPOINT_RE.match(c.name).group(1)) < step]
+    whole = next((c for c in reversed(earlier) if checkpoint_problem(c, config) is None), None)
+    hint = (f"{whole.name} before it is whole: remove {folder.name} to resume from it" if whole
+            else "start afresh in another --out")
+    raise TrainingError(f"cannot resume from {folder}: {problem}; nothing was changed — {hint}")
+
+
+def nonfinite_term(loss: Any, logged: dict[str, float]) -> str | None:
+    """Which loss term is NaN or infinite ('the SFT term (loss_sft) is nan'), or None."""
+    for name, value in logged.items():
+        if not math.isfinite(value):
+            return f"{TERM_NAMES.get(name, name)} is {value}"
+    if not bool(loss.detach().isfinite()):
+        return f"the total loss is {float(loss.detach())}"
+    return None
+
+
+def all_finite(tensors: Iterable[Any]) -> bool:
+    """True when every tensor is free of NaN and ±inf (one device sync for all of them)."""
+    import torch
+
+    checks = [t.detach().isfinite().all() for t in tensors]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def current_lr(args: Any, lr_scheduler: Any = None) -> float:
+    """The learning rate of the step in progress (the peak when there is no scheduler yet)."""
+    try:
+        return float(lr_scheduler.get_last_lr()[0])
+    except (AttributeError, IndexError, TypeError):
+        return float(args.learning_rate)
+
+
+def kept_checkpoint(args: Any) -> str:
+    """'the last good checkpoint, DIR/checkpoint-N, is kept', or why there is none."""
+    if str(getattr(args.save_strategy, "value", args.save_strategy)) == "no":
+        return "this run saves no checkpoints"
+    found = checkpoints(args.output_dir)
+    return f"the last good checkpoint, {found[-1]}, is kept" if found else \
+        "no checkpoint had been saved yet"
+
+
+def fault_message(step: int, problem: str, lr: float, args: Any) -> str:
+    return (f"training stopped at step {step}: {problem} (learning rate {lr:.3g}); "
+            f"{kept_checkpoint(args)} — lower --learning-rate (or check the data) and start again")
