@@ -10,6 +10,7 @@ import re
 import shutil
 
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -191,11 +192,21 @@ def test_resume_from_a_broken_checkpoint_is_refused_and_touches_nothing(
 ])
 def test_resume_from_another_configuration_is_refused_and_touches_nothing(
         change, says, finished, tiny_llama, data, tmp_path):
+    """The run folder's config.yaml is made to agree with the new settings (as if the checkpoints
+    had been copied in from another run), so that only the checkpoint's seal can tell."""
     run = tmp_path / "run"
     shutil.copytree(finished, run)
-    before = snapshot(run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
     if change == "other items":
         other = write_train_eval(tmp_path, make_items(20, seed=5), make_items(8, seed=2))
+        saved |= {"data": str(other / "train.jsonl"), "eval_data": str(other / "eval.jsonl")}
+    else:
+        flag, value = change
+        field = flag.removeprefix("--").replace("-", "_")
+        saved[field] = type(saved[field])(value) if saved[field] is not None else value
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=True))
+    before = snapshot(run)
+    if change == "other items":
         code, text = train(tiny_llama, other, run, "--method", "cft", *STEPS, "--resume")
     else:
         code, text = train(tiny_llama, data, run, "--method", "cft", *STEPS, *change, "--resume")
