@@ -88,3 +88,43 @@ def test_train_scores_fewshot_in_the_estep_and_evaluations(tiny_llama, tmp_path)
     after = OptionScores.load(result.out / "eval" / "scores.npz")
     assert after.meta["num_fewshot"] == 2 and np.isfinite(after.logits).all()
     assert (result.out / "estep_history.json").exists()
+
+
+def test_reproduce_num_fewshot(tiny_llama, tmp_path):
+    import yaml
+
+    from calibtune.workflows.reproduce import execute, load_reproduce_config, plan
+
+    for name, n, k, seed in (("train", 24, [4, 3], 21), ("in", 24, 4, 22), ("out", 15, 3, 23)):
+        rows = items_to_rows(make_items(n, k=k, seed=seed))
+        for r in rows:
+            r["id"] = f"{name}-{r['id']}"
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    config = {"name": "tiny", "model": str(tiny_llama),
+              "train": {"data": str(tmp_path / "train.jsonl"), "limit": 8},
+              "in_domain": {"data": str(tmp_path / "in.jsonl"), "limit": 6, "name": "in"},
+              "out_of_domain": [{"data": str(tmp_path / "out.jsonl"), "limit": 5,
+                                 "name": "out"}],
+              "methods": ["aligned", "temperature", "cft"], "seeds": [0], "n_boot": 0,
+              "training": {"max_steps": 1, "batch_size": 4, "lora_r": 4, "lora_alpha": 8,
+                           "epoch_eval_limit": 0, "epoch_train_limit": 0}}
+    zero = tmp_path / "zero.yaml"
+    zero.write_text(yaml.safe_dump(config))
+    for step in plan(load_reproduce_config(zero)):  # zero-shot digests as before
+        assert "num_fewshot" not in step.key and "num_fewshot" not in step.key.get("train", {})
+    few = tmp_path / "few.yaml"
+    few.write_text(yaml.safe_dump(config | {"num_fewshot": 1}))
+    cfg = load_reproduce_config(few)
+    execute(cfg, tmp_path / "rep")
+    steps = tmp_path / "rep" / "steps"
+    aligned = OptionScores.load(steps / "score__aligned__in" / "scores.npz")
+    trained = OptionScores.load(steps / "train__cft__s0" / "eval" / "scores.npz")
+    assert aligned.meta["num_fewshot"] == trained.meta["num_fewshot"] == 1
+    assert aligned.ids.tolist() == trained.ids.tolist()
+    record = json.loads((steps / "train__cft__s0" / "fewshot.json").read_text())
+    # the trained model's evaluation reads the exemplars the aligned model read
+    from calibtune.data import draw_fewshot, load_dataset
+
+    in_all = load_dataset(str(tmp_path / "in.jsonl")).items
+    aligned_draw = draw_fewshot(cfg.in_domain.items(0), in_all, 1, 0).to_json()["groups"]
+    assert record["seed"] == 0 and record["groups"] == aligned_draw
