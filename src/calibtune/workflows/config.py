@@ -15,8 +15,8 @@ from ..training.config import PROMPT_HELP, SCORING_HELP, SEED_HELP, TrainConfig
 MODEL_HELP = "Built-in name, model folder or .gguf file."
 OUT_HELP = "Output folder."
 BINS_HELP = "Number of confidence bins (default 10)."
-FEWSHOT_HELP = ("Exemplars before each question (default 0), drawn per subject (or "
-                "--group-field) from items that are not scored.")
+FEWSHOT_HELP = ("Exemplars before each question (default 0), drawn per subject from items "
+                "that are not scored.")
 FEWSHOT_SEED_HELP = "Seed of the exemplar draw (default: --seed)."
 FEWSHOT_DATA_HELP = ("Draw exemplars from this .jsonl/.csv/.parquet file (or built-in set) "
                      "instead of the unscored items of the data.")
@@ -39,7 +39,7 @@ class EvalConfig:
     prompt: str = option("plain", PROMPT_HELP)
     scoring: str = option("letter", SCORING_HELP)
     cloze_norm: str = option("none", "Cloze length normalisation: none | token | char.")
-    num_fewshot: int = option(0, FEWSHOT_HELP)
+    num_fewshot: int = option(0, FEWSHOT_HELP + " Groups: --group-field if given.")
     fewshot_seed: int | None = option(None, FEWSHOT_SEED_HELP)
     fewshot_data: str | None = option(None, FEWSHOT_DATA_HELP)
     adapter: str | None = option(None, "A PEFT adapter folder to apply.")
