@@ -19,18 +19,22 @@ import numpy as np
 
 from common import run_child, save, table
 
-LM_EVAL = r"""
+# lm-eval in a child process, its scoring phase (HFLM.loglikelihood) timed; bench/fewshot.py too
+LM_EVAL_TIMED = r"""
 import json, sys, time
 from lm_eval import evaluator
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
-folder, task_dir = sys.argv[1:3]
 spent = {"s": 0.0}
 real = HFLM.loglikelihood
 def timed(self, *a, **k):
     t = time.perf_counter(); out = real(self, *a, **k); spent["s"] += time.perf_counter() - t
     return out
 HFLM.loglikelihood = timed
+"""
+
+LM_EVAL = LM_EVAL_TIMED + r"""
+folder, task_dir = sys.argv[1:3]
 res = evaluator.simple_evaluate(model="hf", model_args=f"pretrained={folder},dtype=float32",
     tasks=["calibtune_bench"], task_manager=TaskManager(include_path=task_dir), batch_size=16,
     device="cpu", bootstrap_iters=0, log_samples=True)

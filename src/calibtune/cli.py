@@ -184,6 +184,7 @@ FIELD_OPTIONS = {
     "id_field": ("id", "Field holding the item id."),
     "subject_field": ("subject", "Field holding the subject."),
     "answer_format": ("answer_format", "auto | index | letter | text."),
+    "group_field": ("group", "Field grouping items for few-shot exemplars (default: the subject)."),
 }
 
 

@@ -46,6 +46,7 @@ class FieldMap:
     id: str | None = "id"
     subject: str | None = "subject"
     answer_format: str = "auto"  # auto | index | letter | text
+    group: str | None = None  # few-shot group (default: the subject), kept in meta["group"]
 
     def __post_init__(self) -> None:
         if self.answer_format not in {"auto", "index", "letter", "text"}:
@@ -302,5 +303,8 @@ def item_from_row(raw: dict, fields: FieldMap, *, file: str, row: int) -> MCQIte
     subject = None
     if fields.subject and raw.get(fields.subject) not in (None, ""):
         subject = str(raw[fields.subject])
+    meta: dict = {"file": file, "row": row}
+    if fields.group and raw.get(fields.group) not in (None, ""):
+        meta["group"] = str(raw[fields.group])
     return MCQItem(id=item_id, question=question, options=options, answer=answer, subject=subject,
-                   meta={"file": file, "row": row})
+                   meta=meta)

@@ -10,30 +10,34 @@ The context is computed once per item: its keys and values are cached and shared
 continuations (`share_context=True`), so an item costs its context plus K short option texts
 instead of K full sequences. The output head is applied only where a continuation token is
 predicted.
+
+Few-shot (`fewshot`): each exemplar is its context followed by " " and its gold option's text,
+separated by a blank line from the next and from the item's context. Items are scored group by
+group; the group's shared prefix is computed once (`prefix.py`) and the item contexts, then
+their K continuations, extend copies of its cache.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..data.items import MCQItem
 from ..errors import ConfigError, DataError, ModelError
-from .forward import Head, through_forward
+from .forward import Head, positions_from_mask, through_forward
 from .base import CLOZE_NORMS, collect_logits, scores_from
 from .batching import context_limit, pad_batch, pad_token_id, plan_batches
-
-# transformers 5.x renamed `past_key_values` to `cache` (in the outputs and as the argument).
-CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ \
-    else "past_key_values"
+from .prefix import CACHE_FIELD, PrefixCache, prefix_groups
+from .prompts import FEWSHOT_SEPARATOR
 
 
-def cloze_context(item: MCQItem) -> str:
-    return f"Question: {item.question.strip()}\nAnswer:"
+def cloze_context(item: MCQItem, exemplars: Sequence[MCQItem] = ()) -> str:
+    """`Question: …\nAnswer:`, after the answered `exemplars` (few-shot)."""
+    shots = [f"{cloze_context(ex)} {ex.options[ex.answer].strip()}" for ex in exemplars]
+    return FEWSHOT_SEPARATOR.join([*shots, f"Question: {item.question.strip()}\nAnswer:"])
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -64,13 +68,16 @@ class ClozeItem:
         return [self.context + c for c in self.continuations]
 
 
-def encode_cloze(tokenizer: Any, items: list[MCQItem], limit: int | None) -> list[ClozeItem]:
-    """Tokenise every item; an empty option or a too-long prompt fails naming its row."""
+def encode_cloze(tokenizer: Any, items: list[MCQItem], limit: int | None,
+                 fewshot: Any = None) -> list[ClozeItem]:
+    """Tokenise every item (after its group's exemplars with `fewshot`); an empty option or a
+    too-long prompt fails naming its row."""
     out = []
     for it in items:
         context, conts = None, []
+        text = cloze_context(it, fewshot.for_item(it) if fewshot else ())
         for opt in it.options:
-            ctx, cont = encode_pair(tokenizer, cloze_context(it), " " + opt.strip())
+            ctx, cont = encode_pair(tokenizer, text, " " + opt.strip())
             if not cont:
                 raise DataError(f"item {it.id}: option {opt[:40]!r} encodes to no tokens",
                                 file=it.meta.get("file"), row=it.meta.get("row"), field="options")
@@ -120,19 +127,19 @@ class ClozeScorer:
 
     def __init__(self, model: Any, tokenizer: Any, *, norm: str = "none", batch_size: int = 16,
                  max_batch_tokens: int | None = 8192, share_context: bool = True,
-                 progress: bool = True) -> None:
+                 progress: bool = True, fewshot: Any = None) -> None:
         if norm not in CLOZE_NORMS:
             raise ConfigError(f"--cloze-norm must be one of {', '.join(CLOZE_NORMS)}, got {norm!r}")
         self.model, self.tokenizer, self.norm = model, tokenizer, norm
         self.batch_size, self.max_batch_tokens, self.progress = batch_size, max_batch_tokens, progress
-        self.share_context = share_context
+        self.share_context, self.fewshot = share_context, fewshot
 
     def items_per_batch(self, k_max: int) -> int:
         """At most this many items share a forward call: `batch_size` counts option rows."""
         return max(1, self.batch_size // k_max)
 
     def encode(self, items: list[MCQItem]) -> list[ClozeItem]:
-        return encode_cloze(self.tokenizer, items, context_limit(self.model))
+        return encode_cloze(self.tokenizer, items, context_limit(self.model), self.fewshot)
 
     def iter_batches(self, items: list[MCQItem], encoded: list[ClozeItem] | None = None
                      ) -> Iterator[tuple[list[int], np.ndarray]]:
@@ -154,20 +161,31 @@ class ClozeScorer:
         cost = [len(e.context) + sum(e.n_tokens) if self.share_context
                 else sum(len(e.context) + n for n in e.n_tokens) for e in encoded]
         rows_per_item = 1 if self.share_context else k_max
-        plan = plan_batches([c // rows_per_item for c in cost], self.items_per_batch(k_max),
-                            self.max_batch_tokens and self.max_batch_tokens // rows_per_item)
         label = self.progress if isinstance(self.progress, str) else "scoring (cloze)"
         bar = tqdm(total=len(items), desc=label, unit="item", disable=not self.progress)
-        for batch in plan.batches:
-            group = [encoded[i] for i in batch]
-            with torch.no_grad():
-                sums = self._shared(group, k_max) if self.share_context \
-                    else self._unshared(group, k_max)
-            if not np.isfinite(sums).all():
-                raise ModelError(f"NaN/inf option log-likelihoods for items "
-                                 f"{[items[i].id for i in batch][:5]}")
-            bar.update(len(batch))
-            yield batch, sums
+        if self.fewshot is None or not self.share_context:
+            units = [(list(range(len(items))), 0)]
+        else:  # group by group, each group's shared prefix cached once
+            units = list(prefix_groups(items, [e.context for e in encoded]))
+        device = next(self.model.parameters()).device
+        for members, n in units:
+            prefix = PrefixCache(self.model, encoded[members[0]].context[:n], device) \
+                if n else None
+            plan = plan_batches([(cost[i] - n) // rows_per_item for i in members],
+                                self.items_per_batch(k_max),
+                                self.max_batch_tokens and self.max_batch_tokens // rows_per_item)
+            for planned in plan.batches:
+                batch = [members[j] for j in planned]
+                group = [encoded[i] for i in batch]
+                with torch.no_grad():
+                    sums = self._shared(group, k_max, prefix) if self.share_context \
+                        else self._unshared(group, k_max)
+                if not np.isfinite(sums).all():
+                    raise ModelError(f"NaN/inf option log-likelihoods for items "
+                                     f"{[items[i].id for i in batch][:5]}")
+                bar.update(len(batch))
+                yield batch, sums
+            del prefix  # one group's cache in memory at a time
         bar.close()
 
     def _unshared(self, group: list[ClozeItem], k_max: int) -> np.ndarray:
@@ -184,14 +202,23 @@ class ClozeScorer:
             input_ids=ids, attention_mask=mask).value
         return self._per_item(group, flat.double().cpu().numpy(), k_max)
 
-    def _shared(self, group: list[ClozeItem], k_max: int) -> np.ndarray:
-        """Contexts once (left-padded, cached), then all K continuations on the cached keys."""
+    def _shared(self, group: list[ClozeItem], k_max: int, prefix: PrefixCache | None = None
+                ) -> np.ndarray:
+        """Contexts once (left-padded, cached), then all K continuations on the cached keys.
+        With a few-shot `prefix`, the contexts' own tokens extend a copy of its cache."""
         device = next(self.model.parameters()).device
         pad = pad_token_id(self.tokenizer)
-        ctx_ids, ctx_mask = pad_batch([e.context for e in group], pad, "left")
+        n = prefix.length if prefix else 0
+        ctx_ids, ctx_mask = pad_batch([e.context[n:] for e in group], pad, "left")
         ctx_ids, ctx_mask = ctx_ids.to(device), ctx_mask.to(device)
+        extra = {}
+        if prefix:
+            extra = {"position_ids": n + positions_from_mask(ctx_mask),
+                     CACHE_FIELD: prefix.for_batch(len(group))}
+            ctx_mask = prefix.attention_mask(ctx_mask)
         first = through_forward(self.model, lambda hidden, head: hidden[:, -1],
-                                input_ids=ctx_ids, attention_mask=ctx_mask, use_cache=True)
+                                input_ids=ctx_ids, attention_mask=ctx_mask, use_cache=True,
+                                **extra)
         cache = getattr(first.output, CACHE_FIELD)
         cache.batch_repeat_interleave(k_max)
         last_ctx = first.value.repeat_interleave(k_max, 0)

@@ -2,7 +2,9 @@
 
 Prompts are tokenised once, sorted by length and packed into batches under a token budget so
 padding stays small; only the answer position's hidden state meets the output head, and only
-the K letter rows of it.
+the K letter rows of it. Few-shot prompts (`fewshot`) are scored group by group: the exemplar
+prefix of a group is computed once and its keys and values serve every item of the group
+(`share_prefix`; `prefix.py`).
 """
 from __future__ import annotations
 
@@ -27,10 +29,11 @@ class LetterScorer:
 
     def __init__(self, model: Any, tokenizer: Any, *, prompt: str = "plain", batch_size: int = 16,
                  max_batch_tokens: int | None = 8192, padding_side: str = "right",
-                 progress: bool = True) -> None:
+                 progress: bool = True, fewshot: Any = None, share_prefix: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.prompt, self.batch_size, self.max_batch_tokens = prompt, batch_size, max_batch_tokens
         self.padding_side, self.progress = padding_side, progress
+        self.fewshot, self.share_prefix = fewshot, share_prefix
 
     def items_per_batch(self, k_max: int) -> int:
         """At most this many items share a forward call (before the token budget splits)."""
@@ -41,7 +44,8 @@ class LetterScorer:
 
         Call it before writing anything: a too-long prompt fails here, naming its row.
         """
-        encoder = PromptEncoder(self.tokenizer, self.prompt, max(it.n_options for it in items))
+        encoder = PromptEncoder(self.tokenizer, self.prompt, max(it.n_options for it in items),
+                                self.fewshot)
         encoded = encoder.encode_prompts(items)
         limit = context_limit(self.model)
         for it, ids in zip(items, encoded):
@@ -59,17 +63,38 @@ class LetterScorer:
         k_max = max(it.n_options for it in items)
         encoded = self.encode(items) if encoded is None else encoded
         letter_ids = letter_token_ids(self.tokenizer, k_max, self.prompt)
-        plan = plan_batches([len(e) for e in encoded], self.batch_size, self.max_batch_tokens)
         letters = torch.tensor(letter_ids, dtype=torch.long)
         device = next(self.model.parameters()).device
         pad = pad_token_id(self.tokenizer)
         label = self.progress if isinstance(self.progress, str) else "scoring"
         bar = tqdm(total=len(items), desc=label, unit="item", disable=not self.progress)
-        queue = list(plan.batches)
+        if self.fewshot is None or not self.share_prefix:
+            plan = plan_batches([len(e) for e in encoded], self.batch_size, self.max_batch_tokens)
+            yield from self._run(plan.batches, items, lambda batch: self._forward(
+                [encoded[i] for i in batch], pad, letters, device), bar)
+        else:
+            from .prefix import PrefixCache, prefix_groups
+
+            for members, n in prefix_groups(items, encoded):
+                prefix = PrefixCache(self.model, encoded[members[0]][:n], device) if n else None
+                plan = plan_batches([len(encoded[i]) - n for i in members], self.batch_size,
+                                    self.max_batch_tokens)
+                batches = [[members[j] for j in b] for b in plan.batches]
+                yield from self._run(batches, items, lambda batch: self._forward(
+                    [encoded[i][n:] for i in batch], pad, letters, device, prefix), bar)
+                del prefix  # one group's cache in memory at a time
+        bar.close()
+
+    def _run(self, batches: list[list[int]], items: list[MCQItem], forward, bar
+             ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Yield (batch, forward(batch)); a batch out of GPU memory is retried as two halves."""
+        import torch
+
+        queue = list(batches)
         while queue:
             batch = queue.pop(0)
             try:
-                logits = self._forward([encoded[i] for i in batch], pad, letters, device)
+                logits = forward(batch)
             except torch.cuda.OutOfMemoryError:
                 if len(batch) == 1:
                     raise ModelError("out of GPU memory on a single item; use a smaller model, "
@@ -86,16 +111,35 @@ class LetterScorer:
                                  "check the weights and dtype (float16 overflows easily)")
             bar.update(len(batch))
             yield batch, logits
-        bar.close()
 
-    def _forward(self, seqs: list[list[int]], pad: int, letters, device) -> np.ndarray:
+    def _forward(self, seqs: list[list[int]], pad: int, letters, device,
+                 prefix: Any = None) -> np.ndarray:
+        """Letter logits of `seqs`, or of their continuations of a cached `prefix`."""
         import torch
 
-        from .forward import answer_logits
+        from .forward import answer_logits, last_positions, through_forward
 
-        ids, mask = pad_batch(seqs, pad, self.padding_side)
+        if prefix is None:
+            ids, mask = pad_batch(seqs, pad, self.padding_side)
+            with torch.no_grad():
+                out = answer_logits(self.model, ids.to(device), mask.to(device),
+                                    letters.to(device))
+            return out.float().cpu().numpy().astype(np.float64)
+        from .prefix import CACHE_FIELD
+
+        ids, mask = (t.to(device) for t in pad_batch(seqs, pad, "right"))
+        letters = letters.to(device)
+        last = last_positions(mask)
+
+        def at_answer(hidden, head):
+            return head(hidden[torch.arange(hidden.shape[0], device=device), last], letters)
+
+        positions = prefix.length + torch.arange(ids.shape[1], device=device)[None, :]
         with torch.no_grad():
-            out = answer_logits(self.model, ids.to(device), mask.to(device), letters.to(device))
+            out = through_forward(self.model, at_answer, input_ids=ids,
+                                  attention_mask=prefix.attention_mask(mask),
+                                  position_ids=positions.expand_as(ids), use_cache=True,
+                                  **{CACHE_FIELD: prefix.for_batch(len(seqs))}).value
         return out.float().cpu().numpy().astype(np.float64)
 
     def score(self, items: list[MCQItem], meta: dict | None = None) -> OptionScores:

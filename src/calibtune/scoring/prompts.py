@@ -8,11 +8,16 @@
   available to us, so no style here is called the paper's.
 - `chat`: the question and options in the tokenizer's chat template with a generation prompt;
   the letter is the first assistant token.
+
+Few-shot (`exemplars`): in `plain` and `reference` each exemplar is the style's prompt followed
+by its answer letter, exemplars and the question separated by a blank line (`FEWSHOT_SEPARATOR`);
+in `chat` each exemplar is a user turn (its question) and an assistant turn (its letter) before
+the question's user turn.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from ..data.items import LETTERS, MCQItem
 from ..errors import ConfigError, ModelError
@@ -20,6 +25,7 @@ from ..errors import ConfigError, ModelError
 PROMPT_STYLES = ("plain", "reference", "chat")
 REFERENCE_INSTRUCTION = "Answer with only a single letter:"
 CHAT_INSTRUCTION = "Answer with the letter of the correct option only."
+FEWSHOT_SEPARATOR = "\n\n"  # between exemplars, and before the scored question
 
 
 def format_question(item: MCQItem) -> str:
@@ -29,8 +35,13 @@ def format_question(item: MCQItem) -> str:
     return "\n".join(lines)
 
 
-def render_prompt(item: MCQItem, style: str, tokenizer: Any = None) -> str:
-    """The text the model reads before it answers."""
+def render_prompt(item: MCQItem, style: str, tokenizer: Any = None,
+                  exemplars: Sequence[MCQItem] = ()) -> str:
+    """The text the model reads before it answers, after `exemplars` answered (few-shot)."""
+    if exemplars and style != "chat":
+        shots = [render_prompt(ex, style) + letter_prefix(style) + LETTERS[ex.answer]
+                 for ex in exemplars]
+        return FEWSHOT_SEPARATOR.join([*shots, render_prompt(item, style)])
     if style == "plain":
         return f"### Question: {format_question(item)}\n ### Answer:"
     if style == "reference":
@@ -41,9 +52,17 @@ def render_prompt(item: MCQItem, style: str, tokenizer: Any = None) -> str:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ModelError("prompt style 'chat' needs a tokenizer with a chat template; "
                              "this one has none: use --prompt plain")
-        messages = [{"role": "user", "content": f"{format_question(item)}\n\n{CHAT_INSTRUCTION}"}]
+        messages = []
+        for ex in exemplars:
+            messages += [chat_turn(ex), {"role": "assistant", "content": LETTERS[ex.answer]}]
+        messages.append(chat_turn(item))
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise ConfigError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+
+
+def chat_turn(item: MCQItem) -> dict:
+    """The user turn that asks `item` in the chat style."""
+    return {"role": "user", "content": f"{format_question(item)}\n\n{CHAT_INSTRUCTION}"}
 
 
 def letter_prefix(style: str) -> str:
@@ -75,6 +94,7 @@ class PromptEncoder:
     tokenizer: Any
     style: str = "plain"
     max_options: int = 4
+    fewshot: Any = None  # a data.fewshot.Fewshot: each item's prompt starts with its exemplars
 
     def __post_init__(self) -> None:
         if self.style not in PROMPT_STYLES:
@@ -84,7 +104,8 @@ class PromptEncoder:
 
     def encode_prompts(self, items: list[MCQItem]) -> list[list[int]]:
         """Token ids of each item's prompt (the answer letter comes right after the last one)."""
-        texts = [render_prompt(it, self.style, self.tokenizer) for it in items]
+        texts = [render_prompt(it, self.style, self.tokenizer,
+                               self.fewshot.for_item(it) if self.fewshot else ()) for it in items]
         # the chat template already holds its special tokens; plain prompts get the BOS
         # token where the tokenizer adds one by default
         return self.tokenizer(texts, add_special_tokens=self.style != "chat")["input_ids"]

@@ -96,14 +96,15 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, save: bool = Tr
         disable_tqdm=False)
 
 
-def config_scorer(cfg: TrainConfig, model: Any, tokenizer: Any, progress: bool | str = False
-                  ) -> Scorer:
+def config_scorer(cfg: TrainConfig, model: Any, tokenizer: Any, progress: bool | str = False,
+                  fewshot: Any = None) -> Scorer:
     """The scorer of this run's mode: the E-step, the epoch monitor and the final evaluation
-    all read options the way training does. Sharded ranks batch by count only (no token
-    budget), so equal shares of items cost every rank the same number of forward calls."""
-    budget = {"max_batch_tokens": None} if sharding_engine() else {}
+    all read options the way training does (after `fewshot`'s exemplars, when given). Sharded
+    ranks batch by count only (no token budget, no per-group prefix batches), so equal shares
+    of items cost every rank the same number of forward calls."""
+    budget = {"max_batch_tokens": None, "share_prefix": False} if sharding_engine() else {}
     return make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt, cloze_norm=cfg.cloze_norm,
-                       progress=progress, **budget)
+                       progress=progress, fewshot=fewshot, **budget)
 
 
 def prepare_model(model: Any, cfg: TrainConfig) -> Any:
@@ -119,7 +120,8 @@ def prepare_model(model: Any, cfg: TrainConfig) -> Any:
 
 def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = None, *,
           eval_items: Sequence[MCQItem] = (), output_dir: str | Path | None = None,
-          resume_from: str | None = None, callbacks: list | None = None) -> TrainOutcome:
+          resume_from: str | None = None, callbacks: list | None = None,
+          fewshot: Any = None) -> TrainOutcome:
     """Fine-tune `model` (a `LoadedModel` or a (model, tokenizer) pair) on `items`.
 
     The model is trained in place (LoRA layers are added to it); the outcome holds it, in eval
@@ -128,6 +130,9 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
     `resume_from` may name one (refused, with nothing touched, unless it is a whole checkpoint
     of this configuration and these items: `faults.check_resumable`); without it nothing is
     written. A non-finite loss term or gradient raises `TrainingError` (`faults`).
+    `fewshot` (a
+    `data.fewshot.Fewshot` covering the groups of `items` and `eval_items`) puts exemplars before
+    the questions the E-step and the epoch monitor score; training examples stay zero-shot.
     """
     import torch
 
@@ -146,7 +151,8 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
         """A scorer factory whose bar (rank 0 only) says what a minutes-long pass is doing."""
         def scorer_for(current: Any) -> Scorer:
             return config_scorer(cfg, current, tokenizer,
-                                 progress=label if rank_and_world()[0] == 0 else False)
+                                 progress=label if rank_and_world()[0] == 0 else False,
+                                 fewshot=fewshot)
         return scorer_for
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -86,7 +86,7 @@ class AlignData:
 
 def load_align_data(cfg: AlignConfig) -> AlignData:
     if not cfg.preferences:
-        train_items, eval_items = load_train_eval_items(cfg)
+        train_items, eval_items, _ = load_train_eval_items(cfg)  # no --num-fewshot here
         return AlignData(train_items, eval_items)
     loaded = None
     if cfg.preferences == HHH:

@@ -17,6 +17,16 @@ BASE_ADAPTER_HELP = ("A PEFT adapter merged into the model first (e.g. a `calibt
                      "run's OUT/adapter: the DPO'd model).")
 OUT_HELP = "Output folder."
 BINS_HELP = "Number of confidence bins (default 10)."
+FEWSHOT_HELP = ("Exemplars before each question (default 0), drawn per subject from items "
+                "that are not scored.")
+FEWSHOT_SEED_HELP = "Seed of the exemplar draw (default: --seed)."
+FEWSHOT_DATA_HELP = ("Draw exemplars from this .jsonl/.csv/.parquet file (or built-in set) "
+                     "instead of the unscored items of the data.")
+
+
+def check_fewshot(k: int) -> None:
+    if k < 0:
+        raise ConfigError(f"--num-fewshot must be 0 or more, got {k}")
 
 
 @dataclass
@@ -31,6 +41,9 @@ class EvalConfig:
     prompt: str = option("plain", PROMPT_HELP)
     scoring: str = option("letter", SCORING_HELP)
     cloze_norm: str = option("none", "Cloze length normalisation: none | token | char.")
+    num_fewshot: int = option(0, FEWSHOT_HELP + " Groups: --group-field if given.")
+    fewshot_seed: int | None = option(None, FEWSHOT_SEED_HELP)
+    fewshot_data: str | None = option(None, FEWSHOT_DATA_HELP)
     adapter: str | None = option(None, "A PEFT adapter folder to apply.")
     base_adapter: str | None = option(None, BASE_ADAPTER_HELP)
     dtype: str = option("float32", "float32 | bfloat16 | float16.")
@@ -49,6 +62,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.bins < 1:
             raise ConfigError(f"--n-bins must be at least 1, got {self.bins}")
+        check_fewshot(self.num_fewshot)
 
 
 @dataclass
@@ -63,6 +77,8 @@ class PosthocConfig:
     seed: int = option(0, SEED_HELP)
     reference: str | None = option(None, "Base model's scores.npz on the same items (daca).")
     scoring: str | None = option(None, "letter | cloze: refuse scores made the other way.")
+    num_fewshot: int | None = option(None, "Refuse scores made with another number of "
+                                           "exemplars (the eval run's --num-fewshot).")
     bins: int = option(10, BINS_HELP, flag="--n-bins", aliases=("--bins",))
     n_boot: int = option(1000, "Bootstrap resamples for intervals.")
     out: str = option("runs/posthoc", OUT_HELP)
@@ -83,12 +99,17 @@ class TrainRunConfig(TrainConfig):
     eval_seed: int | None = option(None, "Seed of the held-out sample (default: --seed); fix it "
                                          "to compare seeds on the same items.")
     eval_before: bool = option(True, "Also score the held-out items before training (LoRA).")
+    num_fewshot: int = option(0, FEWSHOT_HELP + " Used by the evaluations and the E-step; "
+                                                "training examples stay zero-shot.")
+    fewshot_seed: int | None = option(None, FEWSHOT_SEED_HELP)
+    fewshot_data: str | None = option(None, FEWSHOT_DATA_HELP)
     load_in_4bit: bool = option(False, "QLoRA: NF4 4-bit frozen weights (needs bitsandbytes).")
     dtype: str = option("float32", "float32 | bfloat16.")
     out: str = option("runs/train", OUT_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_fewshot(self.num_fewshot)
         if self.load_in_4bit and not self.lora:
             raise ConfigError("--load-in-4bit trains a LoRA adapter on frozen 4-bit weights; "
                               "it cannot be combined with --full-finetune")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..data import FieldMap, load_dataset, sample_items
+from ..data.fewshot import Fewshot
 from ..data.items import MCQItem
 from ..errors import DataError
 from ..integrity import atomic_write, atomic_write_text
@@ -19,6 +20,7 @@ from ..models import load_model
 from ..run_guard import RunFolder
 from ..scoring import collect_logits, make_scorer, scores_from
 from .config import EvalConfig
+from .fewshot import fewshot_meta, run_fewshot, write_fewshot
 from .run_folder import RunOutputs, write_run
 
 log = logging.getLogger(__name__)
@@ -26,18 +28,25 @@ log = logging.getLogger(__name__)
 RUN_ONLY = ("out", "device", "batch_size", "max_batch_tokens")
 
 
-def load_eval_items(cfg: EvalConfig) -> tuple[list[MCQItem], list]:
-    """The (sampled) items of the run and the rows rejected on the way."""
+def load_eval_items(cfg: EvalConfig) -> tuple[list[MCQItem], list, Fewshot | None]:
+    """The (sampled) items of the run, the rows rejected on the way, and the exemplars
+    (--num-fewshot: drawn from the data's unscored items or from --fewshot-data)."""
     fields = FieldMap(**cfg.fields) if cfg.fields else None
     loaded = load_dataset(cfg.data, cfg.split, fields, skip_invalid=cfg.skip_invalid)
-    return sample_items(loaded.items, cfg.limit, cfg.seed), loaded.rejected
+    items = sample_items(loaded.items, cfg.limit, cfg.seed)
+    seed = cfg.seed if cfg.fewshot_seed is None else cfg.fewshot_seed
+    fewshot = run_fewshot(cfg.num_fewshot, seed, items, loaded.items,
+                          f"{cfg.data} ({cfg.split or 'all'})", cfg.fewshot_data, fields)
+    return items, loaded.rejected, fewshot
 
 
-def _fingerprint(cfg: EvalConfig, items: list[MCQItem]) -> str:
+def _fingerprint(cfg: EvalConfig, items: list[MCQItem], fewshot: Fewshot | None = None) -> str:
     h = hashlib.sha256()
     key = [cfg.model, cfg.adapter, cfg.prompt, cfg.scoring, cfg.cloze_norm, cfg.dtype,
            cfg.chunk_size] + ([cfg.base_adapter] if cfg.base_adapter else [])
     h.update(json.dumps(key).encode())
+    if fewshot is not None:  # zero-shot runs keep their fingerprint (and --resume)
+        h.update(json.dumps(fewshot.to_json(), sort_keys=True).encode())
     for it in items:
         h.update(f"{it.id}\x00{it.answer}\x00{it.n_options}\x01".encode())
     return h.hexdigest()
@@ -102,13 +111,14 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, overwrite: bool = False,
 
 
 def _eval_into(folder: RunFolder, cfg: EvalConfig, resume: bool, progress: bool) -> RunOutputs:
-    items, rejected = load_eval_items(cfg)  # bad data fails here, before anything is written
+    items, rejected, fewshot = load_eval_items(cfg)  # bad data fails here, before any writing
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, base_adapter=cfg.base_adapter,
                                   dtype=cfg.dtype, device=cfg.device,
                                   trust_remote_code=cfg.trust_remote_code)
     scorer = make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt,
                          cloze_norm=cfg.cloze_norm, batch_size=cfg.batch_size,
-                         max_batch_tokens=cfg.max_batch_tokens, progress=progress)
+                         max_batch_tokens=cfg.max_batch_tokens, progress=progress,
+                         fewshot=fewshot)
     try:  # letters and context lengths are checked before anything is written
         encoded = scorer.encode(items)
     except DataError:
@@ -123,13 +133,15 @@ def _eval_into(folder: RunFolder, cfg: EvalConfig, resume: bool, progress: bool)
             for e in rejected))
         log.warning("%d rows rejected; reasons in %s", len(rejected), out / "rejected.jsonl")
     partial = out / ".partial"
-    logits = score_resumable(scorer, items, encoded, partial, _fingerprint(cfg, items),
+    logits = score_resumable(scorer, items, encoded, partial, _fingerprint(cfg, items, fewshot),
                              cfg.chunk_size, resume)
     meta = {"model": cfg.model, "adapter": cfg.adapter, "prompt": cfg.prompt,
             "scoring": cfg.scoring, "cloze_norm": cfg.cloze_norm if cfg.scoring == "cloze" else None,
             "data": cfg.data, "split": cfg.split, "limit": cfg.limit, "seed": cfg.seed,
-            **({"base_adapter": cfg.base_adapter} if cfg.base_adapter else {})}
+            **({"base_adapter": cfg.base_adapter} if cfg.base_adapter else {}),
+            **fewshot_meta(fewshot)}
     scores = scores_from(items, logits, meta)
+    write_fewshot(out, fewshot)
     result = write_run(out, scores, title=f"calibtune eval — {cfg.model} on {cfg.data}",
                        context={k: v for k, v in meta.items() if v is not None}, n_bins=cfg.bins,
                        n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.model)

@@ -42,6 +42,15 @@ def check_scoring(scores: OptionScores, cfg: PosthocConfig) -> None:
     mode = scoring_mode(scores)
     if cfg.scoring and not mode.startswith(cfg.scoring):
         raise ConfigError(f"{cfg.scores} holds {mode} scores, not --scoring {cfg.scoring}")
+    k = n_fewshot(scores)
+    if cfg.num_fewshot is not None and k != cfg.num_fewshot:
+        raise ConfigError(f"{cfg.scores} holds {k}-shot scores, not --num-fewshot "
+                          f"{cfg.num_fewshot}")
+
+
+def n_fewshot(scores: OptionScores) -> int:
+    """The exemplars per prompt the scores were made with (0: zero-shot)."""
+    return int(scores.meta.get("num_fewshot") or 0)
 
 
 def fit_note(params: dict) -> str:
@@ -80,8 +89,9 @@ def _posthoc_into(folder: RunFolder, cfg: PosthocConfig) -> RunOutputs:
         if ref.ids.tolist() != scores.ids.tolist():
             raise ConfigError(f"{cfg.reference} scores other items than {cfg.scores}; score the "
                               "same items with both models")
-        if scoring_mode(ref) != scoring_mode(scores):
-            raise ConfigError(f"{cfg.reference} holds {scoring_mode(ref)} scores but {cfg.scores} "
+        if scoring_mode(ref) != scoring_mode(scores) or n_fewshot(ref) != n_fewshot(scores):
+            raise ConfigError(f"{cfg.reference} holds {n_fewshot(ref)}-shot {scoring_mode(ref)} "
+                              f"scores but {cfg.scores} {n_fewshot(scores)}-shot "
                               f"{scoring_mode(scores)}; score both models the same way")
         cal = DACATemperature().fit_unsupervised(fit.logits, ref.subset(fit_idx).logits, fit.mask)
     else:
@@ -102,11 +112,12 @@ def _posthoc_into(folder: RunFolder, cfg: PosthocConfig) -> RunOutputs:
     if "temperature" in params:
         extra["temperature"] = params["temperature"]  # inf is written as null, see at_bound
         extra["temperature_at_bound"] = params["at_bound"]
+    context = {"scores": cfg.scores, "scoring": scoring_mode(scores), "method": cfg.method,
+               "fit items": len(fit_idx), "report items": len(report_idx), "seed": cfg.seed}
+    if n_fewshot(scores):  # provenance: the scores were made few-shot
+        context["few-shot"] = n_fewshot(scores)
     result = write_run(out, after, title=f"calibtune posthoc — {cfg.method}",
-                       context={"scores": cfg.scores, "scoring": scoring_mode(scores),
-                                "method": cfg.method,
-                                "fit items": len(fit_idx), "report items": len(report_idx),
-                                "seed": cfg.seed},
+                       context=context,
                        n_bins=cfg.bins, n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.method,
                        extra_metrics=extra)
     save_overlay([prepare_reliability(report.probs(), report.labels, report.mask, cfg.bins,
@@ -134,8 +145,6 @@ def _posthoc_into(folder: RunFolder, cfg: PosthocConfig) -> RunOutputs:
         Table(["metric", "before", "after"], table, sortable=False),
         Figure(out / "before_after.png", "reliability before and after")]
     write_page(out, result.metrics, title=f"calibtune posthoc — {cfg.method}",
-               context={"scores": cfg.scores, "scoring": scoring_mode(scores),
-                        "method": cfg.method, "fit items": len(fit_idx),
-                        "report items": len(report_idx), "seed": cfg.seed},
+               context=context,
                figures=["reliability.png", "classwise.png"], extra_blocks=blocks)
     return result

@@ -28,6 +28,7 @@ from ..data.items import MCQItem
 from ..errors import ConfigError
 from ..integrity import atomic_write_json
 from ..scores import OptionScores
+from .config import check_fewshot
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class ReproduceConfig:
     scoring: str = "letter"
     prompt: str = "plain"
     cloze_norm: str = "none"
+    num_fewshot: int = 0  # exemplars before every scored question (drawn with EVAL_SEED)
     dtype: str = "float32"
     training: dict = field(default_factory=dict)  # TrainConfig fields shared by every method
     method_training: dict = field(default_factory=dict)  # per method: {rcft: {ece_lambda: 2}}
@@ -82,11 +84,13 @@ class ReproduceConfig:
             self.methods = ["aligned", *self.methods]  # every comparison is against it
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        check_fewshot(self.num_fewshot)
         from ..training.config import TrainConfig
 
         names = {f.name for f in fields(TrainConfig)}
         own = {"method", "seed", "model", "data", "split", "train_limit", "eval_data",
-               "eval_split", "eval_limit", "out", "scoring", "prompt", "cloze_norm"}
+               "eval_split", "eval_limit", "out", "scoring", "prompt", "cloze_norm",
+               "num_fewshot", "fewshot_seed", "fewshot_data"}
         for where, values in [("training", self.training),
                               *[(f"method_training.{m}", v) for m, v in
                                 self.method_training.items()]]:
@@ -167,8 +171,9 @@ class Step:
 
 
 def _model_key(cfg: ReproduceConfig) -> dict:
+    few = {"num_fewshot": cfg.num_fewshot} if cfg.num_fewshot else {}  # zero-shot keys as before
     return {"model": cfg.model, "scoring": cfg.scoring, "prompt": cfg.prompt,
-            "cloze_norm": cfg.cloze_norm, "dtype": cfg.dtype}
+            "cloze_norm": cfg.cloze_norm, "dtype": cfg.dtype, **few}
 
 
 def _train_config(cfg: ReproduceConfig, method: str, seed: int, out: Path):
@@ -180,7 +185,19 @@ def _train_config(cfg: ReproduceConfig, method: str, seed: int, out: Path):
                           eval_split=cfg.in_domain.split, eval_limit=cfg.in_domain.limit,
                           eval_seed=EVAL_SEED, eval_before=False, method=method, seed=seed,
                           scoring=cfg.scoring, prompt=cfg.prompt, cloze_norm=cfg.cloze_norm,
+                          num_fewshot=cfg.num_fewshot,
+                          fewshot_seed=EVAL_SEED if cfg.num_fewshot else None,
                           dtype=cfg.dtype, out=str(out), **overrides)
+
+
+def _train_key(tcfg: Any) -> dict:
+    """What a training step depends on; zero-shot keys leave out the few-shot fields, so the
+    steps of earlier runs stay cached."""
+    key = {k: v for k, v in asdict(tcfg).items() if k != "out"}
+    if not tcfg.num_fewshot:
+        for name in ("num_fewshot", "fewshot_seed", "fewshot_data"):
+            key.pop(name)
+    return key
 
 
 class ModelCache:
@@ -196,11 +213,18 @@ class ModelCache:
             self._model = load_model(self.cfg.model, dtype=self.cfg.dtype)
         return self._model
 
-    def score(self, model: Any, items: list[MCQItem]) -> OptionScores:
+    def score(self, model: Any, spec: DataSpec, seed: int) -> OptionScores:
+        """Scores of `spec`'s sample for `seed`, after exemplars drawn (with EVAL_SEED, as the
+        training runs' evaluations) from the split's other items when num_fewshot > 0."""
         from ..scoring import score
+        from .fewshot import run_fewshot
 
+        items = spec.items(seed)
+        fewshot = run_fewshot(self.cfg.num_fewshot, EVAL_SEED, items,
+                              load_dataset(spec.data, spec.split).items,
+                              f"{spec.data} ({spec.split or 'all'})")
         return score(model, items, scoring=self.cfg.scoring, prompt=self.cfg.prompt,
-                     cloze_norm=self.cfg.cloze_norm, progress=True)
+                     cloze_norm=self.cfg.cloze_norm, progress=True, fewshot=fewshot)
 
 
 def plan(cfg: ReproduceConfig, models: ModelCache | None = None) -> list[Step]:
@@ -213,7 +237,7 @@ def plan(cfg: ReproduceConfig, models: ModelCache | None = None) -> list[Step]:
 
     def score_aligned(spec: DataSpec, seed: int) -> Callable[[Path], None]:
         def run(folder: Path) -> None:
-            models.score(models.aligned(), spec.items(seed)).save(folder / "scores.npz")
+            models.score(models.aligned(), spec, seed).save(folder / "scores.npz")
         return run
 
     for spec in cfg.splits:
@@ -233,7 +257,7 @@ def plan(cfg: ReproduceConfig, models: ModelCache | None = None) -> list[Step]:
         for method in [m for m in cfg.methods if m in TRAINED]:
             train_id = f"train/{method}/s{seed}"
             tcfg = _train_config(cfg, method, seed, Path("."))
-            tkey = {k: v for k, v in asdict(tcfg).items() if k != "out"}
+            tkey = _train_key(tcfg)
             steps.append(Step(train_id, tkey, _train(cfg, method, seed), n_train[seed],
                               _train_passes(tcfg, n_train[seed], n_split[cfg.in_domain.name])))
             for spec in cfg.out_of_domain:
@@ -297,7 +321,7 @@ def _score_adapter(cfg: ReproduceConfig, models: ModelCache, train_id: str, spec
 
         adapter = folder.parent / train_id.replace("/", "__") / "adapter"
         model = load_model(cfg.model, adapter=str(adapter), dtype=cfg.dtype)
-        models.score(model, spec.items(EVAL_SEED)).save(folder / "scores.npz")
+        models.score(model, spec, EVAL_SEED).save(folder / "scores.npz")
     return run
 
 
@@ -355,7 +379,8 @@ def describe_plan(cfg: ReproduceConfig) -> str:
     """The plan as text: steps, items and estimated forward passes (nothing is loaded)."""
     steps = plan(cfg)
     lines = [f"reproduce {cfg.name}: model {cfg.model}, {cfg.scoring} scoring, prompt "
-             f"{cfg.prompt}, methods {', '.join(cfg.methods)}, seeds {cfg.seeds}"]
+             f"{cfg.prompt}{f', {cfg.num_fewshot}-shot' if cfg.num_fewshot else ''}, methods "
+             f"{', '.join(cfg.methods)}, seeds {cfg.seeds}"]
     for spec, role in [(cfg.train, "train"), (cfg.in_domain, "in-domain"),
                        *[(s, "out-of-domain") for s in cfg.out_of_domain]]:
         n = _count(spec, EVAL_SEED)

@@ -18,6 +18,7 @@ import torch
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import load_dataset, sample_items
+from ..data.fewshot import Fewshot, group_of
 from ..data.items import MCQItem
 from ..errors import ConfigError
 from ..integrity import atomic_write_json
@@ -27,6 +28,7 @@ from ..training.distributed import check_engine, sharding_engine
 from ..training.faults import check_resumable, fingerprint
 from ..training.finetune import config_scorer, save_adapter, train
 from .config import TrainRunConfig
+from .fewshot import fewshot_meta, run_fewshot, write_fewshot
 from .run_folder import write_run
 
 log = logging.getLogger(__name__)
@@ -41,26 +43,40 @@ class TrainResult:
     estep_seconds: float
 
 
-def load_train_eval_items(cfg: TrainRunConfig) -> tuple[list[MCQItem], list[MCQItem]]:
-    train = sample_items(load_dataset(cfg.data, cfg.split).items, cfg.train_limit, cfg.seed)
+def load_train_eval_items(cfg: TrainRunConfig
+                          ) -> tuple[list[MCQItem], list[MCQItem], Fewshot | None]:
+    """Training and held-out items, and the exemplars of --num-fewshot: drawn per group from
+    the items that neither sample holds (or from --fewshot-data), a held-out group's from the
+    held-out data only, so they are those `calibtune eval` draws on the same items and seed."""
+    train_all = load_dataset(cfg.data, cfg.split).items
+    train = sample_items(train_all, cfg.train_limit, cfg.seed)
     eval_seed = getattr(cfg, "eval_seed", None)
     eval_seed = cfg.seed if eval_seed is None else eval_seed
-    evaluation = sample_items(load_dataset(cfg.eval_data or cfg.data, cfg.eval_split).items,
-                              cfg.eval_limit, eval_seed)
+    eval_all = load_dataset(cfg.eval_data or cfg.data, cfg.eval_split).items
+    evaluation = sample_items(eval_all, cfg.eval_limit, eval_seed)
     overlap = {it.id for it in train} & {it.id for it in evaluation}
     if overlap and (cfg.eval_data or cfg.data) == cfg.data:
         raise ConfigError(f"{len(overlap)} evaluation items are also training items (e.g. "
                           f"{sorted(overlap)[0]}); choose disjoint --split and --eval-split")
-    return train, evaluation
+    k = getattr(cfg, "num_fewshot", 0)
+    seed = cfg.seed if getattr(cfg, "fewshot_seed", None) is None else cfg.fewshot_seed
+    # a held-out group draws from the held-out data alone: the same exemplars as an eval run
+    held_out = {group_of(it) for it in evaluation}
+    pool = eval_all + [it for it in train_all if group_of(it) not in held_out]
+    fewshot = run_fewshot(k, seed, train + evaluation, pool, "the held-out and training data",
+                          getattr(cfg, "fewshot_data", None))
+    return train, evaluation, fewshot
 
 
 def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainRunConfig,
-                   out: Path, title: str, write: bool = True) -> dict | None:
+                   out: Path, title: str, write: bool = True, fewshot: Fewshot | None = None
+                   ) -> dict | None:
     """Score `items` (every rank, in step: a sharded model answers only when all ranks call
     it) and write the run folder from rank 0 (`write`)."""
-    scorer = config_scorer(cfg, model, tokenizer, progress=write)
+    scorer = config_scorer(cfg, model, tokenizer, progress=write, fewshot=fewshot)
     scores = scorer.score(items, {"model": cfg.model, "method": cfg.method, "prompt": cfg.prompt,
-                                  "scoring": cfg.scoring, "cloze_norm": cfg.cloze_norm})
+                                  "scoring": cfg.scoring, "cloze_norm": cfg.cloze_norm,
+                                  **fewshot_meta(fewshot)})
     if not write:
         return None
     return write_run(out, scores, title=title, context={"model": cfg.model, "method": cfg.method},
@@ -83,7 +99,7 @@ def run_training(cfg: TrainRunConfig, *, resume: bool = False, overwrite: bool =
 def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks: list | None
                 ) -> TrainResult:
     check_engine()
-    train_items, eval_items = load_train_eval_items(cfg)
+    train_items, eval_items, fewshot = load_train_eval_items(cfg)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.exists() else None
@@ -97,10 +113,11 @@ def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks:
     model = load_model(cfg.model, base_adapter=cfg.base_adapter, dtype=cfg.dtype, device=device,
                        load_in_4bit=cfg.load_in_4bit)
     folder.open()  # cleared first with --overwrite; config.yaml written
+    write_fewshot(out, fewshot)
     if not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
     outcome = train(model, train_items, cfg, eval_items=eval_items, output_dir=ckpt_dir,
-                    resume_from=last, callbacks=list(callbacks or []))
+                    resume_from=last, callbacks=list(callbacks or []), fewshot=fewshot)
     save_adapter(outcome.trainer, out / "adapter")
     main = outcome.trainer.is_world_process_zero()
     if main:
@@ -117,9 +134,10 @@ def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks:
     if cfg.eval_before and cfg.lora:
         with trained.disable_adapter():
             before = evaluate_items(trained, tokenizer, eval_items, cfg, out / "eval_before",
-                                    f"{cfg.model} before {cfg.method}", write=main)
+                                    f"{cfg.model} before {cfg.method}", write=main,
+                                    fewshot=fewshot)
     after = evaluate_items(trained, tokenizer, eval_items, cfg, out / "eval",
-                           f"{cfg.model} after {cfg.method}", write=main)
+                           f"{cfg.model} after {cfg.method}", write=main, fewshot=fewshot)
     if not main:
         return no_result
     summary = {"method": cfg.method, "train_items": len(train_items),
