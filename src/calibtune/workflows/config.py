@@ -15,6 +15,9 @@ from ..training.config import PROMPT_HELP, SCORING_HELP, SEED_HELP, TrainConfig
 MODEL_HELP = "Built-in name, model folder or .gguf file."
 OUT_HELP = "Output folder."
 BINS_HELP = "Number of confidence bins (default 10)."
+DEVICE_MAP_HELP = ("auto: place a model larger than one device over the GPUs and the CPU "
+                   "(accelerate's big-model placement) instead of --device.")
+MAX_MEMORY_HELP = "With --device-map: most memory per device, e.g. cpu=2GiB or 0=20GiB,cpu=60GiB."
 
 
 @dataclass
@@ -31,7 +34,10 @@ class EvalConfig:
     cloze_norm: str = option("none", "Cloze length normalisation: none | token | char.")
     adapter: str | None = option(None, "A PEFT adapter folder to apply.")
     dtype: str = option("float32", "float32 | bfloat16 | float16.")
-    device: str | None = option(None, "cpu, cuda, cuda:1 … (default: cuda if present).")
+    device: str | None = option(None, "cpu, cuda, cuda:1 … (default: cuda if present; under "
+                                      "accelerate launch, each process's own).")
+    device_map: str | None = option(None, DEVICE_MAP_HELP)
+    max_memory: str | None = option(None, MAX_MEMORY_HELP)
     batch_size: int = option(16, "Most items per forward pass.")
     max_batch_tokens: int | None = option(8192, "Most padded tokens per forward pass.")
     bins: int = option(10, BINS_HELP, flag="--n-bins", aliases=("--bins",))
