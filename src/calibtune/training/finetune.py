@@ -27,6 +27,7 @@ from .config import TrainConfig
 from .dataset import ExampleDataset, MCQCollator, MCQTrainDataset
 from .distributed import check_engine, sharding_engine
 from .estep import EStepCallback, RegulariserState, steps_per_epoch
+from .memory import return_freed_memory
 from .monitor import EpochEvalCallback
 from .trainer import CalibTrainer
 
@@ -128,6 +129,7 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
 
     cfg = config or TrainConfig()
     check_engine()
+    return_freed_memory()  # else glibc keeps the longest step's activations for the whole run
     inner, tokenizer, name = unpack_model(model)
     torch.manual_seed(cfg.seed)
     inner = prepare_model(inner, cfg)
