@@ -12,6 +12,7 @@ from transformers import Trainer
 
 from .config import TrainConfig
 from .estep import RegulariserState
+from .microbatch import split_batch
 from .objective import loss_terms, total_loss
 
 
@@ -22,10 +23,27 @@ class CalibTrainer(Trainer):
         self.reg_state = reg_state
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: scale for GA
         self._terms: dict[str, list[float]] = defaultdict(list)
+        self._shares = (1.0, 1.0)  # of the micro-batch in flight (`training_step`)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """One optimiser step's forward and backward; a batch over `max_step_tokens` padded
+        tokens runs as micro-batches whose gradients add up to its own (one process only: ranks
+        of a multi-process run must make the same number of forward calls)."""
+        budget = self.calib_config.max_step_tokens
+        if not budget or self.args.world_size > 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        total = None
+        for part in split_batch(inputs, budget, self.calib_config):
+            self._shares = (part.sft_share, part.ece_share)
+            loss = super().training_step(model, part.inputs, num_items_in_batch)
+            total = loss if total is None else total + loss
+        self._shares = (1.0, 1.0)
+        return total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         terms = loss_terms(model, inputs, self.calib_config)
-        loss, logged = total_loss(terms, inputs, self.calib_config, self.reg_state)
+        loss, logged = total_loss(terms, inputs, self.calib_config, self.reg_state,
+                                  self._shares)
         for name, value in logged.items():
             self._terms[name].append(value)
         return (loss, {"option_scores": terms.option_scores}) if return_outputs else loss
