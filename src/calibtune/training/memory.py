@@ -4,8 +4,8 @@ PyTorch's CPU tensors come from `malloc`. glibc serves a block above its mmap th
 own mapping, returned to the system on free, but it raises that threshold to the size of each
 such block freed (up to 32 MiB), so after the first step a training step's activations (a few
 MiB to a few tens of MiB each) come from its heaps, and the heaps keep them when they are freed:
-measured on `configs/cpu-demo.yaml`, 8.3 GB of 9.6 GB resident was free heap memory right after
-the first (longest) step, held for the rest of the run (docs/performance.md, Training memory).
+measured on `configs/cpu-demo.yaml`, 7.3 of the 8.5 GiB resident after the training steps was
+free heap memory, held for the rest of the run (docs/performance.md, Training memory).
 Fixing the threshold sends every block of `MMAP_THRESHOLD` bytes or more to its own mapping, so
 resident memory follows the memory in use. Other C libraries (musl, macOS) are left alone.
 """
