@@ -1,8 +1,8 @@
 """A training batch in micro-batches under a token budget, with the same gradient.
 
-A step's activation memory grows with its padded tokens: a batch of `configs/cpu-demo.yaml` of
-2,672 padded tokens (964 real: the rows of a length-grouped batch still vary) took the process to
-9.4 GiB (docs/performance.md, Training memory). `split_batch` cuts a collated batch into
+A step's activation memory grows with its padded tokens, and length-grouped batches still carry
+much padding (a batch of `configs/cpu-demo.yaml`: 2,672 padded tokens for 964 real ones;
+docs/performance.md, Training memory). `split_batch` cuts a collated batch into
 micro-batches of whole items, each at most `max_tokens` padded tokens once its padding is cut to
 its own longest row (at least one item), and gives each the share of the batch's loss terms it
 carries: the SFT term is a mean over items, or over label tokens (`--sft-loss full`,
