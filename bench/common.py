@@ -11,11 +11,12 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def run_child(code: str, *args: str, env: dict | None = None) -> dict:
-    """Run `python -c code args…`; return wall seconds, peak RSS (MB) and the JSON it prints last."""
+def run_child(code: str, *args: str, env: dict | None = None, quiet: bool = True) -> dict:
+    """Run `python -c code args…`; return wall seconds, peak RSS (MB) and the JSON it prints last
+    (its stderr is dropped, or passed through with `quiet=False`)."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True,
+                            stderr=subprocess.DEVNULL if quiet else None, text=True,
                             env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})))
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)

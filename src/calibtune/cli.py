@@ -240,6 +240,8 @@ def eval_cmd(cfg: EvalConfig, resume: bool, overwrite: bool = False,
     fields = field_map(given)
     result = run_eval(replace(cfg, fields=fields) if fields else cfg, resume=resume,
                       overwrite=overwrite)
+    if not result.metrics:  # another rank of `accelerate launch`: rank 0 reports
+        return
     print_summary(result.metrics, f"{cfg.model} on {cfg.data}", result.folder)
 
 

@@ -22,8 +22,10 @@ GOLDEN = Path(__file__).parent / "golden"
 NUMBER = re.compile(r"-?\d+\.\d+(e-?\d+)?")
 TOLERANCE = {"train/eval/scores.npz": 1e-3}  # after two optimiser steps
 FEWSHOT = ["fewshot_data: null\n", "fewshot_seed: null\n", "num_fewshot: 0\n"]  # issue 19
-ADDED = {"train/config.yaml": ["eval_seed: null\n", "base_adapter: null\n", *FEWSHOT],
-         "eval/config.yaml": ["base_adapter: null\n", *FEWSHOT],
+ADDED = {"train/config.yaml": ["eval_seed: null\n", "base_adapter: null\n",
+                               "max_step_tokens: null\n", *FEWSHOT],
+         "eval/config.yaml": ["base_adapter: null\n", "device_map: null\n", "max_memory: null\n",
+                              *FEWSHOT],
          "posthoc/config.yaml": ["num_fewshot: null\n"]}  # options added after the golden run
 
 

@@ -49,15 +49,20 @@ class Head:
 
     def __call__(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None
                  ) -> torch.Tensor:
-        """Logits of `hidden` [..., d] over the vocabulary, or over `token_ids` rows only."""
-        weight = self.module.weight if token_ids is None else self.module.weight[token_ids]
-        bias = getattr(self.module, "bias", None)
-        if bias is not None and token_ids is not None:
-            bias = bias[token_ids]
+        """Logits of `hidden` [..., d] over the vocabulary, or over `token_ids` rows only, on
+        `hidden`'s device (a model placed over several devices may hold its head elsewhere)."""
+        weight, bias = self.module.weight, getattr(self.module, "bias", None)
+        device = hidden.device
+        if weight.device != device:
+            hidden = hidden.to(weight.device)
+        if token_ids is not None:
+            token_ids = token_ids.to(weight.device)
+            weight = weight[token_ids]
+            bias = bias[token_ids] if bias is not None else None
         logits = torch.nn.functional.linear(hidden, weight, bias)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return logits.to(device)
 
 
 @dataclass
@@ -87,8 +92,8 @@ def through_forward(model: Any, compute: Callable[[torch.Tensor, Head], T], *,
     def on_decoder(module, args, out):
         captured["hidden"] = out.last_hidden_state
 
-    def on_head(module, args, out):
-        captured["value"] = compute(captured["hidden"], head)
+    def on_head(module, args, out):  # hidden states on the inputs' device, as the caller's masks
+        captured["value"] = compute(captured["hidden"].to(input_ids.device), head)
 
     hooks = [decoder.register_forward_hook(on_decoder),
              # prepend: before an engine's own post-forward hook frees the gathered weights

@@ -73,6 +73,10 @@ class TrainConfig:
     report_to: str = option("none", "none | tensorboard.")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward (less "
                                                  "memory).", hf="activation_checkpointing")
+    max_step_tokens: int | None = option(None, "Most padded tokens per forward call of a "
+                                         "training step: a longer batch runs as micro-batches "
+                                         "with the same gradient (less activation memory; one "
+                                         "process only). Default: the whole batch.")
     group_by_length: bool = option(True, "Batch items of similar length: far less padding.")
     epoch_eval_limit: int = option(100, "Held-out items scored at each epoch end (default 100; "
                                         "0: off).")
@@ -107,5 +111,7 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.n_bins < 1:
             raise ConfigError(f"--n-bins must be >= 1, got {self.n_bins}")
+        if self.max_step_tokens is not None and self.max_step_tokens < 1:
+            raise ConfigError(f"--max-step-tokens must be >= 1, got {self.max_step_tokens}")
         if self.estep_every_steps is not None and self.estep_every_steps < 1:
             raise ConfigError("--estep-every-steps must be >= 1")

@@ -30,6 +30,7 @@ from .dataset import ExampleDataset, MCQCollator, MCQTrainDataset
 from .distributed import check_engine, rank_and_world, sharding_engine
 from .estep import EStepCallback, RegulariserState, steps_per_epoch
 from .faults import check_resumable, fingerprint
+from .memory import return_freed_memory
 from .monitor import EpochEvalCallback
 from .trainer import CalibTrainer
 
@@ -138,6 +139,7 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
 
     cfg = config or TrainConfig()
     check_engine()
+    return_freed_memory()  # else glibc keeps the longest step's activations for the whole run
     identity = fingerprint(cfg, items)
     if resume_from:
         check_resumable(resume_from, identity)

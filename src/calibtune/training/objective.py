@@ -101,13 +101,16 @@ def loss_terms(model: Any, inputs: Inputs, cfg: TrainConfig) -> LossTerms:
 
 
 def total_loss(terms: LossTerms, inputs: Inputs, cfg: TrainConfig,
-               reg_state: "RegulariserState | None" = None) -> tuple[torch.Tensor, dict[str, float]]:
+               reg_state: "RegulariserState | None" = None,
+               shares: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, the terms to log): anchor + sft_weight · L_SFT + λ · L_ECE.
 
-    `reg_state` supplies the regulariser's targets from the last E-step (needed for rcft)."""
+    `reg_state` supplies the regulariser's targets from the last E-step (needed for rcft).
+    `shares` scale the two terms of a micro-batch (`microbatch.split_batch`) so that the
+    micro-batches' gradients add up to their batch's."""
     loss, logged = terms.anchor, {}
     if terms.sft is not None:
-        loss = loss + cfg.sft_weight * terms.sft
+        loss = loss + cfg.sft_weight * shares[0] * terms.sft
         logged["loss_sft"] = float(terms.sft.detach())
     if terms.option_scores is not None:
         if reg_state is None:
@@ -117,6 +120,6 @@ def total_loss(terms: LossTerms, inputs: Inputs, cfg: TrainConfig,
             terms.option_scores, inputs["option_mask"], inputs["item_index"], cfg.ece_targets,
             cfg.ece_reduction)
         reg = ece_regulariser(terms.option_scores, inputs["option_mask"], targets, weights)
-        loss = loss + cfg.ece_lambda * reg
+        loss = loss + cfg.ece_lambda * shares[1] * reg
         logged["loss_ece"] = float(reg.detach())
     return loss, logged

@@ -19,6 +19,7 @@ from .config import TrainConfig
 from .estep import RegulariserState
 from .faults import (all_finite, checkpoints, current_lr, fault_message, nonfinite_term,
                      seal_checkpoint)
+from .microbatch import split_batch
 from .objective import loss_terms, total_loss
 
 
@@ -33,10 +34,27 @@ class CalibTrainer(Trainer):
         self._terms: dict[str, list[float]] = defaultdict(list)
         self._fault: str | None = None  # the first non-finite term of the step in progress
         self.add_callback(FaultGuard(self))
+        self._shares = (1.0, 1.0)  # of the micro-batch in flight (`training_step`)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """One optimiser step's forward and backward; a batch over `max_step_tokens` padded
+        tokens runs as micro-batches whose gradients add up to its own (one process only: ranks
+        of a multi-process run must make the same number of forward calls)."""
+        budget = self.calib_config.max_step_tokens
+        if not budget or self.args.world_size > 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        total = None
+        for part in split_batch(inputs, budget, self.calib_config):
+            self._shares = (part.sft_share, part.ece_share)
+            loss = super().training_step(model, part.inputs, num_items_in_batch)
+            total = loss if total is None else total + loss
+        self._shares = (1.0, 1.0)
+        return total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         terms = loss_terms(model, inputs, self.calib_config)
-        loss, logged = total_loss(terms, inputs, self.calib_config, self.reg_state)
+        loss, logged = total_loss(terms, inputs, self.calib_config, self.reg_state,
+                                  self._shares)
         for name, value in logged.items():
             self._terms[name].append(value)
         if self._fault is None:  # raised before the optimiser step, on every rank alike

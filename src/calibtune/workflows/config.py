@@ -17,6 +17,9 @@ BASE_ADAPTER_HELP = ("A PEFT adapter merged into the model first (e.g. a `calibt
                      "run's OUT/adapter: the DPO'd model).")
 OUT_HELP = "Output folder."
 BINS_HELP = "Number of confidence bins (default 10)."
+DEVICE_MAP_HELP = ("auto: place a model larger than one device over the GPUs and the CPU "
+                   "(accelerate's big-model placement) instead of --device.")
+MAX_MEMORY_HELP = "With --device-map: most memory per device, e.g. cpu=2GiB or 0=20GiB,cpu=60GiB."
 FEWSHOT_HELP = ("Exemplars before each question (default 0), drawn per subject from items "
                 "that are not scored.")
 FEWSHOT_SEED_HELP = "Seed of the exemplar draw (default: --seed)."
@@ -47,7 +50,10 @@ class EvalConfig:
     adapter: str | None = option(None, "A PEFT adapter folder to apply.")
     base_adapter: str | None = option(None, BASE_ADAPTER_HELP)
     dtype: str = option("float32", "float32 | bfloat16 | float16.")
-    device: str | None = option(None, "cpu, cuda, cuda:1 … (default: cuda if present).")
+    device: str | None = option(None, "cpu, cuda, cuda:1 … (default: cuda if present; under "
+                                      "accelerate launch, each process's own).")
+    device_map: str | None = option(None, DEVICE_MAP_HELP)
+    max_memory: str | None = option(None, MAX_MEMORY_HELP)
     batch_size: int = option(16, "Most items per forward pass.")
     max_batch_tokens: int | None = option(8192, "Most padded tokens per forward pass.")
     bins: int = option(10, BINS_HELP, flag="--n-bins", aliases=("--bins",))

@@ -14,11 +14,12 @@ import numpy as np
 from ..data import FieldMap, load_dataset, sample_items
 from ..data.fewshot import Fewshot
 from ..data.items import MCQItem
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..integrity import atomic_write, atomic_write_text
 from ..models import load_model
 from ..run_guard import RunFolder
 from ..scoring import collect_logits, make_scorer, scores_from
+from ..scoring.parallel import Processes, launched_processes
 from .config import EvalConfig
 from .fewshot import fewshot_meta, run_fewshot, write_fewshot
 from .run_folder import RunOutputs, write_run
@@ -53,9 +54,44 @@ def _fingerprint(cfg: EvalConfig, items: list[MCQItem], fewshot: Fewshot | None 
 
 
 def score_resumable(scorer: Any, items: list[MCQItem], encoded: list,
-                    partial: Path, fingerprint: str, chunk_size: int, resume: bool) -> np.ndarray:
-    """Option logits of all items, saving each finished chunk so a killed run can go on."""
+                    partial: Path, fingerprint: str, chunk_size: int, resume: bool,
+                    processes: Processes = Processes()) -> np.ndarray | None:
+    """Option logits of all items, saving each finished chunk so a killed run can go on.
+
+    Under `accelerate launch` the chunks still to score are dealt round-robin over the
+    processes, one chunk each per round; every round's scores are gathered on rank 0, which
+    alone writes the chunk files (so a resumed run, on any number of processes, reuses them)
+    and returns the logits. The other ranks return None.
+    """
     k_max = max(it.n_options for it in items)
+    bounds = [(start, min(len(items), start + chunk_size))
+              for start in range(0, len(items), chunk_size)]
+    logits = np.zeros((len(items), k_max))
+    todo = list(range(len(bounds)))
+    if processes.is_main:
+        todo = _reusable_chunks(partial, fingerprint, resume, bounds, logits)
+    todo = processes.broadcast(todo)
+    for first in range(0, len(todo), processes.world):
+        turn = todo[first: first + processes.world]
+        mine = turn[processes.rank] if processes.rank < len(turn) else None
+        block = None
+        if mine is not None:
+            start, stop = bounds[mine]
+            block = np.zeros((stop - start, k_max))
+            scored = collect_logits(scorer, items[start:stop], encoded[start:stop])
+            block[:, : scored.shape[1]] = scored
+        for c, part in processes.gather((mine, block)):
+            if c is None or not processes.is_main:
+                continue
+            atomic_write(partial / f"chunk-{c:05d}.npy", lambda tmp: _save_array(tmp, part))
+            logits[slice(*bounds[c])] = part
+    return logits if processes.is_main else None
+
+
+def _reusable_chunks(partial: Path, fingerprint: str, resume: bool,
+                     bounds: list[tuple[int, int]], logits: np.ndarray) -> list[int]:
+    """Fill `logits` from the saved chunks of this run (with --resume); the chunks left to
+    score. A folder of another run's chunks is cleared."""
     stamp = partial / "fingerprint.txt"
     if partial.exists() and not (resume and stamp.exists() and stamp.read_text() == fingerprint):
         if resume:
@@ -63,22 +99,17 @@ def score_resumable(scorer: Any, items: list[MCQItem], encoded: list,
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, fingerprint)
-    logits = np.zeros((len(items), k_max))
-    for c, start in enumerate(range(0, len(items), chunk_size)):
+    todo = []
+    for c, (start, stop) in enumerate(bounds):
         chunk_file = partial / f"chunk-{c:05d}.npy"
-        stop = min(len(items), start + chunk_size)
         if chunk_file.exists():
             block = np.load(chunk_file, allow_pickle=False)
-            if block.shape == (stop - start, k_max):
+            if block.shape == (stop - start, logits.shape[1]):
                 logits[start:stop] = block
                 log.info("chunk %d: reusing saved scores", c)
                 continue
-        part = np.zeros((stop - start, k_max))
-        block = collect_logits(scorer, items[start:stop], encoded[start:stop])
-        part[:, : block.shape[1]] = block
-        atomic_write(chunk_file, lambda tmp: _save_array(tmp, part))
-        logits[start:stop] = part
-    return logits
+        todo.append(c)
+    return todo
 
 
 def _save_array(path: Path, array: np.ndarray) -> None:
@@ -104,20 +135,32 @@ def _drop_too_long(scorer: Any, items: list[MCQItem]
 def run_eval(cfg: EvalConfig, *, resume: bool = False, overwrite: bool = False,
              progress: bool = True) -> RunOutputs:
     """Score `cfg.data` with `cfg.model` and write the run folder `cfg.out` (a folder holding
-    another run is refused unless `overwrite`; `resume` reuses saved chunks, same settings)."""
+    another run is refused unless `overwrite`; `resume` reuses saved chunks, same settings).
+
+    Under `accelerate launch` every process scores a share of the items and rank 0 claims and
+    writes the run folder; the other ranks return `RunOutputs` with empty metrics."""
+    processes = launched_processes()
+    if not processes.is_main:
+        return _eval_into(None, cfg, resume, progress, processes)
     with RunFolder(cfg.out, asdict(cfg), command="eval", resume=resume, overwrite=overwrite,
                    ignore=RUN_ONLY) as folder:
-        return _eval_into(folder, cfg, resume, progress)
+        return _eval_into(folder, cfg, resume, progress, processes)
 
 
-def _eval_into(folder: RunFolder, cfg: EvalConfig, resume: bool, progress: bool) -> RunOutputs:
+def _eval_into(folder: RunFolder | None, cfg: EvalConfig, resume: bool, progress: bool,
+               processes: Processes) -> RunOutputs:
     items, rejected, fewshot = load_eval_items(cfg)  # bad data fails here, before any writing
+    if processes.world > 1 and cfg.device_map:
+        raise ConfigError("--device-map places one model over all the devices; it cannot be "
+                          "combined with accelerate launch's one model per process")
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, base_adapter=cfg.base_adapter,
-                                  dtype=cfg.dtype, device=cfg.device,
-                                  trust_remote_code=cfg.trust_remote_code)
+                                  dtype=cfg.dtype, device=cfg.device or processes.device,
+                                  trust_remote_code=cfg.trust_remote_code,
+                                  device_map=cfg.device_map, max_memory=cfg.max_memory)
+    main = processes.is_main
     scorer = make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt,
                          cloze_norm=cfg.cloze_norm, batch_size=cfg.batch_size,
-                         max_batch_tokens=cfg.max_batch_tokens, progress=progress,
+                         max_batch_tokens=cfg.max_batch_tokens, progress=progress and main,
                          fewshot=fewshot)
     try:  # letters and context lengths are checked before anything is written
         encoded = scorer.encode(items)
@@ -126,15 +169,18 @@ def _eval_into(folder: RunFolder, cfg: EvalConfig, resume: bool, progress: bool)
             raise
         items, encoded, too_long = _drop_too_long(scorer, items)
         rejected = rejected + too_long
-    out = folder.open()  # cleared first with --overwrite; config.yaml written
-    if rejected:
+    # rank 0 clears the folder first with --overwrite and writes config.yaml
+    out = folder.open() if folder is not None else Path(cfg.out)
+    if rejected and main:
         atomic_write_text(out / "rejected.jsonl", "".join(
             json.dumps({"file": e.file, "row": e.row, "field": e.field, "reason": e.reason}) + "\n"
             for e in rejected))
         log.warning("%d rows rejected; reasons in %s", len(rejected), out / "rejected.jsonl")
     partial = out / ".partial"
     logits = score_resumable(scorer, items, encoded, partial, _fingerprint(cfg, items, fewshot),
-                             cfg.chunk_size, resume)
+                             cfg.chunk_size, resume, processes)
+    if not main:
+        return RunOutputs(out, {})
     meta = {"model": cfg.model, "adapter": cfg.adapter, "prompt": cfg.prompt,
             "scoring": cfg.scoring, "cloze_norm": cfg.cloze_norm if cfg.scoring == "cloze" else None,
             "data": cfg.data, "split": cfg.split, "limit": cfg.limit, "seed": cfg.seed,
