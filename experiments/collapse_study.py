@@ -41,7 +41,7 @@ def calibtune(args: list[str], done: Path, folder: Path) -> None:
     if done.exists():
         print(f"kept  {folder}", flush=True)
         return
-    resume = ["--resume"] if folder.exists() and "eval" not in args[:1] else []
+    resume = ["--resume"] if folder.exists() else []
     cmd = ["calibtune", *args, "--out", str(folder), *resume]
     print("run   " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)

@@ -215,7 +215,8 @@ def eval_cmd(cfg: EvalConfig, resume: bool, overwrite: bool = False,
         from .workflows.align import PreferenceEvalConfig, run_preference_eval
 
         result = run_preference_eval(PreferenceEvalConfig(
-            model=cfg.model, preferences=preferences, adapter=cfg.adapter, prompt=cfg.prompt,
+            model=cfg.model, preferences=preferences, adapter=cfg.adapter,
+            base_adapter=cfg.base_adapter, prompt=cfg.prompt,
             limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
             skip_invalid=cfg.skip_invalid, dtype=cfg.dtype, device=cfg.device,
             trust_remote_code=cfg.trust_remote_code, out=cfg.out), resume=resume,

@@ -250,7 +250,7 @@ class RunFolder:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         try:
             if isinstance(exc, CalibtuneError) and self._fresh and self.path.is_dir() and \
-                    {p.name for p in self.path.iterdir()} <= {CONFIG}:
+                    {p.name for p in self.path.iterdir()} <= {CONFIG, "fewshot.json"}:
                 shutil.rmtree(self.path, ignore_errors=True)  # a failed run leaves nothing
         finally:
             if self.claim:

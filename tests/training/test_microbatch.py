@@ -94,3 +94,19 @@ def test_freed_memory_goes_back_to_the_system_under_glibc():
     import platform
 
     assert return_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_a_split_steps_logged_terms_are_the_batchs_own():
+    """Each micro-batch logs its own mean; the step logs their share-weighted sum, once."""
+    from collections import defaultdict
+
+    from calibtune.training.trainer import CalibTrainer
+
+    trainer = CalibTrainer.__new__(CalibTrainer)
+    trainer._terms = defaultdict(list, {"loss_sft": [9.0], "loss_ece": [8.0]})
+    marks = {"loss_sft": 1, "loss_ece": 1}
+    trainer._terms["loss_sft"] += [2.0, 4.0]  # two micro-batches of 1/4 and 3/4 of the tokens
+    trainer._terms["loss_ece"] += [0.2, 0.6]  # ... of 1/2 and 1/2 of the items
+    trainer._fold_micro_batch_terms(marks, [(0.25, 0.5), (0.75, 0.5)])
+    assert trainer._terms["loss_sft"] == [9.0, 0.25 * 2.0 + 0.75 * 4.0]
+    assert trainer._terms["loss_ece"] == [8.0, pytest.approx(0.4)]

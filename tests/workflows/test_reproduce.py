@@ -138,3 +138,19 @@ def test_bad_configs_are_refused_with_one_line(setup, tmp_path, change, match):
     path.write_text(yaml.safe_dump(dict(config, **change)))
     with pytest.raises(ConfigError, match=match):
         load_reproduce_config(path)
+
+
+def test_options_added_later_leave_zero_shot_training_keys_unchanged():
+    """Steps cached by an earlier version stay cached: a zero-shot training step's key holds
+    none of the options added since (few-shot, base adapter), and never max_step_tokens."""
+    from dataclasses import replace
+
+    from calibtune.workflows.config import TrainRunConfig
+    from calibtune.workflows.reproduce import _train_key
+
+    later = {"num_fewshot", "fewshot_seed", "fewshot_data", "base_adapter", "max_step_tokens"}
+    cfg = TrainRunConfig()
+    assert not later & set(_train_key(cfg))
+    assert _train_key(replace(cfg, max_step_tokens=512)) == _train_key(cfg)
+    assert _train_key(replace(cfg, base_adapter="a"))["base_adapter"] == "a"
+    assert _train_key(replace(cfg, num_fewshot=2))["num_fewshot"] == 2

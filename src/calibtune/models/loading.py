@@ -124,6 +124,10 @@ def load_model(spec: str, *, adapter: str | None = None, base_adapter: str | Non
     if device_map and "disk" in set(getattr(model, "hf_device_map", {}).values()):
         raise ModelError(f"--device-map {device_map} with --max-memory {max_memory} leaves no "
                          "room for some layers (they would go to disk); raise --max-memory")
+    if device_map and head_offloaded(getattr(model, "hf_device_map", {}), _head_name(model)):
+        raise ModelError(f"--device-map {device_map} with --max-memory {max_memory} puts the "
+                         "output head off the GPUs (offloaded to the CPU), where calibtune cannot "
+                         "read it; give the GPUs more room in --max-memory")
     if base_adapter:
         model = _attach_adapter(model, base_adapter).merge_and_unload()
     if adapter:
@@ -132,6 +136,22 @@ def load_model(spec: str, *, adapter: str | None = None, base_adapter: str | Non
         model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, spec, adapter)
+
+
+def head_offloaded(placement: dict, head: str) -> bool:
+    """Whether accelerate's `placement` (module name → device) offloads the output head `head`:
+    the head on "cpu"/"disk" while some module sits on a GPU. Offloaded weights are on `meta`
+    outside the module's own forward, and calibtune's head hook reads them outside it."""
+    gpu = any(isinstance(d, int) or str(d).startswith(("cuda", "xpu", "mps"))
+              for d in placement.values())
+    owners = [k for k in placement if k == "" or head == k or head.startswith(k + ".")]
+    where = placement[max(owners, key=len)] if owners else None
+    return gpu and where in ("cpu", "disk")
+
+
+def _head_name(model: Any) -> str:
+    head = model.get_output_embeddings()
+    return next((name for name, module in model.named_modules() if module is head), "lm_head")
 
 
 def _attach_adapter(model: Any, adapter: str) -> Any:

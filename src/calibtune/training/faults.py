@@ -28,10 +28,17 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between a run and its resume: where and how often it logs and saves,
 # what the held-out monitor scores, and how the training items are named (their digest is
 # compared instead). Every other field changes what a checkpoint holds or how it continues.
-RESUME_FREE = frozenset({"out", "logging_steps", "save_steps", "report_to", "eval_data",
-                         "eval_split", "eval_limit", "eval_seed", "eval_before",
-                         "epoch_eval_limit", "epoch_train_limit", "data", "split",
-                         "train_limit"})
+EVAL_SAMPLE = frozenset({"eval_data", "eval_split", "eval_limit", "eval_seed"})
+RESUME_FREE = frozenset({"out", "logging_steps", "save_steps", "report_to", "eval_before",
+                         "epoch_eval_limit", "epoch_train_limit", "data", "split", "train_limit",
+                         "max_step_tokens", "gradient_checkpointing"}) | EVAL_SAMPLE
+
+
+def resume_free(fields: dict) -> frozenset:
+    """The fields a resumed run may change: those that only monitor, place or split the work
+    (the training items are compared by digest). With few-shot exemplars the held-out sample
+    also decides the exemplar pool of the training items, so it must stay."""
+    return RESUME_FREE - EVAL_SAMPLE if fields.get("num_fewshot") else RESUME_FREE
 TERM_NAMES = {"loss_sft": "the SFT term (loss_sft)", "loss_ece": "the ECE regulariser (loss_ece)"}
 
 
@@ -41,7 +48,8 @@ def fingerprint(config: Any, items: Sequence[Any]) -> dict:
     fields = asdict(config) if is_dataclass(config) else dict(config)
     digest = hashlib.sha256(json.dumps([[str(it.id), int(it.answer), len(it.options)]
                                         for it in items]).encode()).hexdigest()
-    kept = {k: v for k, v in fields.items() if k not in RESUME_FREE}
+    free = resume_free(fields)
+    kept = {k: v for k, v in fields.items() if k not in free}
     return json.loads(json.dumps(kept | {"train_items": f"{len(items)} items, sha256 {digest[:16]}"},
                                  default=str))
 

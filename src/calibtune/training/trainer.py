@@ -43,13 +43,26 @@ class CalibTrainer(Trainer):
         budget = self.calib_config.max_step_tokens
         if not budget or self.args.world_size > 1:
             return super().training_step(model, inputs, num_items_in_batch)
-        total = None
+        total, shares = None, []
+        marks = {name: len(values) for name, values in self._terms.items()}
         for part in split_batch(inputs, budget, self.calib_config):
             self._shares = (part.sft_share, part.ece_share)
+            shares.append(self._shares)
             loss = super().training_step(model, part.inputs, num_items_in_batch)
             total = loss if total is None else total + loss
         self._shares = (1.0, 1.0)
+        self._fold_micro_batch_terms(marks, shares)
         return total
+
+    def _fold_micro_batch_terms(self, marks: dict[str, int], shares: list[tuple[float, float]]
+                                ) -> None:
+        """The micro-batches' logged terms as the batch's own: their share-weighted sum."""
+        for name, values in self._terms.items():
+            new = values[marks.get(name, 0):]
+            if len(new) == len(shares) > 1 and name in ("loss_sft", "loss_ece"):
+                which = 0 if name == "loss_sft" else 1
+                del values[marks.get(name, 0):]
+                values.append(sum(share[which] * v for share, v in zip(shares, new)))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         terms = loss_terms(model, inputs, self.calib_config)

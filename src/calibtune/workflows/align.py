@@ -211,6 +211,7 @@ class PreferenceEvalConfig:
     model: str = "smollm2-135m-instruct"
     preferences: str = HHH
     adapter: str | None = None
+    base_adapter: str | None = None  # merged first: the reference is then the merged model
     prompt: str = "plain"
     limit: int | None = None
     seed: int = 0

@@ -26,7 +26,7 @@ from .run_folder import RunOutputs, write_run
 
 log = logging.getLogger(__name__)
 # Settings that do not change an eval's results: --resume may change them.
-RUN_ONLY = ("out", "device", "batch_size", "max_batch_tokens")
+RUN_ONLY = ("out", "device", "batch_size", "max_batch_tokens", "device_map", "max_memory")
 
 
 def load_eval_items(cfg: EvalConfig) -> tuple[list[MCQItem], list, Fewshot | None]:

@@ -191,12 +191,15 @@ def _train_config(cfg: ReproduceConfig, method: str, seed: int, out: Path):
 
 
 def _train_key(tcfg: Any) -> dict:
-    """What a training step depends on; zero-shot keys leave out the few-shot fields, so the
-    steps of earlier runs stay cached."""
-    key = {k: v for k, v in asdict(tcfg).items() if k != "out"}
+    """What a training step depends on. Options added later are left out at their defaults
+    (few-shot at k = 0, no base adapter), so the steps of earlier runs stay cached;
+    `max_step_tokens` never enters (micro-batches give the batch's own gradient)."""
+    key = {k: v for k, v in asdict(tcfg).items() if k not in ("out", "max_step_tokens")}
     if not tcfg.num_fewshot:
         for name in ("num_fewshot", "fewshot_seed", "fewshot_data"):
             key.pop(name)
+    if tcfg.base_adapter is None:
+        key.pop("base_adapter")
     return key
 
 

@@ -25,7 +25,7 @@ from ..integrity import atomic_write_json
 from ..models import load_model
 from ..run_guard import RunFolder
 from ..training.distributed import check_engine, sharding_engine
-from ..training.faults import check_resumable, fingerprint
+from ..training.faults import check_resumable, fingerprint, resume_free
 from ..training.finetune import config_scorer, save_adapter, train
 from .config import TrainRunConfig
 from .fewshot import fewshot_meta, run_fewshot, write_fewshot
@@ -91,8 +91,9 @@ def run_training(cfg: TrainRunConfig, *, resume: bool = False, overwrite: bool =
     checkpoint of a run with the same settings. `claim=False`: the caller (reproduce) owns the
     folder, so no lock and no check; nor on ranks other than 0 of a multi-process run."""
     claim = claim and os.environ.get("RANK", "0") == "0"
-    with RunFolder(cfg.out, asdict(cfg), command="train", resume=resume, overwrite=overwrite,
-                   claim=claim) as folder:
+    fields = asdict(cfg)
+    with RunFolder(cfg.out, fields, command="train", resume=resume, overwrite=overwrite,
+                   claim=claim, ignore=tuple(resume_free(fields))) as folder:
         return _train_into(folder, cfg, resume, callbacks)
 
 
@@ -112,10 +113,14 @@ def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks:
     device = "cuda" if cfg.load_in_4bit and torch.cuda.is_available() else "cpu"
     model = load_model(cfg.model, base_adapter=cfg.base_adapter, dtype=cfg.dtype, device=device,
                        load_in_4bit=cfg.load_in_4bit)
-    folder.open()  # cleared first with --overwrite; config.yaml written
-    write_fewshot(out, fewshot)
-    if not resume and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
+    if fewshot is not None:  # a few-shot prompt past the context fails now, not after training
+        net, tokenizer = model
+        config_scorer(cfg, net, tokenizer, fewshot=fewshot).encode(train_items + eval_items)
+    if os.environ.get("RANK", "0") == "0":  # rank 0 alone writes, after its claim passed
+        folder.open()  # cleared first with --overwrite; config.yaml written
+        write_fewshot(out, fewshot)
+        if not resume and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old one's checkpoints
     outcome = train(model, train_items, cfg, eval_items=eval_items, output_dir=ckpt_dir,
                     resume_from=last, callbacks=list(callbacks or []), fewshot=fewshot)
     save_adapter(outcome.trainer, out / "adapter")
