@@ -4,6 +4,7 @@ Each test drives `calibtune train` on the tiny model and fails when its protecti
 the run stops with one line, no checkpoint holds non-finite weights, a refused resume leaves the
 run folder byte for byte as it was, and a failed save leaves the previous checkpoint resumable.
 """
+from dataclasses import asdict, replace
 import errno
 import json
 import re
@@ -256,3 +257,19 @@ def test_a_failed_adapter_save_says_so_in_one_line(tiny_llama, data, tmp_path, m
     assert f"saving {run / 'adapter'} failed" in text and "No space left on device" in text
     assert not (run / ".adapter.tmp").exists() and not (run / "adapter").exists()
     assert finite_checkpoints(run) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_what_a_resume_may_change_keeps_the_held_out_sample_under_few_shot():
+    """Monitoring and placement may change on --resume; with few-shot exemplars the held-out
+    sample decides the training items' exemplar pool, so it may not."""
+    from calibtune.training.faults import fingerprint, resume_free
+    from calibtune.workflows.config import TrainRunConfig
+
+    zero, few = asdict(TrainRunConfig()), asdict(TrainRunConfig(num_fewshot=2))
+    assert {"eval_limit", "logging_steps", "max_step_tokens"} <= resume_free(zero)
+    assert "eval_limit" not in resume_free(few) and "logging_steps" in resume_free(few)
+    items = make_items(4)
+    a, b = TrainRunConfig(eval_limit=10), TrainRunConfig(eval_limit=20)
+    assert fingerprint(a, items) == fingerprint(b, items)
+    assert fingerprint(replace(a, num_fewshot=2), items) != fingerprint(replace(b, num_fewshot=2),
+                                                                        items)
