@@ -76,10 +76,12 @@ def launch_config(engine: str, folder: Path) -> Path:
 def run_worker(model, data, out, scoring, engine, port):
     """`accelerate launch` with the repo's sample config of `engine`, on 2 CPU processes."""
     out.mkdir(parents=True)
+    launch = out.with_name(out.name + "-launch")  # beside the run folder: calibtune refuses
+    launch.mkdir()                                 # to write into a folder holding other files
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=WORKER_PATH,
                DS_ACCELERATOR="cpu")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(launch_config(engine, out)), "--num_processes", "2",
+           str(launch_config(engine, launch)), "--num_processes", "2",
            "--main_process_port", str(port), "--mixed_precision", "no",
            str(HERE / "engine_worker.py"), str(model), str(data), str(out), scoring]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
