@@ -37,9 +37,10 @@ $(VENV)/.deepspeed: $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 	touch $@
 
+# --overwrite: `make demo` again replaces the previous demo run (any other folder is refused).
 demo: install-demo
 	$(VENV)/bin/calibtune eval --model smollm2-135m-instruct --data mmlu --split test \
-		--limit 500 --out runs/demo
+		--limit 500 --out runs/demo --overwrite
 
 # Everything: lint, the real-model tests and the multi-process engine tests.
 test: install $(VENV)/.deepspeed $(VENV)/.chromium
