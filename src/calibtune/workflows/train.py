@@ -83,6 +83,12 @@ def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainR
                      n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
 
 
+def _launcher_rank0() -> bool:
+    """Rank 0 of a launched run (or a single process), from the launcher's RANK: known before
+    the process group exists, which `rank_and_world` needs."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_training(cfg: TrainRunConfig, *, resume: bool = False, overwrite: bool = False,
                  callbacks: list | None = None, claim: bool = True) -> TrainResult:
     """Train, save the adapter to OUT/adapter, and evaluate before/after on the held-out items.
@@ -90,7 +96,7 @@ def run_training(cfg: TrainRunConfig, *, resume: bool = False, overwrite: bool =
     A folder holding another run is refused unless `overwrite`; `resume` continues from the last
     checkpoint of a run with the same settings. `claim=False`: the caller (reproduce) owns the
     folder, so no lock and no check; nor on ranks other than 0 of a multi-process run."""
-    claim = claim and os.environ.get("RANK", "0") == "0"
+    claim = claim and _launcher_rank0()
     fields = asdict(cfg)
     with RunFolder(cfg.out, fields, command="train", resume=resume, overwrite=overwrite,
                    claim=claim, ignore=tuple(resume_free(fields))) as folder:
@@ -116,7 +122,7 @@ def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks:
     if fewshot is not None:  # a few-shot prompt past the context fails now, not after training
         net, tokenizer = model
         config_scorer(cfg, net, tokenizer, fewshot=fewshot).encode(train_items + eval_items)
-    if os.environ.get("RANK", "0") == "0":  # rank 0 alone writes, after its claim passed
+    if _launcher_rank0():  # rank 0 alone writes, after its claim passed
         folder.open()  # cleared first with --overwrite; config.yaml written
         write_fewshot(out, fewshot)
         if not resume and ckpt_dir.exists():
