@@ -28,7 +28,8 @@ estep_module.RegulariserState.update = recording_update
 cfg = TrainRunConfig(model=model, data=f"{data}/train.jsonl", split=None,
                   eval_data=f"{data}/eval.jsonl", eval_split=None, eval_limit=None,
                   method="rcft", max_steps=4, estep_every_steps=2, batch_size=2, lora_r=4,
-                  lora_alpha=8, learning_rate=5e-3, save_steps=100, eval_before=False, out=out)
+                  lora_alpha=8, learning_rate=5e-3, save_steps=100, eval_before=False, out=out,
+                  max_step_tokens=40)  # ignored on 2 processes, with one warning
 run_training(cfg)
 with open(f"{out}/estep_rank{rank}.json", "w") as f:
     json.dump({"world": int(os.environ.get("WORLD_SIZE", "1")), "record": record}, f)

@@ -48,6 +48,8 @@ def test_two_cpu_processes_share_estep_statistics(tmp_path, tiny_llama):
     assert r0 == r1  # every rank holds the same bins, accuracies and targets
     assert sum(r0[0]["counts"]) == 16  # the gathered E-step covers the whole training set
     assert (out / "adapter" / "adapter_config.json").exists()
+    # micro-batches are one process's: said once (rank 0), not silently dropped
+    assert proc.stderr.count("--max-step-tokens 40 is ignored on 2 processes") == 1
 
 
 def launch_config(engine: str, folder: Path) -> Path:

@@ -29,7 +29,7 @@ def eval_args(model, data, out, *extra):
     return ["eval", "--model", str(model), "--data", str(data), "--out", str(out), *ARGS, *extra]
 
 
-def launch_eval(args, port):
+def launch_eval(args, port, ok=True):
     """`accelerate launch --num_processes 2 -m calibtune.cli eval …` on CPU processes."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -37,7 +37,7 @@ def launch_eval(args, port):
            "--main_process_port", str(port), "--mixed_precision", "no", "-m", "calibtune.cli",
            *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
     return proc
 
 
@@ -84,6 +84,20 @@ def test_two_processes_resume_the_saved_chunks(tiny_llama, data, tmp_path):
     keep = np.r_[0:7, 14:30]
     np.testing.assert_allclose(resumed.logits[keep], reference.logits[keep], rtol=0, atol=1e-5)
     assert not partial.exists()
+
+
+@pytest.mark.distributed
+def test_a_folder_refused_by_rank_0_stops_every_rank_with_its_reason(tiny_llama, data,
+                                                                     tmp_path):
+    """No rank loads the model or waits to be killed: each says why, nobody says 'resume'."""
+    out = tmp_path / "taken"
+    assert runner.invoke(app, eval_args(tiny_llama, data, out)).exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    proc = launch_eval(eval_args(tiny_llama, data, out), 29567, ok=False)
+    text = proc.stdout + proc.stderr
+    assert text.count("already holds") == 2 and "rank 0 refused; rank 1 stops too" in text
+    assert "interrupted" not in text and "to go on:" not in text
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # untouched
 
 
 def test_device_map_auto_scores_as_the_default_load(tiny_llama, data, tmp_path):

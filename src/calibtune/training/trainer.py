@@ -8,6 +8,7 @@ is whole (sealed, with the E-step state) or removed.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +23,15 @@ from .faults import (all_finite, checkpoints, current_lr, fault_message, nonfini
 from .microbatch import split_batch
 from .objective import loss_terms, total_loss
 
+logger = logging.getLogger(__name__)
+
+
+def ignored_step_tokens_message(budget: int, world_size: int) -> str:
+    """Micro-batches are one process's: ranks must make the same number of forward calls."""
+    return (f"--max-step-tokens {budget} is ignored on {world_size} processes: each step runs "
+            "its whole per-device batch (lower --batch-size or use --gradient-checkpointing "
+            "to bound memory)")
+
 
 class CalibTrainer(Trainer):
     def __init__(self, *args, calib_config: TrainConfig, reg_state: RegulariserState,
@@ -35,6 +45,10 @@ class CalibTrainer(Trainer):
         self._fault: str | None = None  # the first non-finite term of the step in progress
         self.add_callback(FaultGuard(self))
         self._shares = (1.0, 1.0)  # of the micro-batch in flight (`training_step`)
+        if calib_config.max_step_tokens and self.args.world_size > 1 \
+                and self.is_world_process_zero():
+            logger.warning(ignored_step_tokens_message(calib_config.max_step_tokens,
+                                                       self.args.world_size))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """One optimiser step's forward and backward; a batch over `max_step_tokens` padded

@@ -1,20 +1,21 @@
 """`calibtune eval`: load items and model, score in resumable chunks, write the run folder."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..data import FieldMap, load_dataset, sample_items
 from ..data.fewshot import Fewshot
 from ..data.items import MCQItem
-from ..errors import ConfigError, DataError
+from ..errors import CalibtuneError, ConfigError, DataError, RunFolderError
 from ..integrity import atomic_write, atomic_write_text
 from ..models import load_model
 from ..run_guard import RunFolder
@@ -140,11 +141,32 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, overwrite: bool = False,
     Under `accelerate launch` every process scores a share of the items and rank 0 claims and
     writes the run folder; the other ranks return `RunOutputs` with empty metrics."""
     processes = launched_processes()
-    if not processes.is_main:
-        return _eval_into(None, cfg, resume, progress, processes)
-    with RunFolder(cfg.out, asdict(cfg), command="eval", resume=resume, overwrite=overwrite,
-                   ignore=RUN_ONLY) as folder:
+    with _claimed_by_rank0(cfg, processes, resume, overwrite) as folder:
         return _eval_into(folder, cfg, resume, progress, processes)
+
+
+@contextlib.contextmanager
+def _claimed_by_rank0(cfg: EvalConfig, processes: Processes, resume: bool, overwrite: bool
+                      ) -> Iterator[RunFolder | None]:
+    """Rank 0 claims `--out` (it alone writes) and tells the other ranks whether it could, before
+    anyone loads the model: a refused folder stops every rank at once with rank 0's reason,
+    instead of leaving them to wait for rank 0 until the launcher kills them."""
+    if not processes.is_main:
+        refusal = processes.broadcast(None)
+        if refusal is not None:
+            raise RunFolderError(f"{refusal} (rank 0 refused; rank {processes.rank} stops too)")
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            folder = stack.enter_context(RunFolder(cfg.out, asdict(cfg), command="eval",
+                                                   resume=resume, overwrite=overwrite,
+                                                   ignore=RUN_ONLY))
+        except CalibtuneError as refusal:
+            processes.broadcast(str(refusal))
+            raise
+        processes.broadcast(None)
+        yield folder
 
 
 def _eval_into(folder: RunFolder | None, cfg: EvalConfig, resume: bool, progress: bool,
