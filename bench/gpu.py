@@ -3,7 +3,10 @@
 No download: the model is built from a Llama-3-8B-shaped config with random weights in bf16.
 Measures (1) scoring items/s and model FLOP utilisation at prompt length 256 for batches
 16–128 through calibtune's scorer path (decoder + K letter rows of the head), against a plain
-transformers forward with full logits; (2) LoRA steps of cft and rcft (one forward each).
+transformers forward with full logits; (2) 5-shot scoring: items of the same length after a
+shared exemplar prefix (`--prefix` tokens, computed once and its keys/values reused, as
+`--num-fewshot` does per subject) against the same whole prompts scored without the cache;
+(3) LoRA steps of cft and rcft (one forward each).
 Designed to finish in under 5 minutes on one H100/H200. Prints a table and writes JSON.
 Usage: python bench/gpu.py [--tiny]   (--tiny runs the same code on a small model, CPU or GPU)
 """
@@ -72,6 +75,35 @@ def time_it(fn, device, reps):
     return (time.perf_counter() - t) / reps
 
 
+def fewshot_case(model, cfg, device, args, n_mm) -> list[dict]:
+    """The letter scorer's own cached path (`LetterScorer._forward` with a `PrefixCache`; the
+    prefix is computed once per group, as in a run) against whole prompts without the cache."""
+    from calibtune.scoring.letter import LetterScorer
+    from calibtune.scoring.prefix import PrefixCache
+
+    scorer = LetterScorer(model, None)  # `_forward` reads the model only
+    letters = torch.tensor([32, 33, 34, 35])
+    gen = torch.Generator().manual_seed(0)
+    prefix_ids = torch.randint(0, cfg.vocab_size, (args.prefix,), generator=gen).tolist()
+    rows = []
+    with torch.inference_mode():
+        prefix = PrefixCache(model, prefix_ids, device)
+        for bs in map(int, args.fewshot_batches.split(",")):
+            seqs = torch.randint(0, cfg.vocab_size, (bs, args.seq), generator=gen).tolist()
+            whole_seqs = [prefix_ids + s for s in seqs]
+            cached = time_it(lambda: scorer._forward(seqs, 0, letters, device, prefix),
+                             device, args.reps)
+            whole = time_it(lambda: scorer._forward(whole_seqs, 0, letters, device),
+                            device, args.reps)
+            diff = np.abs(scorer._forward(seqs, 0, letters, device, prefix)
+                          - scorer._forward(whole_seqs, 0, letters, device)).max()
+            rows.append({"batch": bs, "prefix": args.prefix, "item_tokens": args.seq,
+                         "cached_items_per_s": bs / cached, "whole_items_per_s": bs / whole,
+                         "speedup": whole / cached, "max_abs_diff": float(diff),
+                         "cached_tflops_item_tokens": 2 * n_mm * bs * args.seq / cached / 1e12})
+    return rows
+
+
 def main() -> None:
     from calibtune.scoring.forward import answer_logits
 
@@ -80,6 +112,9 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batches", default="16,32,64,128")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--prefix", type=int, default=1024,
+                    help="exemplar prefix tokens of the 5-shot case (5 × ≈200)")
+    ap.add_argument("--fewshot-batches", default="16,32")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg = build_model(args.tiny, device)
@@ -98,6 +133,8 @@ def main() -> None:
         flops = 2 * n_mm * bs * args.seq  # forward, matmul FLOPs (attention scores excluded)
         rows.append({"batch": bs, "items_per_s": bs / ours, "plain_items_per_s": bs / plain,
                      "tflops": flops / ours / 1e12, "mfu": flops / ours / 1e12 / ceiling})
+
+    fewshot = fewshot_case(model, cfg, device, args, n_mm)
 
     train = {}
     from peft import LoraConfig, get_peft_model
@@ -135,10 +172,13 @@ def main() -> None:
               "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "model": "tiny" if args.tiny else "Llama-3-8B-shaped, random bf16",
               "matmul_params": n_mm, "bf16_matmul_tflops": ceiling, "seq": args.seq,
-              "scoring": rows, "lora_steps": train,
+              "scoring": rows, "fewshot": fewshot, "lora_steps": train,
               "rcft_over_cft": train["rcft"]["step_s"] / train["cft"]["step_s"]}
     print(table([[r["batch"], r["items_per_s"], r["plain_items_per_s"], r["tflops"], r["mfu"]]
                  for r in rows], ["batch", "items/s", "plain fwd items/s", "TFLOP/s", "MFU"]))
+    print(table([[r["batch"], r["prefix"], r["cached_items_per_s"], r["whole_items_per_s"],
+                  r["speedup"], r["max_abs_diff"]] for r in fewshot],
+                ["batch", "prefix", "cached items/s", "whole items/s", "speedup", "max |Δ|"]))
     print(table([[m, t["step_s"], t["tokens_per_s"], t["mfu_6N"]] for m, t in train.items()],
                 ["method", "s/step", "tokens/s", "MFU (6N)"]))
     print("wrote", save("gpu_tiny" if args.tiny else "gpu", result))
