@@ -114,3 +114,15 @@ def test_frozen_targets_are_each_items_own(model_tok, letter_batch):
         loss, _ = total_loss(terms, batch, cfg, state)
     np.testing.assert_allclose(targets.numpy(), result.targets, atol=1e-6)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("method", ["cft", "label_smoothing"])
+def test_a_completion_method_with_the_full_sequence_loss_is_refused(method):
+    """Its completion term would be replaced by the full-sequence loss: the run would be SFT
+    under another name (a CFT run configured so trained identically to SFT)."""
+    with pytest.raises(ConfigError, match=f"--method {method} is a completion-only loss"):
+        TrainConfig(method=method, sft_loss="full")
+    assert TrainConfig(method=method).sft_loss == "completion"
+    assert TrainConfig(method="rcft", sft_loss="full").sft_loss == "full"  # RCFT takes either
+    with pytest.raises(ConfigError, match="--method sft is the full-sequence loss"):
+        TrainConfig(method="sft", sft_loss="completion")

@@ -100,6 +100,11 @@ class TrainConfig:
         if self.method == "sft" and self.sft_loss != "full":
             raise ConfigError("--method sft is the full-sequence loss; use --method cft for "
                               "the completion-only loss")
+        if self.method in ("cft", "label_smoothing") and self.sft_loss == "full":
+            # the full-sequence loss replaces the completion term these methods are made of
+            raise ConfigError(f"--method {self.method} is a completion-only loss; with "
+                              "--sft-loss full it would train exactly as --method sft (drop "
+                              "--sft-loss, or use --method sft or rcft)")
         for name, value, allowed in (("--sft-normalise", self.sft_normalise, SFT_NORMALISATIONS),
                                      ("--ece-targets", self.ece_targets, ECE_TARGETS),
                                      ("--ece-reduction", self.ece_reduction, ECE_REDUCTIONS)):
