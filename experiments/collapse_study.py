@@ -152,8 +152,9 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["gemma-3-270m", "smollm2-135m-instruct"])
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--betas", nargs="+", type=float, default=[0.01, 0.1, 1.0])
-    p.add_argument("--restore-beta", type=float, default=0.1,
-                   help="the DPO run that CFT/RCFT start from")
+    p.add_argument("--restore-beta", type=lambda v: None if v == "none" else float(v),
+                   default=0.1,
+                   help="the DPO run that CFT/RCFT start from (none: no CFT/RCFT stage)")
     p.add_argument("--train-limit", type=int, default=240)
     p.add_argument("--eval-limit", type=int, default=300)
     p.add_argument("--dpo-epochs", type=float, default=1.0)
