@@ -75,14 +75,13 @@ def time_it(fn, device, reps):
     return (time.perf_counter() - t) / reps
 
 
-def fewshot_case(model, cfg, device, args, n_mm) -> list[dict]:
+def fewshot_case(model, cfg, device, args, n_mm, letters) -> list[dict]:
     """The letter scorer's own cached path (`LetterScorer._forward` with a `PrefixCache`; the
     prefix is computed once per group, as in a run) against whole prompts without the cache."""
     from calibtune.scoring.letter import LetterScorer
     from calibtune.scoring.prefix import PrefixCache
 
     scorer = LetterScorer(model, None)  # `_forward` reads the model only
-    letters = torch.tensor([32, 33, 34, 35])
     gen = torch.Generator().manual_seed(0)
     prefix_ids = torch.randint(0, cfg.vocab_size, (args.prefix,), generator=gen).tolist()
     rows = []
@@ -134,7 +133,7 @@ def main() -> None:
         rows.append({"batch": bs, "items_per_s": bs / ours, "plain_items_per_s": bs / plain,
                      "tflops": flops / ours / 1e12, "mfu": flops / ours / 1e12 / ceiling})
 
-    fewshot = fewshot_case(model, cfg, device, args, n_mm)
+    fewshot = fewshot_case(model, cfg, device, args, n_mm, letters)
 
     train = {}
     from peft import LoraConfig, get_peft_model

@@ -103,9 +103,11 @@ def config_scorer(cfg: TrainConfig, model: Any, tokenizer: Any, progress: bool |
     all read options the way training does (after `fewshot`'s exemplars, when given). Sharded
     ranks batch by count only (no token budget, no per-group prefix batches), so equal shares
     of items cost every rank the same number of forward calls."""
-    budget = {"max_batch_tokens": None} if sharding_engine() else {}
-    if sharding_engine() and fewshot is not None:  # no per-group batches (cloze: nor sharing)
-        budget["share_prefix"] = False
+    budget: dict[str, Any] = {}
+    if sharding_engine():  # read once: with ZeRO it opens the DeepSpeed config file
+        budget["max_batch_tokens"] = None
+        if fewshot is not None:  # no per-group batches (cloze: nor sharing)
+            budget["share_prefix"] = False
     return make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt, cloze_norm=cfg.cloze_norm,
                        progress=progress, fewshot=fewshot, **budget)
 
