@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from calibtune.align.retention import RetentionReport
+
 SETTINGS = {
     "mmlu-letter": ["--data", "mmlu", "--split", "train", "--eval-split", "test",
                     "--scoring", "letter", "--prompt", "plain"],
@@ -48,7 +50,7 @@ def calibtune(args: list[str], done: Path, folder: Path) -> None:
 
 
 def stages(out: Path, model: str, setting: str, a: argparse.Namespace) -> None:
-    base = out / Path(model).name / setting
+    base = out / Path(model).name / (setting + (f"-seed{a.seed}" if a.seed else ""))
     data = SETTINGS[setting]
     sizes = ["--train-limit", str(a.train_limit), "--eval-limit", str(a.eval_limit),
              "--seed", str(a.seed)]
@@ -60,10 +62,14 @@ def stages(out: Path, model: str, setting: str, a: argparse.Namespace) -> None:
         start = ["--base-adapter", str(sft / "adapter")]
     split_train = ["--data", data[1], "--split", "train", "--limit", str(a.train_limit),
                    "--seed", str(a.seed), *data[6:]]
+    start_on_train = base / "start-train-items"
+    calibtune(["eval", "--model", model, *start, *split_train, "--n-boot", "1000"],
+              start_on_train / "metrics.json", start_on_train)
+    lr = ["--learning-rate", str(a.dpo_learning_rate)] if a.dpo_learning_rate else []
     for beta in a.betas:
         dpo = base / f"dpo-b{beta:g}"
         calibtune(["align", "--model", model, *start, *data, *sizes, *LORA, "--beta", str(beta),
-                   "--epochs", str(a.dpo_epochs)], dpo / "summary.json", dpo)
+                   "--epochs", str(a.dpo_epochs), *lr], dpo / "summary.json", dpo)
         on_train = base / f"dpo-b{beta:g}-train-items"
         calibtune(["eval", "--model", model, *start, "--adapter", str(dpo / "adapter"),
                    *split_train, "--n-boot", "1000"], on_train / "metrics.json", on_train)
@@ -78,6 +84,9 @@ def stages(out: Path, model: str, setting: str, a: argparse.Namespace) -> None:
         run = base / f"dpo-b{a.restore_beta:g}-{method}"
         calibtune(["train", *dpo_model, *data, *sizes, *LORA, "--method", method,
                    "--epochs", str(a.restore_epochs)], run / "summary.json", run)
+        kept = base / f"pairs-{method}"  # the DPO'd model's held-out pairs, reference = DPO'd
+        calibtune(["eval", *dpo_model, "--adapter", str(run / "adapter"), "--preferences",
+                   str(dpo / "heldout_pairs.jsonl")], kept / "preferences.json", kept)
         if a.skip_hhh:
             continue
         hhh = base / f"hhh-{method}"
@@ -93,6 +102,11 @@ def stages(out: Path, model: str, setting: str, a: argparse.Namespace) -> None:
 def ci(m: dict, key: str) -> str:
     c = m["ci"].get(key)
     return f"{m[key]:.3f}" if not c else f"{c['estimate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+
+
+def interval(d: dict, key: str, digits: int = 3) -> str:
+    c = d["ci"][key]
+    return f"{d[key]:.{digits}f} [{c['low']:.{digits}f}, {c['high']:.{digits}f}]"
 
 
 def metrics_row(folder: Path, label: str) -> dict | None:
@@ -114,23 +128,32 @@ def table(out: Path) -> list[dict]:
         tag = f"{base.parent.name} / {base.name}"
         first = next(iter(sorted(base.glob("dpo-b*/eval_before"))), None)
         if first:
-            rows.append({"setting": tag, **(metrics_row(first, "start (before DPO)") or {})})
+            row = {"setting": tag, **(metrics_row(first, "start (before DPO)") or {})}
+            ret = first.parent / "retention.json"
+            if ret.exists():
+                t = RetentionReport.from_dict(json.loads(ret.read_text())).to_dict(False)
+                row |= {"pref_acc": interval(t["preference_reference"], "accuracy"),
+                        "margin": interval(t["preference_reference"], "mean_margin", 2), "kl": 0}
+            rows.append(row)
+        start_rows = metrics_row(base / "start-train-items", "start-train-items")
+        if start_rows:
+            rows.append({"setting": tag, **start_rows})
         for run in sorted(base.glob("dpo-b*")):
             if (run / "eval").exists():
                 r = metrics_row(run / "eval", run.name) or {}
                 ret = run / "retention.json"
                 if ret.exists():
-                    t = json.loads(ret.read_text())
-                    r |= {"pref_acc": round(t["preference_tuned"]["accuracy"], 3),
-                          "margin": round(t["preference_tuned"]["mean_margin"], 3),
+                    t = RetentionReport.from_dict(json.loads(ret.read_text())).to_dict(False)
+                    r |= {"pref_acc": interval(t["preference_tuned"], "accuracy"),
+                          "margin": interval(t["preference_tuned"], "mean_margin", 2),
                           "kl": round(t["kl_reference_tuned"]["mean_kl"], 4)}
                 rows.append({"setting": tag, **r})
             elif run.name.endswith("-train-items"):
                 rows.append({"setting": tag, **(metrics_row(run, run.name) or {})})
-        for hhh in sorted(base.glob("hhh-*")):
+        for hhh in sorted([*base.glob("pairs-*"), *base.glob("hhh-*")]):
             p = hhh / "preferences.json"
             if p.exists():
-                t = json.loads(p.read_text())
+                t = RetentionReport.from_dict(json.loads(p.read_text())).to_dict(False)
                 rows.append({"setting": tag, "stage": hhh.name, "preferences": t})
     return rows
 
@@ -143,6 +166,22 @@ def markdown(rows: list[dict]) -> str:
         if "preferences" in r:
             continue
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    hhh = [r for r in rows if "preferences" in r]
+    if hhh:
+        lines += ["", "| setting | stage | pairs | pref. acc. reference | pref. acc. tuned "
+                  "| change (paired) | margin reference | margin tuned | change (paired) "
+                  "| mean KL(reference ‖ tuned) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in hhh:
+            t = r["preferences"]
+            ref, tuned, ch = (t["preference_reference"], t["preference_tuned"],
+                              t["change_tuned_minus_reference"])
+            change = {k: {"ci": {k: v}, k: v["estimate"]} for k, v in ch.items()}
+            lines.append(f"| {r['setting']} | {r['stage']} | {tuned['n']} "
+                         f"| {interval(ref, 'accuracy')} | {interval(tuned, 'accuracy')} "
+                         f"| {interval(change['accuracy'], 'accuracy')} "
+                         f"| {interval(ref, 'mean_margin', 2)} | {interval(tuned, 'mean_margin', 2)} "
+                         f"| {interval(change['mean_margin'], 'mean_margin', 2)} "
+                         f"| {t['kl_reference_tuned']['mean_kl']:.4f} |")
     return "\n".join(lines)
 
 
@@ -158,6 +197,8 @@ def main() -> None:
     p.add_argument("--train-limit", type=int, default=240)
     p.add_argument("--eval-limit", type=int, default=300)
     p.add_argument("--dpo-epochs", type=float, default=1.0)
+    p.add_argument("--dpo-learning-rate", type=float, default=None,
+                   help="DPO learning rate (default: align's, 5e-5)")
     p.add_argument("--restore-epochs", type=float, default=2.0)
     p.add_argument("--sft-first", action="store_true")
     p.add_argument("--sft-epochs", type=float, default=1.0)

@@ -6,7 +6,6 @@ fields into typer options, so the flags, their help and the YAML keys cannot dri
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import shlex
@@ -221,7 +220,10 @@ def eval_cmd(cfg: EvalConfig, resume: bool, overwrite: bool = False,
             skip_invalid=cfg.skip_invalid, dtype=cfg.dtype, device=cfg.device,
             trust_remote_code=cfg.trust_remote_code, out=cfg.out), resume=resume,
             overwrite=overwrite)
-        typer.echo(json.dumps(result.metrics, indent=2, default=str)[:4000])
+        from .workflows.align import describe_preferences
+
+        for text in describe_preferences(result.metrics):
+            typer.echo(text)
         typer.echo(f"wrote {result.folder}/preferences.json")
         return
 
@@ -345,7 +347,12 @@ def align_cmd(cfg, resume: bool, overwrite: bool) -> None:
     if result.metrics_after:
         print_summary(result.metrics_after, f"{cfg.model} after {cfg.loss}", result.out / "eval")
     if result.retention:
-        Console().print(f"retention: {result.retention}")
+        from .workflows.align import describe_preferences
+
+        Console().print("retention on held-out pairs (reference: the model before alignment):")
+        for text in describe_preferences(result.retention):
+            Console().print(f"  {text}", highlight=False)
+        Console().print(f"wrote {result.out}/retention.json")
 
 
 def _register_align() -> None:

@@ -223,6 +223,29 @@ def test_preference_eval_of_a_file_and_of_hhh(dpo_run, tiny_llama, tmp_path, mon
     assert saved["kl_reference_tuned"]["mean_kl"] == pytest.approx(
         retention["kl_reference_tuned"]["mean_kl"], abs=1e-6)
     assert res.metrics["rejected_rows"] == 0 and (out / "config.yaml").exists()
+    change = saved["change_tuned_minus_reference"]["accuracy"]
+    assert change["estimate"] == pytest.approx(saved["preference_tuned"]["accuracy"]
+                                               - saved["preference_reference"]["accuracy"])
+    assert change["low"] <= change["estimate"] <= change["high"]
+    from calibtune.align.retention import RetentionReport
+
+    assert RetentionReport.from_dict(saved).to_dict() == {  # reads back what it wrote
+        k: v for k, v in saved.items() if k not in ("source", "rejected_rows")}
+
+    # the CLI prints these as lines with their intervals, not the per-pair dump
+    from typer.testing import CliRunner
+
+    from calibtune.cli import app
+
+    cli = CliRunner().invoke(app, ["eval", "--model", str(tiny_llama), "--adapter",
+                                   str(dpo_run.out / "adapter"), "--preferences",
+                                   str(dpo_run.out / "heldout_pairs.jsonl"), "--out",
+                                   str(tmp_path / "pe-cli")])
+    assert cli.exit_code == 0, cli.output
+    acc = saved["preference_tuned"]["ci"]["accuracy"]
+    assert (f"tuned: preference accuracy {saved['preference_tuned']['accuracy']:.3f} "
+            f"[{acc['low']:.3f}, {acc['high']:.3f}]") in cli.output
+    assert "tuned - reference: accuracy" in cli.output and "chosen_logp" not in cli.output
 
     # hhh from an already extracted (here: synthetic) cache: no download
     cache = tmp_path / "cache"

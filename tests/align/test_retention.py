@@ -4,13 +4,16 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from calibtune.align.config import AlignConfig
 from calibtune.align.dpo import dpo_train, encode_pair
 from calibtune.align.pairs import PreferencePair, pairs_from_items
-from calibtune.align.retention import (kl_divergence, preference_accuracy, response_logprobs,
+from calibtune.align.retention import (KLResult, PreferenceAccuracy, RetentionReport,
+                                       kl_divergence, preference_accuracy, response_logprobs,
                                        retention_report)
+from calibtune.errors import DataError
 from calibtune.models import load_model
 
 from conftest import make_items
@@ -72,7 +75,44 @@ def test_preference_accuracy_matches_one_pair_at_a_time(batch_size, side, base, 
     assert 0 < got.accuracy < 1  # a random model: the check can tell the two apart
     d = got.to_dict()
     assert d["n"] == len(pairs) and len(d["pairs"]) == len(pairs)
-    assert set(got.to_dict(per_pair=False)) == {"n", "accuracy", "ties", "mean_margin"}
+    assert set(got.to_dict(per_pair=False)) == {"n", "accuracy", "ties", "mean_margin", "ci"}
+
+
+def _accuracy(margins):
+    return PreferenceAccuracy(len(margins), float(np.mean(margins > 0)), int(np.sum(margins == 0)),
+                              float(np.mean(margins)), [f"p{i}" for i in range(len(margins))],
+                              margins.tolist(), [0.0] * len(margins))
+
+
+def test_preference_intervals_agree_with_scipy_bootstrap():
+    rng = np.random.default_rng(3)
+    margins = rng.normal(0.3, 1.0, 300)
+    got = _accuracy(margins).intervals(n_boot=4000)
+    for key, stat in (("accuracy", lambda m: np.mean(m > 0)), ("mean_margin", np.mean)):
+        ref = scipy.stats.bootstrap((margins,), stat, n_resamples=4000, method="percentile",
+                                    random_state=1).confidence_interval
+        assert got[key]["estimate"] == pytest.approx(stat(margins))
+        assert got[key]["low"] == pytest.approx(ref.low, abs=0.02)
+        assert got[key]["high"] == pytest.approx(ref.high, abs=0.02)
+
+
+def test_change_is_paired_and_zero_for_the_same_model():
+    rng = np.random.default_rng(4)
+    ref = rng.normal(0.5, 1.0, 200)
+    tuned = ref + rng.normal(-0.2, 0.1, 200)  # a small, consistent loss on every pair
+    kl = KLResult(1, 0.0, 0.0)
+    same = RetentionReport(_accuracy(ref), _accuracy(ref), kl).change()
+    assert same["accuracy"]["low"] == same["accuracy"]["high"] == 0.0
+    got = RetentionReport(_accuracy(tuned), _accuracy(ref), kl).change(n_boot=4000)
+    want = scipy.stats.bootstrap((tuned, ref), lambda t, r: np.mean(t) - np.mean(r),
+                                 paired=True, vectorized=False, n_resamples=4000,
+                                 method="percentile", random_state=1).confidence_interval
+    assert got["mean_margin"]["estimate"] == pytest.approx(-0.2, abs=0.03)
+    assert got["mean_margin"]["low"] == pytest.approx(want.low, abs=0.005)
+    assert got["mean_margin"]["high"] == pytest.approx(want.high, abs=0.005)
+    assert got["mean_margin"]["high"] < 0  # paired: the loss shows despite the spread of margins
+    with pytest.raises(DataError, match="different pairs"):
+        RetentionReport(_accuracy(tuned[:10]), _accuracy(ref), kl).change()
 
 
 def test_multi_token_responses_sum_every_token(base):

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, ModelError
+from ..metrics.uncertainty import bootstrap_ci
 from .dpo import EncodedPair, encode_pair
 from .pairs import PreferencePair
 
@@ -44,9 +45,24 @@ class PreferenceAccuracy:
     def margins(self) -> np.ndarray:
         return np.asarray(self.chosen_logps) - np.asarray(self.rejected_logps)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> PreferenceAccuracy:
+        """Read back `to_dict()` (with its per-pair values) from a saved report."""
+        pairs = d.get("pairs", [])
+        return cls(d["n"], d["accuracy"], d["ties"], d["mean_margin"], [p["id"] for p in pairs],
+                   [p["chosen_logp"] for p in pairs], [p["rejected_logp"] for p in pairs])
+
+    def intervals(self, n_boot: int = 1000, seed: int = 0) -> dict:
+        """95% percentile-bootstrap intervals of accuracy and mean margin, resampling pairs."""
+        m = self.margins
+        return {"accuracy": bootstrap_ci(_wins, m, n_boot=n_boot, seed=seed).to_dict(),
+                "mean_margin": bootstrap_ci(np.mean, m, n_boot=n_boot, seed=seed).to_dict()}
+
     def to_dict(self, per_pair: bool = True) -> dict:
         out = {"n": self.n, "accuracy": self.accuracy, "ties": self.ties,
                "mean_margin": self.mean_margin}
+        if self.chosen_logps:
+            out["ci"] = self.intervals()
         if per_pair:
             out["pairs"] = [{"id": i, "chosen_logp": c, "rejected_logp": r}
                             for i, c, r in zip(self.ids, self.chosen_logps, self.rejected_logps)]
@@ -231,10 +247,44 @@ class RetentionReport:
     reference: PreferenceAccuracy
     kl: KLResult
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RetentionReport:
+        """Read back a saved retention.json / preferences.json (written with per-item values)."""
+        kl = d["kl_reference_tuned"]
+        prompts = kl.get("prompts", [])
+        return cls(PreferenceAccuracy.from_dict(d["preference_tuned"]),
+                   PreferenceAccuracy.from_dict(d["preference_reference"]),
+                   KLResult(kl["n"], kl["mean_kl"], kl["max_kl"], [p["id"] for p in prompts],
+                            [p["kl"] for p in prompts]))
+
+    def change(self, n_boot: int = 1000, seed: int = 0) -> dict:
+        """Tuned minus reference, accuracy and mean margin, with 95% paired-bootstrap intervals
+        (both models resampled on the same pairs): whether a fine-tune lost preferences beyond
+        the noise of this many pairs."""
+        if self.tuned.ids != self.reference.ids:
+            raise DataError("tuned and reference were scored on different pairs")
+        both = np.stack([self.tuned.margins, self.reference.margins], axis=1)
+        return {"accuracy": bootstrap_ci(_wins_change, both, n_boot=n_boot, seed=seed).to_dict(),
+                "mean_margin": bootstrap_ci(_mean_change, both, n_boot=n_boot,
+                                            seed=seed).to_dict()}
+
     def to_dict(self, per_item: bool = True) -> dict:
         return {"preference_tuned": self.tuned.to_dict(per_item),
                 "preference_reference": self.reference.to_dict(per_item),
+                "change_tuned_minus_reference": self.change(),
                 "kl_reference_tuned": self.kl.to_dict(per_item)}
+
+
+def _wins(margins: np.ndarray) -> float:
+    return float(np.mean(margins > 0))
+
+
+def _wins_change(both: np.ndarray) -> float:
+    return _wins(both[:, 0]) - _wins(both[:, 1])
+
+
+def _mean_change(both: np.ndarray) -> float:
+    return float(np.mean(both[:, 0] - both[:, 1]))
 
 
 def retention_report(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair], *,

@@ -197,10 +197,37 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
             "preference_accuracy_reference": retention["preference_reference"]["accuracy"],
             "mean_margin_tuned": retention["preference_tuned"]["mean_margin"],
             "mean_margin_reference": retention["preference_reference"]["mean_margin"],
-            "mean_kl_reference_tuned": retention["kl_reference_tuned"]["mean_kl"]}
+            "mean_kl_reference_tuned": retention["kl_reference_tuned"]["mean_kl"],
+            "preference_accuracy_change": retention["change_tuned_minus_reference"]["accuracy"]}
     atomic_write_json(out / "summary.json", summary)
     log.info("alignment summary: %s", json.dumps(summary))
     return AlignResult(out, before, after, retention, train_seconds, len(encoded), len(dropped))
+
+
+def describe_preferences(metrics: dict) -> list[str]:
+    """Readable lines for a preferences.json / retention.json: accuracy and margin with 95%
+    intervals, of the tuned and the reference model, their paired change, and the KL."""
+    def line(name: str, p: dict) -> str:
+        ci = p.get("ci", {})
+        acc, mar = ci.get("accuracy"), ci.get("mean_margin")
+        acc_s = f"{p['accuracy']:.3f}" + (f" [{acc['low']:.3f}, {acc['high']:.3f}]" if acc else "")
+        mar_s = f"{p['mean_margin']:.2f}" + (f" [{mar['low']:.2f}, {mar['high']:.2f}]" if mar else "")
+        return f"{name}: preference accuracy {acc_s}, mean margin {mar_s} nats ({p['n']} pairs)"
+
+    if "preference" in metrics:
+        return [line("model", metrics["preference"])]
+    lines = [line("tuned", metrics["preference_tuned"]),
+             line("reference", metrics["preference_reference"])]
+    change = metrics.get("change_tuned_minus_reference")
+    if change:
+        a, m = change["accuracy"], change["mean_margin"]
+        lines.append(f"tuned - reference: accuracy {a['estimate']:+.3f} [{a['low']:+.3f}, "
+                     f"{a['high']:+.3f}], margin {m['estimate']:+.2f} [{m['low']:+.2f}, "
+                     f"{m['high']:+.2f}] (paired bootstrap)")
+    kl = metrics["kl_reference_tuned"]
+    lines.append(f"KL(reference || tuned), next token after each prompt: mean {kl['mean_kl']:.4f}, "
+                 f"max {kl['max_kl']:.4f} nats ({kl['n']} prompts)")
+    return lines
 
 
 @dataclass
