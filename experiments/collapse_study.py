@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 
 from calibtune.align.retention import RetentionReport
+from calibtune.metrics.paired import compare_scores
+from calibtune.scores import OptionScores
 
 SETTINGS = {
     "mmlu-letter": ["--data", "mmlu", "--split", "train", "--eval-split", "test",
@@ -109,6 +111,16 @@ def interval(d: dict, key: str, digits: int = 3) -> str:
     return f"{d[key]:.{digits}f} [{c['low']:.{digits}f}, {c['high']:.{digits}f}]"
 
 
+def paired_ece(start: Path | None, folder: Path) -> str:
+    """ECE of `folder` minus ECE of the start model on the same held-out items, with a 95%
+    paired-bootstrap interval (the same resampled items for both)."""
+    if start is None or not (start / "scores.npz").exists() or start == folder:
+        return ""
+    d = compare_scores(OptionScores.load(start / "scores.npz"),
+                       OptionScores.load(folder / "scores.npz")).deltas["ece"]
+    return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+
+
 def metrics_row(folder: Path, label: str) -> dict | None:
     path = folder / "metrics.json"
     if not path.exists():
@@ -141,6 +153,8 @@ def table(out: Path) -> list[dict]:
         for run in sorted(base.glob("dpo-b*")):
             if (run / "eval").exists():
                 r = metrics_row(run / "eval", run.name) or {}
+                r["ece_vs_base"] = paired_ece(first, run / "eval")
+                r["ece_vs_its_start"] = paired_ece(run / "eval_before", run / "eval")
                 ret = run / "retention.json"
                 if ret.exists():
                     t = RetentionReport.from_dict(json.loads(ret.read_text())).to_dict(False)
@@ -159,7 +173,8 @@ def table(out: Path) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["setting", "stage", "n", "accuracy", "mean_confidence", "ece", "cw_ece",
+    cols = ["setting", "stage", "n", "accuracy", "mean_confidence", "ece", "ece_vs_base",
+            "ece_vs_its_start", "cw_ece",
             "option_entropy", "top_pred_share", "gap_beyond_accuracy", "pref_acc", "margin", "kl"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
