@@ -131,6 +131,8 @@ def metrics_row(folder: Path, label: str) -> dict | None:
             "mean_confidence": round(m["mean_confidence"], 3), "ece": ci(m, "ece"),
             "cw_ece": ci(m, "cw_ece"), "option_entropy": round(c.get("option_entropy", float("nan")), 3),
             "top_pred_share": round(c["top_pred_share"], 3),
+            "top_gold_share": round(c["top_gold_share"], 3),
+            "letter_prior": "yes" if c.get("letter_prior") else "no",
             "gap_beyond_accuracy": round(c["gap_beyond_accuracy"], 3)}
 
 
@@ -174,8 +176,8 @@ def table(out: Path) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     cols = ["setting", "stage", "n", "accuracy", "mean_confidence", "ece", "ece_vs_base",
-            "ece_vs_its_start", "cw_ece",
-            "option_entropy", "top_pred_share", "gap_beyond_accuracy", "pref_acc", "margin", "kl"]
+            "ece_vs_its_start", "cw_ece", "option_entropy", "top_pred_share", "top_gold_share",
+            "letter_prior", "gap_beyond_accuracy", "pref_acc", "margin", "kl"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if "preferences" in r:
