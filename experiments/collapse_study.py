@@ -106,9 +106,12 @@ def ci(m: dict, key: str) -> str:
     return f"{m[key]:.3f}" if not c else f"{c['estimate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
 
 
+def fmt_interval(c: dict, digits: int = 3) -> str:
+    return f"{c['estimate']:.{digits}f} [{c['low']:.{digits}f}, {c['high']:.{digits}f}]"
+
+
 def interval(d: dict, key: str, digits: int = 3) -> str:
-    c = d["ci"][key]
-    return f"{d[key]:.{digits}f} [{c['low']:.{digits}f}, {c['high']:.{digits}f}]"
+    return fmt_interval(d["ci"][key], digits)
 
 
 def paired_ece(start: Path | None, folder: Path) -> str:
@@ -192,12 +195,11 @@ def markdown(rows: list[dict]) -> str:
             t = r["preferences"]
             ref, tuned, ch = (t["preference_reference"], t["preference_tuned"],
                               t["change_tuned_minus_reference"])
-            change = {k: {"ci": {k: v}, k: v["estimate"]} for k, v in ch.items()}
             lines.append(f"| {r['setting']} | {r['stage']} | {tuned['n']} "
                          f"| {interval(ref, 'accuracy')} | {interval(tuned, 'accuracy')} "
-                         f"| {interval(change['accuracy'], 'accuracy')} "
+                         f"| {fmt_interval(ch['accuracy'])} "
                          f"| {interval(ref, 'mean_margin', 2)} | {interval(tuned, 'mean_margin', 2)} "
-                         f"| {interval(change['mean_margin'], 'mean_margin', 2)} "
+                         f"| {fmt_interval(ch['mean_margin'], 2)} "
                          f"| {t['kl_reference_tuned']['mean_kl']:.4f} |")
     return "\n".join(lines)
 

@@ -48,15 +48,19 @@ class PreferenceAccuracy:
     @classmethod
     def from_dict(cls, d: dict) -> PreferenceAccuracy:
         """Read back `to_dict()` (with its per-pair values) from a saved report."""
-        pairs = d.get("pairs", [])
+        pairs = d.get("pairs")
+        if pairs is None or len(pairs) != d["n"]:
+            raise DataError("the saved preference report holds no per-pair log-probabilities "
+                            "(written with per_pair=False); intervals cannot be recomputed")
         return cls(d["n"], d["accuracy"], d["ties"], d["mean_margin"], [p["id"] for p in pairs],
                    [p["chosen_logp"] for p in pairs], [p["rejected_logp"] for p in pairs])
 
     def intervals(self, n_boot: int = 1000, seed: int = 0) -> dict:
-        """95% percentile-bootstrap intervals of accuracy and mean margin, resampling pairs."""
-        m = self.margins
-        return {"accuracy": bootstrap_ci(_wins, m, n_boot=n_boot, seed=seed).to_dict(),
-                "mean_margin": bootstrap_ci(np.mean, m, n_boot=n_boot, seed=seed).to_dict()}
+        """95% percentile-bootstrap intervals of accuracy and mean margin, resampling pairs
+        (NaN bounds for fewer than 2 pairs: one pair says nothing about its spread)."""
+        m = _finite(self.margins)
+        return {"accuracy": _interval(_wins, m, n_boot, seed),
+                "mean_margin": _interval(np.mean, m, n_boot, seed)}
 
     def to_dict(self, per_pair: bool = True) -> dict:
         out = {"n": self.n, "accuracy": self.accuracy, "ties": self.ties,
@@ -263,16 +267,30 @@ class RetentionReport:
         the noise of this many pairs."""
         if self.tuned.ids != self.reference.ids:
             raise DataError("tuned and reference were scored on different pairs")
-        both = np.stack([self.tuned.margins, self.reference.margins], axis=1)
-        return {"accuracy": bootstrap_ci(_wins_change, both, n_boot=n_boot, seed=seed).to_dict(),
-                "mean_margin": bootstrap_ci(_mean_change, both, n_boot=n_boot,
-                                            seed=seed).to_dict()}
+        both = np.stack([_finite(self.tuned.margins), _finite(self.reference.margins)], axis=1)
+        return {"accuracy": _interval(_wins_change, both, n_boot, seed),
+                "mean_margin": _interval(_mean_change, both, n_boot, seed)}
 
     def to_dict(self, per_item: bool = True) -> dict:
         return {"preference_tuned": self.tuned.to_dict(per_item),
                 "preference_reference": self.reference.to_dict(per_item),
                 "change_tuned_minus_reference": self.change(),
                 "kl_reference_tuned": self.kl.to_dict(per_item)}
+
+
+def _finite(margins: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(margins)):
+        raise DataError(f"{int(np.sum(~np.isfinite(margins)))} preference margins are not finite "
+                        "(a log-probability of -inf or NaN); no interval is computed")
+    return margins
+
+
+def _interval(stat: Any, rows: np.ndarray, n_boot: int, seed: int) -> dict:
+    if len(rows) < 2:
+        nan = float("nan")
+        return {"estimate": float(stat(rows)) if len(rows) else nan, "low": nan, "high": nan,
+                "std": nan, "alpha": 0.05, "n_boot": 0}
+    return bootstrap_ci(stat, rows, n_boot=n_boot, seed=seed).to_dict()
 
 
 def _wins(margins: np.ndarray) -> float:

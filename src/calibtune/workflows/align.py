@@ -198,26 +198,29 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
             "mean_margin_tuned": retention["preference_tuned"]["mean_margin"],
             "mean_margin_reference": retention["preference_reference"]["mean_margin"],
             "mean_kl_reference_tuned": retention["kl_reference_tuned"]["mean_kl"],
-            "preference_accuracy_change": retention["change_tuned_minus_reference"]["accuracy"]}
+            **{f"preference_accuracy_change{suffix}":
+               retention["change_tuned_minus_reference"]["accuracy"][key]
+               for suffix, key in (("", "estimate"), ("_low", "low"), ("_high", "high"))}}
     atomic_write_json(out / "summary.json", summary)
     log.info("alignment summary: %s", json.dumps(summary))
     return AlignResult(out, before, after, retention, train_seconds, len(encoded), len(dropped))
 
 
+def _preference_line(name: str, p: dict) -> str:
+    ci = p.get("ci", {})
+    acc, mar = ci.get("accuracy"), ci.get("mean_margin")
+    acc_s = f"{p['accuracy']:.3f}" + (f" [{acc['low']:.3f}, {acc['high']:.3f}]" if acc else "")
+    mar_s = f"{p['mean_margin']:.2f}" + (f" [{mar['low']:.2f}, {mar['high']:.2f}]" if mar else "")
+    return f"{name}: preference accuracy {acc_s}, mean margin {mar_s} nats ({p['n']} pairs)"
+
+
 def describe_preferences(metrics: dict) -> list[str]:
     """Readable lines for a preferences.json / retention.json: accuracy and margin with 95%
     intervals, of the tuned and the reference model, their paired change, and the KL."""
-    def line(name: str, p: dict) -> str:
-        ci = p.get("ci", {})
-        acc, mar = ci.get("accuracy"), ci.get("mean_margin")
-        acc_s = f"{p['accuracy']:.3f}" + (f" [{acc['low']:.3f}, {acc['high']:.3f}]" if acc else "")
-        mar_s = f"{p['mean_margin']:.2f}" + (f" [{mar['low']:.2f}, {mar['high']:.2f}]" if mar else "")
-        return f"{name}: preference accuracy {acc_s}, mean margin {mar_s} nats ({p['n']} pairs)"
-
     if "preference" in metrics:
-        return [line("model", metrics["preference"])]
-    lines = [line("tuned", metrics["preference_tuned"]),
-             line("reference", metrics["preference_reference"])]
+        return [_preference_line("model", metrics["preference"])]
+    lines = [_preference_line("tuned", metrics["preference_tuned"]),
+             _preference_line("reference", metrics["preference_reference"])]
     change = metrics.get("change_tuned_minus_reference")
     if change:
         a, m = change["accuracy"], change["mean_margin"]
