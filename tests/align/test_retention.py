@@ -194,7 +194,8 @@ def test_dpo_moves_preferences_and_the_report_reads_both_models(trained, base, p
     assert report.tuned.mean_margin > before.mean_margin  # trained on these very pairs
     assert report.kl.n == len({(p.prompt, p.chat) for p in pairs}) and report.kl.mean_kl > 0
     d = report.to_dict(per_item=False)
-    assert set(d) == {"preference_tuned", "preference_reference", "kl_reference_tuned"}
+    assert set(d) == {"preference_tuned", "preference_reference", "kl_reference_tuned",
+                      "change_tuned_minus_reference"}
 
 
 def test_kl_without_a_reference_needs_a_peft_model(base, pairs):
