@@ -2,22 +2,25 @@
 
     python experiments/collapse_study.py --out runs/collapse                  # everything
     python experiments/collapse_study.py --out runs/collapse --models smollm2-135m-instruct \\
-        --settings mmlu-letter --betas 0.01 0.1 1.0                          # one slice
+        --settings mmlu-letter --skip-hhh                                     # one slice
     python experiments/collapse_study.py --out runs/collapse --table-only      # re-read the table
 
-For each model and setting: DPO (`calibtune align`, LoRA) at every β, each run scoring the
-held-out items before (adapter off: the starting model) and after, and measuring retention on
-held-out pairs; the same items' calibration on the DPO training items (`eval --split train` on
-the same seeded sample); then CFT and RCFT on top of the DPO'd model at `--restore-beta`
-(`train --base-adapter`), and the hhh_alignment preference accuracy of the DPO'd model and of
-the CFT/RCFT models relative to it (`eval --preferences hhh`). Base models can go through SFT
-first (`--sft-first`: `train --method sft`, then DPO from that adapter).
+The defaults are the sizes of docs/alignment.md's tables: 120 training items (pairs), 200
+held-out items, DPO at lr 5e-4 for 2 epochs, β 0.01 / 0.1 / 1, seed 0. For each model and
+setting: the starting model on the training items (`eval --split train`, same seeded sample);
+DPO (`calibtune align`, LoRA) at every β, each run scoring the held-out items before (adapter
+off: the starting model) and after and measuring retention on held-out pairs; the DPO'd model
+on its training items; then CFT and RCFT on top of the DPO'd model at `--restore-beta`
+(`train --base-adapter`), their preference retention on the DPO run's held-out pairs relative
+to the DPO'd model, and on hhh_alignment (`eval --preferences`), with the DPO'd model's hhh
+retention relative to the start. Base models can go through SFT first (`--sft-first`).
 
-Every stage is a run folder under OUT; a finished one (its summary.json / metrics.json /
-preferences.json exists) is skipped, a partial one resumed, so the script can be stopped and run
-again. The table (accuracy, mean confidence, ECE, cw-ECE with 95% intervals, the mean option
-entropy, the share of predictions on the most frequent option and the top-option mass beyond
-accuracy; preference accuracy, margin and KL) is printed as Markdown and written as JSON.
+Every stage is a run folder under OUT/<model>/<setting>[-seedN]; a finished one (its
+summary.json / metrics.json / preferences.json exists) is skipped, a partial one resumed, so
+the script can be stopped and run again. The table (accuracy, mean confidence, ECE with the
+paired-bootstrap ΔECE against the start and against each stage's own starting model, cw-ECE,
+the collapse measures, preference accuracy, margin and KL, with 95% intervals) is printed as
+Markdown and written as JSON.
 """
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ def stages(out: Path, model: str, setting: str, a: argparse.Namespace) -> None:
     start_on_train = base / "start-train-items"
     calibtune(["eval", "--model", model, *start, *split_train, "--n-boot", "1000"],
               start_on_train / "metrics.json", start_on_train)
-    lr = ["--learning-rate", str(a.dpo_learning_rate)] if a.dpo_learning_rate else []
+    lr = ["--learning-rate", str(a.dpo_learning_rate)]
     for beta in a.betas:
         dpo = base / f"dpo-b{beta:g}"
         calibtune(["align", "--model", model, *start, *data, *sizes, *LORA, "--beta", str(beta),
@@ -213,11 +216,11 @@ def main() -> None:
     p.add_argument("--restore-beta", type=lambda v: None if v == "none" else float(v),
                    default=0.1,
                    help="the DPO run that CFT/RCFT start from (none: no CFT/RCFT stage)")
-    p.add_argument("--train-limit", type=int, default=240)
-    p.add_argument("--eval-limit", type=int, default=300)
-    p.add_argument("--dpo-epochs", type=float, default=1.0)
-    p.add_argument("--dpo-learning-rate", type=float, default=None,
-                   help="DPO learning rate (default: align's, 5e-5)")
+    p.add_argument("--train-limit", type=int, default=120)
+    p.add_argument("--eval-limit", type=int, default=200)
+    p.add_argument("--dpo-epochs", type=float, default=2.0)
+    p.add_argument("--dpo-learning-rate", type=float, default=5e-4,
+                   help="DPO learning rate (align's own default, 5e-5, barely moves these models)")
     p.add_argument("--restore-epochs", type=float, default=2.0)
     p.add_argument("--sft-first", action="store_true")
     p.add_argument("--sft-epochs", type=float, default=1.0)
