@@ -349,10 +349,10 @@ def align_cmd(cfg, resume: bool, overwrite: bool) -> None:
     if result.retention:
         from .workflows.align import describe_preferences
 
-        Console().print("retention on held-out pairs (reference: the model before alignment):")
+        typer.echo("retention on held-out pairs (reference: the model before alignment):")
         for text in describe_preferences(result.retention):
-            Console().print(f"  {text}", highlight=False)
-        Console().print(f"wrote {result.out}/retention.json")
+            typer.echo(f"  {text}")
+        typer.echo(f"wrote {result.out}/retention.json")
 
 
 def _register_align() -> None:

@@ -278,3 +278,27 @@ def test_dpo_train_continues_an_existing_adapter(tiny_llama):
     assert set(trained.peft_config) == {"default", "ref"}  # TRL's frozen copy as the reference
     b = [p for n, p in trained.named_parameters() if "lora_B.default" in n]
     assert any(p.abs().sum() > 0 for p in b)
+
+
+def test_align_cli_prints_retention_as_lines(tiny_llama, tmp_path):
+    """`calibtune align` ends with the retention lines (intervals, paired change), not a dump."""
+    from typer.testing import CliRunner
+
+    from calibtune.cli import app
+
+    data = write_train_eval(tmp_path, make_items(8, seed=1), make_items(6, seed=2))
+    out = tmp_path / "dpo-cli"
+    res = CliRunner().invoke(app, ["align", "--model", str(tiny_llama), "--data",
+                                   str(data / "train.jsonl"), "--split", "all", "--eval-data",
+                                   str(data / "eval.jsonl"), "--eval-split", "all",
+                                   "--lora-r", "4", "--lora-alpha", "8",
+                                   "--max-steps", "2", "--batch-size", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "retention.json").read_text())
+    assert f"preference accuracy {saved['preference_tuned']['accuracy']:.3f} [" in res.output
+    assert "tuned - reference: accuracy" in res.output and "chosen_logp" not in res.output
+    assert f"wrote {out}/retention.json" in res.output
+    summary = json.loads((out / "summary.json").read_text())["retention"]
+    change = saved["change_tuned_minus_reference"]["accuracy"]
+    assert (summary["preference_accuracy_change_low"], summary["preference_accuracy_change_high"]
+            ) == (change["low"], change["high"])
