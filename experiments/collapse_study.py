@@ -106,7 +106,7 @@ def stages(out: Path, model: str, setting: str, a: argparse.Namespace) -> None:
 
 def ci(m: dict, key: str) -> str:
     c = m["ci"].get(key)
-    return f"{m[key]:.3f}" if not c else f"{c['estimate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+    return f"{m[key]:.3f}" if not c else fmt_interval(c)
 
 
 def fmt_interval(c: dict, digits: int = 3) -> str:
@@ -120,11 +120,17 @@ def interval(d: dict, key: str, digits: int = 3) -> str:
 def paired_ece(start: Path | None, folder: Path) -> str:
     """ECE of `folder` minus ECE of the start model on the same held-out items, with a 95%
     paired-bootstrap interval (the same resampled items for both)."""
-    if start is None or not (start / "scores.npz").exists() or start == folder:
+    if start is None or not (start / "scores.npz").exists():
         return ""
     d = compare_scores(OptionScores.load(start / "scores.npz"),
                        OptionScores.load(folder / "scores.npz")).deltas["ece"]
     return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+
+
+def read_preferences(path: Path) -> dict:
+    """A saved retention.json / preferences.json with its intervals (recomputed from the
+    per-pair values, so files written before intervals existed read the same way)."""
+    return RetentionReport.from_dict(json.loads(path.read_text())).to_dict(False)
 
 
 def metrics_row(folder: Path, label: str) -> dict | None:
@@ -151,7 +157,7 @@ def table(out: Path) -> list[dict]:
             row = {"setting": tag, **(metrics_row(first, "start (before DPO)") or {})}
             ret = first.parent / "retention.json"
             if ret.exists():
-                t = RetentionReport.from_dict(json.loads(ret.read_text())).to_dict(False)
+                t = read_preferences(ret)
                 row |= {"pref_acc": interval(t["preference_reference"], "accuracy"),
                         "margin": interval(t["preference_reference"], "mean_margin", 2), "kl": 0}
             rows.append(row)
@@ -165,7 +171,7 @@ def table(out: Path) -> list[dict]:
                 r["ece_vs_its_start"] = paired_ece(run / "eval_before", run / "eval")
                 ret = run / "retention.json"
                 if ret.exists():
-                    t = RetentionReport.from_dict(json.loads(ret.read_text())).to_dict(False)
+                    t = read_preferences(ret)
                     r |= {"pref_acc": interval(t["preference_tuned"], "accuracy"),
                           "margin": interval(t["preference_tuned"], "mean_margin", 2),
                           "kl": round(t["kl_reference_tuned"]["mean_kl"], 4)}
@@ -175,7 +181,7 @@ def table(out: Path) -> list[dict]:
         for hhh in sorted([*base.glob("pairs-*"), *base.glob("hhh-*")]):
             p = hhh / "preferences.json"
             if p.exists():
-                t = RetentionReport.from_dict(json.loads(p.read_text())).to_dict(False)
+                t = read_preferences(p)
                 rows.append({"setting": tag, "stage": hhh.name, "preferences": t})
     return rows
 

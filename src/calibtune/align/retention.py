@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, ModelError
-from ..metrics.uncertainty import bootstrap_ci
+from ..metrics.uncertainty import Interval, bootstrap_ci
 from .dpo import EncodedPair, encode_pair
 from .pairs import PreferencePair
 
@@ -288,8 +288,7 @@ def _finite(margins: np.ndarray) -> np.ndarray:
 def _interval(stat: Any, rows: np.ndarray, n_boot: int, seed: int) -> dict:
     if len(rows) < 2:
         nan = float("nan")
-        return {"estimate": float(stat(rows)) if len(rows) else nan, "low": nan, "high": nan,
-                "std": nan, "alpha": 0.05, "n_boot": 0}
+        return Interval(float(stat(rows)) if len(rows) else nan, nan, nan, nan, 0.05, 0).to_dict()
     return bootstrap_ci(stat, rows, n_boot=n_boot, seed=seed).to_dict()
 
 
