@@ -126,8 +126,12 @@ def test_sharded_engines_train_the_same_adapter_as_ddp(engine, sharded, scoring,
     assert ddp_record["head_kinds"] and not any(sharded(k) for k in ddp_record["head_kinds"])
     history = [json.loads((o / "estep_history.json").read_text()) for o in (out, ddp_out)]
     assert [h["step"] for h in history[0]] == [0, 2, 4]
-    assert [h["bins"]["count"] for h in history[0]] == [h["bins"]["count"] for h in history[1]]
-    assert sum(history[0][0]["bins"]["count"]) == 40
+    counts = [np.array([h["bins"]["count"] for h in run]) for run in history]
+    np.testing.assert_array_equal(counts[0][0], counts[1][0])  # step 0: the same model
+    assert (counts[0].sum(axis=1) == 40).all() and (counts[1].sum(axis=1) == 40).all()
+    # after steps the adapters agree to ~1e-5 (another reduction order): on some CPU an item's
+    # confidence may sit that close to a bin edge, so at most one item may change bin
+    assert (np.abs(counts[0] - counts[1]).sum(axis=1) <= 2).all(), counts
     adapters = [load_file(o / "adapter" / "adapter_model.safetensors") for o in (out, ddp_out)]
     assert adapters[0].keys() == adapters[1].keys() and adapters[0]
     for name, value in adapters[0].items():
@@ -136,4 +140,4 @@ def test_sharded_engines_train_the_same_adapter_as_ddp(engine, sharded, scoring,
     assert max(float(v.abs().max()) for k, v in adapters[0].items() if "lora_B" in k) > 1e-3
     scores = [OptionScores.load(o / "eval" / "scores.npz") for o in (out, ddp_out)]
     np.testing.assert_allclose(scores[0].logits, scores[1].logits, atol=1e-4)
-    assert record["after"]["ece"] == pytest.approx(ddp_record["after"]["ece"], abs=1e-4)
+    # (not the ECEs: binning is discontinuous, and the logits above are the stronger check)

@@ -105,7 +105,8 @@ def test_eval_resume_after_sigkill_gives_the_same_scores(tiny_llama, tmp_path, m
     whole = runner.invoke(app, args + ["--out", str(tmp_path / "whole")])
     assert whole.exit_code == 0, whole.output
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    # the same thread count as this process: the resumed scores must be bit-equal to `whole`
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen([sys.executable, "-c", SLOW_EVAL, *args, "--out", str(out)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
