@@ -1,10 +1,10 @@
 """`calibtune eval`, `posthoc` and `train` write the run folders they wrote before the layering
 refactor: the files in golden/ were made by commit 42a46d2 (main before the layering merge,
-after the fidelity changes of issue 13) with tests/golden_runs.py (same CLI flags, same tiny
-model). What was added since may only add: options in config.yaml with their defaults
-(ADDED), new keys in JSON files, sections at the end of report.md (golden lines
-in order, new sections between), a `groups` array in
-scores.npz; everything the golden files hold must be unchanged. Text files compare byte for
+after the fidelity changes to the method and the metrics, docs/method.md) with
+tests/golden_runs.py (same CLI flags, same tiny model). What was added since may only add:
+options in config.yaml with their defaults (ADDED), new keys in JSON files, sections at the end
+of report.md (golden lines in order, new sections between), a `groups` array in scores.npz;
+everything the golden files hold must be unchanged. Text files compare byte for
 byte wherever the scores they come from are bit-equal (always, on the machine that made
 them); scores compare to float tolerance."""
 import json
@@ -21,7 +21,7 @@ from golden_runs import KEPT, collect, make_runs, posthoc_args, read_scores
 GOLDEN = Path(__file__).parent / "golden"
 NUMBER = re.compile(r"-?\d+\.\d+(e-?\d+)?")
 TOLERANCE = {"train/eval/scores.npz": 1e-3}  # after two optimiser steps
-FEWSHOT = ["fewshot_data: null\n", "fewshot_seed: null\n", "num_fewshot: 0\n"]  # issue 19
+FEWSHOT = ["fewshot_data: null\n", "fewshot_seed: null\n", "num_fewshot: 0\n"]  # docs/prompts.md
 ADDED = {"train/config.yaml": ["eval_seed: null\n", "base_adapter: null\n",
                                "max_step_tokens: null\n", *FEWSHOT],
          "eval/config.yaml": ["base_adapter: null\n", "device_map: null\n", "max_memory: null\n",
