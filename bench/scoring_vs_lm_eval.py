@@ -1,7 +1,7 @@
 """Benchmark 1: letter scoring, calibtune vs lm-evaluation-harness 0.4.13, in one run.
 
 Same model (the embedded SmolLM2-135M-Instruct, converted to a local folder), the same MMLU
-items, the same prompt (the paper's plain template, letter continuation " A"…" D"), CPU, fp32,
+items, the same prompt (calibtune's plain template, letter continuation " A"…" D"), CPU, fp32,
 batch 16. Each tool runs in its own process; we report the scoring phase and the whole process
 (items/s), peak RSS, the ratios, and the agreement of predictions and renormalised option
 log-probabilities. With `--scoring cloze`, the same comparison for option-text

@@ -5,7 +5,7 @@ regulariser; `rcft_completion` (RCFT on the completion-only loss) compares with 
 
 Equal batch (8 MMLU train items) on the embedded SmolLM2-135M-Instruct with LoRA r 16, CPU.
 Each method runs in its own process (peak RSS is per process). The "reference" step is a
-reimplementation of the paper code's step: two forward passes, full-vocabulary logits at every
+reimplementation of the reference code's step: two forward passes, full-vocabulary logits at every
 position, letter logits read at a fixed position. Also: E-step time against an epoch.
 Usage: python bench/train_step_cost.py [--steps 5]
 """

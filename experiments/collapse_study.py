@@ -1,4 +1,4 @@
-"""The preference-collapse study of issue 15, as a chain of `calibtune` commands.
+"""The preference-collapse study of docs/alignment.md, as a chain of `calibtune` commands.
 
     python experiments/collapse_study.py --out runs/collapse                  # everything
     python experiments/collapse_study.py --out runs/collapse --models smollm2-135m-instruct \\

@@ -1,4 +1,4 @@
-"""A user's file missing a needed field (issue 20): the one line names the fields the row has and
+"""A user's file missing a needed field (docs/reliability.md): the one line names the fields the row has and
 the flag that maps them; following it, field by field, the file is read."""
 import json
 

@@ -1,4 +1,4 @@
-"""Bin edges are exactly k/M: a confidence on an edge opens its own bin (issue 13)."""
+"""Bin edges are exactly k/M: a confidence on an edge opens its own bin (docs/metrics.md, Definitions)."""
 import numpy as np
 import pytest
 

@@ -60,7 +60,8 @@ def test_ece_matches_torchmetrics_and_reference(k, norm):
 
 
 def test_confidence_one_differs_from_torchmetrics_by_design():
-    """torchmetrics puts c = 1.0 in a bin of its own; METHOD.md §3 puts it in the last bin."""
+    """torchmetrics puts c = 1.0 in a bin of its own; calibtune puts it in the last bin
+    (docs/method.md §3)."""
     p = np.array([[1.0, 0.0], [0.95, 0.05], [0.92, 0.08], [0.3, 0.7]])
     y = np.array([1, 0, 0, 1])  # the c = 1.0 item is wrong, the other two top-bin items right
     ours = ece(p, y, 10)

@@ -24,7 +24,7 @@ from calibtune.workflows.train import run_training
 from conftest import make_items, tiny_train_config, write_train_eval
 
 def reference_targets(p, a):
-    """METHOD.md §6 written out per item, independently of the vectorised code."""
+    """docs/method.md §6 written out per item, independently of the vectorised code."""
     k = len(p)
     top = int(np.argmax(p))
     others = [j for j in range(k) if j != top]

@@ -1,4 +1,4 @@
-"""Progress and noise (issue 20): a minutes-long phase shows a bar saying what it does, and
+"""Progress and noise (docs/reliability.md): a minutes-long phase shows a bar saying what it does, and
 nothing else the user did not ask for reaches the terminal.
 
 Run as a user runs it, in a subprocess, on the tiny model. Without `cli._quiet_libraries`

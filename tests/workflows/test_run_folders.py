@@ -1,4 +1,4 @@
-"""Run folders are never silently replaced (issue 20): refusal, --overwrite, --resume, the lock.
+"""Run folders are never silently replaced (docs/reliability.md): refusal, --overwrite, --resume, the lock.
 
 Each test fails when its protection is removed: the refusal (RunFolder.check), the atomic
 clearing (RunFolder.open), the settings comparison (config_differences), the lock (RunLock).

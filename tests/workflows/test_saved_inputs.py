@@ -1,4 +1,5 @@
-"""Run folders and imports as untrusted input (issue 20): every fault is one line, never a traceback.
+"""Run folders and imports as untrusted input (docs/reliability.md): every fault is one line,
+never a traceback.
 
 A scores.npz cut short, hand-made, pickled or of a newer format; a metrics.json or train_log.json
 edited by hand; an import file of the wrong shape: `posthoc`, `report`, `diagnose` and

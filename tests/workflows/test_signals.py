@@ -1,5 +1,5 @@
-"""SIGINT / SIGTERM (issue 20): every long command stops between units of work, keeps its folder
-resumable, prints one line with the command that resumes, and exits 130 / 143.
+"""SIGINT / SIGTERM (docs/reliability.md, Signals): every long command stops between units of
+work, keeps its folder resumable, prints one line with the command that resumes, and exits 130 / 143.
 
 Real signals: sent to a subprocess once its first saved unit (a chunk, a checkpoint) is on disk,
 or sent by a command to itself inside the CLI. Each test fails when the protection is removed:

@@ -1,4 +1,4 @@
-"""Training faults (issue 20): non-finite values, broken or foreign checkpoints, a full disk.
+"""Training faults (docs/reliability.md): non-finite values, broken or foreign checkpoints, a full disk.
 
 Each test drives `calibtune train` on the tiny model and fails when its protection is removed:
 the run stops with one line, no checkpoint holds non-finite weights, a refused resume leaves the
@@ -46,7 +46,7 @@ def train(tiny_llama, data, out, *args):
 
 
 def one_line_error(code, text):
-    """The error line (progress bars of the run may precede it: issue 20 part A's concern)."""
+    """The error line (progress bars of the run may precede it)."""
     assert code == 2, text
     assert "Traceback" not in text, text
     lines = [x for x in re.split(r"[\r\n]", text) if "error: " in x]

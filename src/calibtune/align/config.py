@@ -19,7 +19,7 @@ class AlignConfig:
     when it is set, else they are built from the MCQ items of `data` (gold answer over a seeded
     wrong option, read as `scoring` reads options). The held-out MCQ evaluation before/after is
     the one `calibtune train` runs. β = 0.1 is TRL's default and the DPO paper's usual value;
-    the LoRA shape follows `calibtune train` (METHOD.md §5); the learning rate and one epoch
+    the LoRA shape follows `calibtune train` (docs/method.md §5); the learning rate and one epoch
     are our choice, not tuned (docs/alignment.md).
     """
 

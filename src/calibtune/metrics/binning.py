@@ -1,6 +1,6 @@
 """Binning, written once and used by every ECE variant, the RCFT E-step and the diagrams.
 
-Bins are left-closed [e_k, e_{k+1}) except the last, which also holds 1.0 (METHOD.md §3).
+Bins are left-closed [e_k, e_{k+1}) except the last, which also holds 1.0 (docs/metrics.md, Definitions).
 Equal-width edges are exactly k/M (one correctly rounded division each), so a confidence of
 exactly 0.3 lies in the bin that starts at 0.3; `np.linspace` would give 0.30000000000000004.
 """

@@ -17,7 +17,7 @@ def bin_table(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10, strategy:
 
 def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10, strategy: str = "uniform",
         norm: str = "l1", mask: np.ndarray | None = None, *, from_logits: bool = False) -> float:
-    """Top-label expected calibration error (METHOD.md §3).
+    """Top-label expected calibration error (docs/method.md §3, docs/metrics.md).
 
     `strategy="quantile"` gives equal-mass ("adaptive") bins; `norm="l2"` the RMS calibration
     error, `norm="max"` the maximum calibration error (MCE) over non-empty bins.

@@ -2,7 +2,7 @@
 
 - `plain` (ours): ``### Question: <question>\nA. …\nB. …\n ### Answer:``, no chat template; the
   letter follows a space.
-- `reference`: the reference code's template, exactly (METHOD.md §2):
+- `reference`: the reference code's template, exactly (docs/method.md §2):
   ``### Question: Question: <q>\n\nOptions:\nA. …\nB. …\n\nAnswer with only a single letter:\n
   ### Answer:`` with the letter appended without a space. The paper's printed template is not
   available to us, so no style here is called the paper's.

@@ -25,7 +25,7 @@ SEED_HELP = "Seed of sampling, splits, shuffling and the bootstrap (default 0)."
 @dataclass
 class TrainConfig:
     """LoRA r 128, α 64, dropout 0.05, all linear layers, 5 epochs, cosine schedule with 10%
-    warm-up, AdamW follow the reference code (METHOD.md §5); the learning rate and λ are ours
+    warm-up, AdamW follow the reference code (docs/method.md §5); the learning rate and λ are ours
     (docs/training.md says where each default comes from). Shrink epochs/steps for a CPU run."""
 
     prompt: str = option("plain", PROMPT_HELP)
@@ -46,7 +46,7 @@ class TrainConfig:
     estep_every_steps: int | None = option(None, "Run the E-step every N steps (default: at the "
                                                  "start and every epoch).")
     label_smoothing: float = option(0.1, "ε of the label_smoothing baseline.")
-    epochs: float = option(5.0, "Epochs (default 5, as the paper).", hf="num_train_epochs")
+    epochs: float = option(5.0, "Epochs (default 5, as the reference code).", hf="num_train_epochs")
     max_steps: int = option(-1, "Stop after N optimiser steps.", hf="max_steps")
     batch_size: int = option(2, "Per-device batch size.", hf="per_device_train_batch_size")
     grad_accum: int = option(1, "Gradient accumulation steps.",

@@ -3,7 +3,7 @@
 For an item with top-option confidence in bin k and a = â_k, the top option's target is a; the
 other K−1 options share 1 − a in the order of their current probabilities p_(2) ≥ … ≥ p_(K):
   q_(j) = (1 − a)(1 + tanh(γ p_(j))) / ((K − 1) + Σ_l tanh(γ p_(l))),  γ = ln(K − 1) / (p_(2)(1 − a)).
-Generalised from the reference code's K = 4 (ln 3, 3) to any K ≥ 2 (METHOD.md §6).
+Generalised from the reference code's K = 4 (ln 3, 3) to any K ≥ 2 (docs/method.md §6).
 
 Two readings of the M-step (`--ece-targets`):
 - `live` (default, the reference code's and the EM reading): the E-step estimates only the bin
