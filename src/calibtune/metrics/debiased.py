@@ -38,14 +38,6 @@ def squared_ce_from_sums(count: np.ndarray, sum_y: np.ndarray, sum_c: np.ndarray
     return np.sum(np.where(ok, count / n * term, 0.0), axis=-1)
 
 
-def plugin_squared_ce_from_sums(count: np.ndarray, sum_y: np.ndarray, sum_c: np.ndarray, n: int
-                                ) -> np.ndarray:
-    """The plug-in Σ_b (n_b/n)(ȳ_b − c̄_b)² (the square of the RMS-CE)."""
-    count = np.asarray(count, dtype=np.float64)
-    safe = np.maximum(count, 1.0)
-    return np.sum(np.where(count > 0, (sum_y - sum_c) ** 2 / safe, 0.0), axis=-1) / n
-
-
 def _sums(conf: np.ndarray, correct: np.ndarray, idx: np.ndarray, n_bins: int
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (np.bincount(idx, minlength=n_bins).astype(np.float64),
@@ -92,13 +84,15 @@ def debiased_rms_ce(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10,
 class DebiasedCE:
     """Debiased binned ℓ2 error with an interval for the population binned error.
 
-    `squared` is Ŝ (may be negative); `estimate` = √max(0, Ŝ). [`low`, `high`] is a 1 − α
-    interval for the population binned ℓ2 error; [`ece_low`, `ece_high`] brackets the
-    population binned ℓ1 ECE (each side a one-sided α/2 bound).
+    `squared` is Ŝ (may be negative), `squared_std` its standard deviation over item resamples;
+    `estimate` = √max(0, Ŝ). [`low`, `high`] is a 1 − α interval for the population binned ℓ2
+    error; [`ece_low`, `ece_high`] brackets the population binned ℓ1 ECE (each side a one-sided
+    α/2 bound).
     """
 
     estimate: float
     squared: float
+    squared_std: float
     low: float
     high: float
     ece_low: float
@@ -113,13 +107,13 @@ class DebiasedCE:
 
 def debiased_ce_interval(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10, *,
                          n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> DebiasedCE:
-    """Ŝ with a bootstrap interval centred on it (not on the bootstrap's biased mean).
+    """Ŝ with an interval centred on it: Ŝ ± z·sd, sd the bootstrap standard deviation of Ŝ.
 
-    The interval for S is [Ŝ − (q_{1−α/2} − P̂), Ŝ − (q_{α/2} − P̂)] where q are quantiles of Ŝ
-    over item resamples and P̂ is the plug-in squared error, which is what Ŝ estimates in the
-    resampled world ("basic" bootstrap). The ℓ1 bracket's lower side is a one-sided normal
-    bound on |mean(correct − conf)|; its upper side the ℓ2 interval's upper end (itself a
-    one-sided α/2 bound), since the ℓ1 binned error never exceeds the ℓ2 one.
+    Centred on Ŝ, not on the bootstrap's quantiles: the resamples' own binned error is the
+    plug-in one, larger than S, so a percentile interval of Ŝ over resamples is shifted up by the
+    noise term again. The interval for S maps to the ℓ2 error by √max(0, ·). The ℓ1 bracket's
+    lower side is a one-sided normal bound on |mean(correct − conf)|, its upper side the ℓ2
+    interval's upper end (the ℓ1 binned error never exceeds the ℓ2 one).
     """
     conf, correct = _check_pair(conf, correct)
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
@@ -136,15 +130,16 @@ def interval_from_sums(sums: tuple, boot: tuple, conf: np.ndarray, correct: np.n
                        alpha: float = 0.05) -> DebiasedCE:
     """`debiased_ce_interval` from per-bin sums of the data and of its resamples ([B, M] each)."""
     n, n_bins, n_boot = len(conf), len(sums[0]), len(boot[0])
+    z = float(_normal.ppf(1 - alpha / 2))
     s_hat = float(squared_ce_from_sums(*sums, n))
-    dev = squared_ce_from_sums(*boot, n) - float(plugin_squared_ce_from_sums(*sums, n))
-    lo2, hi2 = s_hat - np.quantile(dev, [1 - alpha / 2, alpha / 2])
+    sd = float(np.std(squared_ce_from_sums(*boot, n), ddof=1))
     d = correct - conf
     se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
-    ece_low = max(0.0, abs(float(d.mean())) - float(_normal.ppf(1 - alpha / 2)) * se)
+    ece_low = max(0.0, abs(float(d.mean())) - z * se)
     root = lambda v: float(np.sqrt(max(0.0, v)))  # noqa: E731
-    return DebiasedCE(root(s_hat), s_hat, root(lo2), root(hi2), min(ece_low, root(hi2)),
-                      root(hi2), alpha, int(n_boot), int(n_bins))
+    high = root(s_hat + z * sd)
+    return DebiasedCE(root(s_hat), s_hat, sd, root(s_hat - z * sd), high, min(ece_low, high),
+                      high, alpha, int(n_boot), int(n_bins))
 
 
 def _check_pair(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
