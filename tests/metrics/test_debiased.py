@@ -160,3 +160,30 @@ def test_bad_input_is_one_clear_line(args, message):
 def test_probabilities_are_validated_like_every_metric():
     with pytest.raises(MetricInputError, match="sums to"):
         debiased_rms_ce(np.array([[0.5, 0.6]]), np.array([0]))
+
+
+def test_summarize_and_report_md_carry_the_debiased_error_under_new_keys():
+    from calibtune.metrics import summarize, top_label
+    from calibtune.report.markdown import BOOTSTRAP_FOOTNOTE, render_report
+
+    rng = np.random.default_rng(11)
+    p = softmax(rng.normal(size=(400, 4)) * 2.0)
+    y = rng.integers(0, 4, 400)
+    m = summarize(p, y, n_bins=15, n_boot=200, seed=3)
+    conf, correct = top_label(p, y)
+    assert m["rms_ce_debiased"] == pytest.approx(debiased_rms_ce(p, y, 15), abs=1e-12)
+    want = debiased_ce_interval(conf, correct, 15, n_boot=200, seed=3).to_dict()
+    assert m["rms_ce_debiased_ci"] == pytest.approx(want, abs=1e-12)
+    assert m["ece"] == pytest.approx(ece(p, y, 15), abs=1e-12)  # the old key keeps its value
+    d = m["rms_ce_debiased_ci"]
+    text = render_report(m, title="t", context={}, figures=[])
+    assert (f"| RMS-CE, debiased (95% interval for the population binned error) | "
+            f"{d['estimate']:.3f} [{d['low']:.3f}, {d['high']:.3f}] |") in text
+    assert f"| ECE, population binned error: 95% bracket | [{d['ece_low']:.3f}," in text
+    assert text.rstrip("\n").endswith(BOOTSTRAP_FOOTNOTE)
+    assert "interval of the binned estimator at this n, not of the true calibration error" in text
+    bare = summarize(p, y, n_bins=15, n_boot=0)
+    assert "rms_ce_debiased_ci" not in bare
+    text = render_report(bare, title="t", context={}, figures=[])
+    assert f"| RMS-CE, debiased | {bare['rms_ce_debiased']:.3f} |" in text
+    assert BOOTSTRAP_FOOTNOTE not in text
