@@ -187,3 +187,16 @@ def test_summarize_and_report_md_carry_the_debiased_error_under_new_keys():
     text = render_report(bare, title="t", context={}, figures=[])
     assert f"| RMS-CE, debiased | {bare['rms_ce_debiased']:.3f} |" in text
     assert BOOTSTRAP_FOOTNOTE not in text
+
+
+def test_report_html_shows_the_debiased_row_and_labels_the_bootstrap_intervals(tmp_path):
+    from calibtune.metrics import summarize
+    from calibtune.report.reading import run_page
+
+    rng = np.random.default_rng(12)
+    p = softmax(rng.normal(size=(300, 4)) * 2.0)
+    m = summarize(p, rng.integers(0, 4, 300), n_boot=100, seed=0)
+    page = run_page(m, title="t", context={}, figures=[], folder=tmp_path)
+    d = m["rms_ce_debiased_ci"]
+    assert "RMS-CE, debiased" in page and f"[{d['low']:.3f}, {d['high']:.3f}]" in page
+    assert "interval of the binned estimator at this n, not of the true calibration error" in page
