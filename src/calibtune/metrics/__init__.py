@@ -2,6 +2,7 @@
 from .binning import BinTable, assign_bins, bin_edges, bin_statistics, calibration_error_from_table
 from .calibration import bin_table, classwise_ece, classwise_tables, ece
 from .conformal import ConformalResult, split_conformal
+from .debiased import DebiasedCE, debiased_ce_interval, debiased_rms_ce, debiased_squared_ce
 from .groups import GroupTable, group_table
 from .paired import PairedComparison, align_items, compare_scores, mcnemar_exact, paired_compare
 from .proper import accuracy, brier, gold_nll, nll
@@ -14,11 +15,12 @@ from .validation import MetricInputError, check_inputs, log_softmax, softmax, to
 
 __all__ = ["ConformalResult", "GroupTable", "PairedComparison", "align_items", "compare_scores",
            "group_table", "mcnemar_exact", "paired_compare", "split_conformal",
-           "BinTable", "Interval", "MetricInputError", "NoiseFloor", "accuracy",
+           "BinTable", "DebiasedCE", "Interval", "MetricInputError", "NoiseFloor", "accuracy",
            "accuracy_coverage_curve", "area_under_accuracy_coverage", "assign_bins", "auroc",
            "auroc_from_confidence", "bin_edges", "bin_statistics", "bin_table",
            "bootstrap_ci", "brier", "calibration_error_from_table", "check_inputs",
-           "classwise_ece", "classwise_tables", "ece", "ece_noise_floor", "gold_nll", "log_softmax",
+           "classwise_ece", "classwise_tables", "debiased_ce_interval", "debiased_rms_ce",
+           "debiased_squared_ce", "ece", "ece_noise_floor", "gold_nll", "log_softmax",
            "nll",
            "selective_accuracies", "selective_accuracy", "smooth_ece", "smooth_ece_at",
            "softmax", "summarize", "top_label"]

@@ -7,6 +7,7 @@ import numpy as np
 
 from .binning import bin_edges, bin_statistics, calibration_error_from_table
 from .calibration import classwise_ece, ece
+from .debiased import debiased_ce_interval, debiased_squared_ce
 from .proper import brier, gold_nll, nll
 from .selective import auroc_from_confidence, selective_accuracies
 from .smooth import smooth_ece_from_confidence
@@ -19,7 +20,9 @@ def summarize(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = N
               logits: np.ndarray | None = None) -> dict:
     """Accuracy, the ECE family, proper scores, selective prediction, intervals, noise floor.
 
-    Pass `logits` as well when available so NLL is exact rather than floored.
+    Pass `logits` as well when available so NLL is exact rather than floored. The intervals
+    under "ci" are percentile bootstrap intervals of the estimators at this n;
+    "rms_ce_debiased_ci" is an interval for the population binned calibration error itself.
     """
     p, y, m = check_inputs(probs, labels, mask)
     conf, correct = top_label(p, y)
@@ -46,6 +49,7 @@ def summarize(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = N
         "n_bins": n_bins,
         "bins": table.to_dict(),
     }
+    out["rms_ce_debiased"] = float(np.sqrt(max(0.0, debiased_squared_ce(conf, correct, n_bins))))
     floor = ece_noise_floor(conf, n_bins, seed=seed)
     out["ece_noise_floor"] = floor.to_dict()
     if n_boot > 0:
@@ -57,6 +61,8 @@ def summarize(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = N
             "cw_ece": bootstrap_ci(lambda pp, yy, mm: classwise_ece(pp, yy, n_bins, mm), p, y, m,
                                    n_boot=n_boot, seed=seed).to_dict(),
         }
+        out["rms_ce_debiased_ci"] = debiased_ce_interval(conf, correct, n_bins, n_boot=max(2, n_boot),
+                                                         seed=seed).to_dict()
     return out
 
 

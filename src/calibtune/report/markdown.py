@@ -25,10 +25,33 @@ def render_report(metrics: dict, *, title: str, context: dict, figures: list[str
                       ("nll", "NLL"), ("auroc", "AUROC (confidence vs correct)"),
                       ("area_under_accuracy_coverage", "area under accuracy–coverage")]:
         lines.append(f"| {name} | {metrics[key]:.3f} |")
+    lines += debiased_rows(metrics)
     lines += ["", noise_sentence(metrics)]
     gap = gap_sentence(metrics)
     if gap:
         lines.append(gap)
     lines.append("")
     lines += [f"![{f}]({f})" for f in figures]
+    if metrics.get("ci"):
+        lines += ["", BOOTSTRAP_FOOTNOTE]
     return "\n".join(lines) + "\n"
+
+
+BOOTSTRAP_FOOTNOTE = (
+    "Intervals: the bracketed ECE and cw-ECE intervals are 95% percentile bootstrap intervals: "
+    "interval of the binned estimator at this n, not of the true calibration error (it sits "
+    "above zero even for a perfectly calibrated model). The debiased rows give 95% intervals "
+    "for the population binned error itself (docs/metrics.md).")
+
+
+def debiased_rows(metrics: dict) -> list[str]:
+    """Rows for the debiased ℓ2 error and, when intervals were computed, the ℓ1 ECE bracket."""
+    if metrics.get("rms_ce_debiased") is None:
+        return []
+    d = metrics.get("rms_ce_debiased_ci")
+    if not d:
+        return [f"| RMS-CE, debiased | {metrics['rms_ce_debiased']:.3f} |"]
+    return [f"| RMS-CE, debiased (95% interval for the population binned error) | "
+            f"{d['estimate']:.3f} [{d['low']:.3f}, {d['high']:.3f}] |",
+            f"| ECE, population binned error: 95% bracket | [{d['ece_low']:.3f}, "
+            f"{d['ece_high']:.3f}] |"]

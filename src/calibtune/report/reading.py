@@ -10,7 +10,8 @@ HEADLINE = [("accuracy", "accuracy"), ("mean_confidence", "mean confidence"),
 MORE = [("ece_adaptive", "ECE (equal-mass bins)"), ("mce", "MCE"), ("rms_ce", "RMS-CE"),
         ("smooth_ece", "smooth ECE"), ("brier", "Brier"), ("nll", "NLL"),
         ("auroc", "AUROC (confidence vs correct)"),
-        ("area_under_accuracy_coverage", "area under accuracy–coverage")]
+        ("area_under_accuracy_coverage", "area under accuracy–coverage"),
+        ("rms_ce_debiased", "RMS-CE, debiased (interval: population binned error)")]
 
 
 def metric_rows(metrics: dict, keys: list[tuple[str, str]]) -> list[list]:
@@ -19,7 +20,8 @@ def metric_rows(metrics: dict, keys: list[tuple[str, str]]) -> list[list]:
     for key, name in keys:
         if key not in metrics or metrics[key] is None:
             continue
-        ci = metrics.get("ci", {}).get(key)
+        ci = (metrics.get("ci", {}).get(key) if key != "rms_ce_debiased"
+              else metrics.get("rms_ce_debiased_ci"))
         interval = (f"[{ci['low']:.3f}, {ci['high']:.3f}]", ci["low"]) if ci else ""
         rows.append([name, float(metrics[key]), interval])
     return rows
@@ -151,4 +153,7 @@ def run_page(metrics: dict, *, title: str, context: dict, figures: list[str], fo
                                                 metric_rows(metrics, HEADLINE + MORE))]))
     return render_html(title, blocks, context={k: str(v) for k, v in context.items()},
                        footer="Written by calibtune. Intervals are 95% bootstrap percentile "
-                              "intervals over items.")
+                              "intervals over items. For ECE and cw-ECE: interval of the binned "
+                              "estimator at this n, not of the true calibration error; the "
+                              "debiased RMS-CE's interval is for the population binned error "
+                              "(docs/metrics.md).")
