@@ -375,7 +375,7 @@ def diagnose_cmd(
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for intervals."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
 ) -> None:
-    """Where a model stands (calibrated, letter prior, fine-tuning-limited …) and which method to use."""
+    """What the scores show (miscalibration beyond noise, a letter prior, a fine-tuning floor …), what a cross-fitted temperature achieves, and which method to try."""
     _setup_logging(verbose)
     try:
         from .workflows.diagnose import DiagnoseConfig, run_diagnose
