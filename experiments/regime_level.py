@@ -11,7 +11,8 @@ one confidence draw, 1000 draws, an approximation of the per-sample q95 diagnose
 - new: `theory.regime.floor_test` rejects (lower 95% bound of the floor > 0), as diagnose does
   with G₀ = 0 (exchangeable item sets). The test alone (without the R0 gate) is also reported.
 
-Writes experiments/results/regime_level.json. Run: PYTHONPATH=src python experiments/regime_level.py
+Writes experiments/results/regime_level.json (about 80 s on one core at 2000 replicates).
+Run: PYTHONPATH=src python experiments/regime_level.py [REPS]; `--markdown` prints the tables.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from calibtune.metrics.binning import assign_bins, bin_edges
 from calibtune.metrics.uncertainty import ece_noise_floor
 from calibtune.theory.regime import floor_test
 
-REPS = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+REPS = int(sys.argv[1]) if sys.argv[1:2] and sys.argv[1].isdigit() else 2000
 N_BINS = 10
 OUT = Path(__file__).parent / "results" / "regime_level.json"
 LEVEL_CASES = [  # population floor exactly 0: on the L2 = 0 boundary, or on D = 0
@@ -99,5 +100,37 @@ def main() -> None:
               f"old {r['old']['rate']:.3f} new {r['new']['rate']:.3f}", file=sys.stderr)
 
 
+
+
+def markdown(path: Path = OUT) -> str:
+    """The two tables of docs/theory.md §5 from the saved results."""
+    res = json.loads(path.read_text())
+    lines = ["| A_H | C_H | A_T | K | max over (n_H, n_T): old rule | new verdict | new test alone "
+             "| reviewer's cell (n_H 300, n_T 150) old / new |", "|---|---|---|---|---|---|---|---|"]
+    cells: dict = {}
+    for r in res["level"]:
+        cells.setdefault((r["A_H"], r["C_H"], r["A_T"], r["K"]), []).append(r)
+    for (a_h, c_h, a_t, k), rows in cells.items():
+        def worst(key):
+            w = max(rows, key=lambda r: r[key]["rate"])
+            return f"{w[key]['rate']:.3f} ± {w[key]['mc_se']:.3f} ({w['n_H']}, {w['n_T']})"
+        mid = next(r for r in rows if (r["n_H"], r["n_T"]) == (300, 150))
+        lines.append(f"| {a_h:.2f} | {c_h:.2f} | {a_t:.2f} | {k} | {worst('old')} | {worst('new')} "
+                     f"| {worst('new_test_alone')} | {mid['old']['rate']:.3f} / "
+                     f"{mid['new']['rate']:.3f} |")
+    lines += ["", "| population floor | n_H | n_T 50: old / new | n_T 150: old / new "
+              "| n_T 1000: old / new |", "|---|---|---|---|---|"]
+    power: dict = {}
+    for r in res["power"]:
+        power.setdefault((r["population_floor"], r["n_H"]), {})[r["n_T"]] = r
+    for (floor, n_h), by_t in power.items():
+        lines.append(f"| {floor:.2f} | {n_h} | " + " | ".join(
+            f"{by_t[t]['old']['rate']:.2f} / {by_t[t]['new']['rate']:.2f}" for t in N_T) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--markdown"]:
+        print(markdown())
+    else:
+        main()

@@ -602,6 +602,8 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
             "held-out split keeps every argmax and, being fitted to outcomes from outside the "
             "training items, is not bound by this floor; choose it (keep_accuracy=True) if such a "
             "split can be spared.")
+        if fitted is not None:
+            rules.append(_r3_posthoc(fitted, "R3 (that alternative, measured)"))
     elif fitted is not None and fitted.ece_after < fitted.ece_before:
         rec = "temperature"
         rules.append(_r3_posthoc(fitted, "R3"))
