@@ -52,3 +52,12 @@ def test_diagnose_on_held_out_scores_prints_the_cross_fitted_temperature(tmp_pat
     assert d["crossfit"]["ece_after"] < d["crossfit"]["ece_before"]
     assert d["crossfit"]["accuracy_after"] == d["crossfit"]["accuracy_before"]
     assert "not of the true calibration error" in d["interval_kind"]
+
+
+@pytest.mark.parametrize("text", ["data: [unclosed", "- a list\n- of options\n"])
+def test_a_damaged_config_is_one_error_naming_the_file(tmp_path, text):
+    from calibtune.errors import SavedFileError
+
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(SavedFileError, match="config.yaml"):
+        item_sets(tmp_path)

@@ -14,7 +14,7 @@ import yaml
 
 from ..calibrators import TemperatureScaling
 from ..data.builtin import EVALS_SETS
-from ..errors import ConfigError
+from ..errors import ConfigError, SavedFileError
 from ..integrity import (atomic_write_json, atomic_write_text, read_json_file, read_json_records,
                          saved_number)
 from ..scores import OptionScores
@@ -64,7 +64,12 @@ def item_sets(run: str | Path) -> tuple[bool | None, str | None]:
     path = Path(run) / "config.yaml"
     if not path.exists():
         return None, None
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SavedFileError(f"{path}: not readable YAML ({type(err).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise SavedFileError(f"{path}: expected a mapping of options, got {type(cfg).__name__}")
     data, held = cfg.get("data"), cfg.get("eval_data") or cfg.get("data")
     split, eval_split = cfg.get("split"), cfg.get("eval_split")
     if data != held:
