@@ -61,3 +61,31 @@ def test_a_damaged_config_is_one_error_naming_the_file(tmp_path, text):
     (tmp_path / "config.yaml").write_text(text)
     with pytest.raises(SavedFileError, match="config.yaml"):
         item_sets(tmp_path)
+
+
+def test_diagnose_train_run_refuses_or_decides_by_its_item_sets(tmp_path):
+    """Held-out items far less accurate than training items: with MMLU's subject-disjoint split
+    and no gap before fine-tuning, no regime verdict; told the sets are exchangeable, a verdict."""
+    rng = np.random.default_rng(2)
+    n = 400
+    z = rng.normal(size=(n, 4)) * 3
+    y = rng.integers(0, 4, n)                                   # accuracy ≈ chance, confident
+    run = tmp_path / "train"
+    (run / "eval").mkdir(parents=True)
+    OptionScores(z, y, np.ones_like(z, bool), [f"q{i}" for i in range(n)]).save(
+        run / "eval" / "scores.npz")
+    (run / "train_log.json").write_text(json.dumps([{"epoch": 5.0, "step": 50,
+                                                     "train_accuracy": 0.95,
+                                                     "train_confidence": 0.95, "train_n": 300}]))
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": "mmlu", "split": "train",
+                                                     "eval_split": "test"}))
+    res = runner.invoke(app, ["diagnose", str(run), "--train-run", str(run), "--n-boot", "20"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((run / "eval" / "diagnosis.json").read_text())
+    assert d["regime"] == "not determined" and d["train"]["same_distribution"] is False
+    assert any(f.startswith("item sets:") and "subject-disjoint" in f for f in d["flags"])
+    res = runner.invoke(app, ["diagnose", str(run), "--train-run", str(run), "--n-boot", "20",
+                              "--same-distribution"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((run / "eval" / "diagnosis.json").read_text())
+    assert d["regime"] == "fine-tuning-limited" and d["regime_test"]["reject"]

@@ -30,6 +30,8 @@ class DiagnoseConfig:
     n_bins: int = 10
     n_boot: int = 1000
     seed: int = 0
+    # overrides what the training run's config.yaml says about its item sets (None: read it)
+    same_distribution: bool | None = None
 
 
 def scores_path(spec: str | Path) -> Path:
@@ -119,6 +121,8 @@ def run_diagnose(cfg: DiagnoseConfig) -> tuple[Diagnosis, Path]:
     train = None
     if cfg.train_run:
         same, why = item_sets(cfg.train_run)
+        if cfg.same_distribution is not None:
+            same, why = cfg.same_distribution, "as stated on the command line"
         train = {**training_measurements(cfg.train_run), **baseline_measurements(cfg.train_run),
                  "same_distribution": same, "item_sets": why}
     result = diagnose(scores.probs(), scores.labels, scores.mask, n_bins=cfg.n_bins,
