@@ -1,31 +1,31 @@
 """Where does a model stand, and which method fits: a diagnosis from measured scores.
 
 Pure functions on plain arrays; no files, no CLI. The decision rule (R0–R3) and the flags are
-calibtune's own and are documented, with the bounds they use, in docs/theory.md §5.
+calibtune's own and are documented, with the bounds they use, in docs/theory.md §5. The
+statistics live beside it: `regime` (the floor test, R0's power), `posthoc` (cross-fitting),
+`collapse` (letter prior), `critical` (a*); their public names are re-exported here.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import numpy as np
-from scipy.stats import binom
 
 from ..metrics.binning import bin_edges, bin_statistics, calibration_error_from_table
 from ..metrics.calibration import classwise_ece
 from ..metrics.uncertainty import Interval, NoiseFloor, bootstrap_ci, ece_noise_floor
 from ..metrics.validation import MetricInputError, check_inputs, top_label
 from . import bounds as B
+from .collapse import CollapseMeasures, collapse_measures, collapse_normalised, letter
+from .critical import CriticalAccuracy, critical_accuracy
+from .plain import normalised, plain
 from .posthoc import CrossFit, Fit, cross_fit
 from .regime import FloorTest, floor_test, proportion_var, r0_power
 
 Z_DIRECTION = 1.96            # |z| of the mean gap above which the direction is called
-LETTER_PRIOR_MIN_SHARE = 0.5  # most predictions on one option ...
-LETTER_PRIOR_MIN_EXCESS = 0.10  # ... at least 10 points more than that option's gold share ...
-LETTER_PRIOR_ALPHA = 0.05     # ... and the excess significant (exact McNemar, Bonferroni × K)
-GAP_Z = 1.96                  # the generalisation gap must exceed its own sampling error
 FEW_ITEMS_Q95 = 0.05          # flag when the noise floor's q95 is this large
 
 RECOMMENDATIONS = ("none", "temperature", "cft", "rcft")
@@ -35,131 +35,6 @@ INTERVAL_KIND = ("percentile bootstrap over items: an interval of the binned est
 POWER_GAPS = (0.05, 0.10)     # over-confidences for which R0's power is reported
 TRAIN_KEYS = ("accuracy", "confidence", "n", "confidences", "correct", "accuracy_before",
               "n_before", "heldout_accuracy_before", "same_distribution", "item_sets")
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def _normalised(p: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Rows divided by their unmasked sum (masked entries stay 0; every argmax is unchanged).
-
-    `check_inputs` accepts rows whose sum misses 1 by up to 1e-6 and returns them as they are; the
-    bounds of docs/theory.md hold exactly only for rows that sum to 1 (c_i ≥ 1/K_i), so the
-    diagnosis works on renormalised rows. Its numbers can therefore differ from the metrics on the
-    raw rows by about 1e-6 (relative); for rows that already sum to 1 they agree.
-    """
-    s = np.where(m, p, 0.0).sum(axis=1, keepdims=True)
-    return np.where(m, p / s, 0.0)
-
-
-def _letter(j: int) -> str:
-    return LETTERS[j] if 0 <= j < len(LETTERS) else str(j)
-
-
-def _clean(x):
-    """JSON-ready: numpy scalars to Python, non-finite floats to None, containers recursively."""
-    if isinstance(x, Mapping):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
-# --------------------------------------------------------------------------------------------
-# Collapse measures: is the gap a letter/option prior?
-
-
-@dataclass(frozen=True)
-class CollapseMeasures:
-    """How much the predictions collapse onto one option position, against the gold labels.
-
-    `top_option` j* is the most predicted option (lowest index on ties). `excess` = share of
-    predictions on j* − share of gold labels on j*. `mass_excess` = mean p_{i,j*} − gold share of j*.
-    `gap_beyond_accuracy` = mean top-option probability − accuracy. Entropies are of the
-    prediction / gold distributions over option positions, divided by log(K). `p_value` is the
-    exact one-sided McNemar test of "predicted j* more often than gold j*" (discordant pairs
-    b = predicted j* but gold not, c = gold j* but predicted not), Bonferroni-adjusted × K.
-    `option_entropy` is the mean over items of the entropy of the item's own option
-    distribution divided by log(its number of options): 1 = uniform, 0 = all mass on one option
-    (the per-item collapse that preference optimisation is said to cause, docs/alignment.md).
-    """
-
-    n: int
-    n_options: int
-    pred_share: tuple[float, ...]
-    gold_share: tuple[float, ...]
-    top_option: int
-    top_pred_share: float
-    top_gold_share: float
-    excess: float
-    mass_on_top: float
-    mass_excess: float
-    gap_beyond_accuracy: float
-    wrong_share_on_top: float | None
-    pred_entropy: float
-    gold_entropy: float
-    mcnemar_b: int
-    mcnemar_c: int
-    p_value: float
-    letter_prior: bool
-    option_entropy: float
-
-    def to_dict(self) -> dict:
-        return _clean(asdict(self))
-
-
-def _norm_entropy(share: np.ndarray, k: int) -> float:
-    s = share[share > 0]
-    return float(-(s * np.log(s)).sum() / math.log(k)) if k > 1 else 0.0
-
-
-def collapse_measures(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
-                      from_logits: bool = False) -> CollapseMeasures:
-    """Collapse measures of a score set; `letter_prior` applies the rule of docs/theory.md §5."""
-    p, y, m = check_inputs(probs, labels, mask, from_logits=from_logits)
-    return _collapse(_normalised(p, m), y, m)
-
-
-def _collapse(p: np.ndarray, y: np.ndarray, m: np.ndarray) -> CollapseMeasures:
-    n, k = p.shape
-    pred = p.argmax(axis=1)
-    conf, correct = top_label(p, y)
-    pred_share = np.bincount(pred, minlength=k) / n
-    gold_share = np.bincount(y, minlength=k) / n
-    j = int(np.argmax(pred_share))
-    b = int(np.sum((pred == j) & (y != j)))
-    c = int(np.sum((pred != j) & (y == j)))
-    p_one = float(binom.sf(b - 1, b + c, 0.5)) if b + c > 0 else 1.0  # P(Bin(b+c, ½) ≥ b)
-    p_adj = min(1.0, k * p_one)
-    wrong = correct == 0
-    excess = float(pred_share[j] - gold_share[j])
-    prior = bool(pred_share[j] > LETTER_PRIOR_MIN_SHARE and excess >= LETTER_PRIOR_MIN_EXCESS - 1e-9
-                 and p_adj < LETTER_PRIOR_ALPHA)
-    return CollapseMeasures(
-        n=n, n_options=k, pred_share=tuple(float(s) for s in pred_share),
-        gold_share=tuple(float(s) for s in gold_share), top_option=j,
-        top_pred_share=float(pred_share[j]), top_gold_share=float(gold_share[j]), excess=excess,
-        mass_on_top=float(p[:, j].mean()), mass_excess=float(p[:, j].mean() - gold_share[j]),
-        gap_beyond_accuracy=float(conf.mean() - correct.mean()),
-        wrong_share_on_top=float(np.mean(pred[wrong] == j)) if wrong.any() else None,
-        pred_entropy=_norm_entropy(pred_share, k), gold_entropy=_norm_entropy(gold_share, k),
-        mcnemar_b=b, mcnemar_c=c, p_value=p_adj, letter_prior=prior,
-        option_entropy=_mean_option_entropy(p, m))
-
-
-def _mean_option_entropy(p: np.ndarray, m: np.ndarray) -> float:
-    """Mean normalised entropy of each item's option distribution (`check_inputs` ensures ≥ 2
-    options per item)."""
-    k_i = m.sum(axis=1)
-    plogp = np.where(m & (p > 0), p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    h = -plogp.sum(axis=1)
-    return float(np.mean(h / np.log(k_i)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +91,7 @@ class TrainingRun:
     def from_scores(cls, probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
                     from_logits: bool = False) -> TrainingRun:
         p, y, m = check_inputs(probs, labels, mask, from_logits=from_logits)
-        conf, correct = top_label(_normalised(p, m), y)
+        conf, correct = top_label(normalised(p, m), y)
         return cls(float(correct.mean()), float(conf.mean()), len(y), conf, correct)
 
     @classmethod
@@ -240,7 +115,7 @@ class TrainingRun:
         return (0.0, 0.0) if self.same_distribution else None
 
     def to_dict(self) -> dict:
-        return _clean({"accuracy": self.accuracy, "confidence": self.confidence, "n": self.n,
+        return plain({"accuracy": self.accuracy, "confidence": self.confidence, "n": self.n,
                        "per_item": self.confidences is not None,
                        "accuracy_before": self.accuracy_before, "n_before": self.n_before,
                        "heldout_accuracy_before": self.heldout_accuracy_before,
@@ -269,7 +144,7 @@ class BoundCheck:
     source: str = "calibtune (ours), docs/theory.md"
 
     def to_dict(self) -> dict:
-        return _clean(asdict(self))
+        return plain(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -307,7 +182,7 @@ class Diagnosis:
     r0_power: tuple[tuple[float, float], ...] = ()
 
     def to_dict(self) -> dict:
-        return _clean({
+        return plain({
             "n": self.n, "n_options": self.n_options, "n_bins": self.n_bins,
             "accuracy": self.accuracy.to_dict(), "mean_confidence": self.mean_confidence,
             "mean_gap": self.mean_gap, "mean_gap_z": self.mean_gap_z, "direction": self.direction,
@@ -362,7 +237,7 @@ class Diagnosis:
                          f"{f(b.against_value)} | {'yes' if b.holds else 'NO'} |")
         c = self.collapse
         lines += ["", f"Collapse: {f(c.top_pred_share)} of predictions on option "
-                      f"{_letter(c.top_option)} (gold share {f(c.top_gold_share)}, excess "
+                      f"{letter(c.top_option)} (gold share {f(c.top_gold_share)}, excess "
                       f"{f(c.excess, sign=True)}, McNemar p = {f(c.p_value, 4)}); prediction "
                       f"entropy {f(c.pred_entropy)} vs gold {f(c.gold_entropy)} (normalised).",
                   "", "Rules applied:"]
@@ -490,7 +365,7 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
     `seed`) before any fine-tuning is recommended. The command line passes temperature scaling.
     """
     p, y, m = check_inputs(probs, labels, mask, from_logits=from_logits)
-    p = _normalised(p, m)
+    p = normalised(p, m)
     run = None if train is None else TrainingRun.coerce(train)
     n, k = p.shape
     conf, correct = top_label(p, y)
@@ -510,7 +385,7 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
     z = _mean_gap_z(conf, correct)
     direction = ("overconfident" if z > Z_DIRECTION else "underconfident" if z < -Z_DIRECTION
                  else "no significant direction")
-    collapse = _collapse(p, y, m)
+    collapse = collapse_normalised(p, y, m)
 
     def lower(name: str, statement: str, value: float) -> BoundCheck:
         return BoundCheck(name, statement, float(value), "ECE", e, "lower", value <= e + B.TOL)
@@ -631,7 +506,7 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
     if collapse.letter_prior:
         flags.append(
             f"letter prior: {collapse.top_pred_share:.1%} of predictions on option "
-            f"{_letter(collapse.top_option)} against a gold share of {collapse.top_gold_share:.1%} "
+            f"{letter(collapse.top_option)} against a gold share of {collapse.top_gold_share:.1%} "
             f"(McNemar p = {collapse.p_value:.2g}); temperature keeps every argmax and cannot remove "
             "it; a per-option bias (vector scaling) or fine-tuning can.")
     chance = B.accuracy_only_floor(correct, k_i)
@@ -654,49 +529,5 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
                      regime_test=test, crossfit=fitted, r0_power=power)
 
 
-# --------------------------------------------------------------------------------------------
-# Critical accuracy (empirical)
-
-
-@dataclass(frozen=True)
-class CriticalAccuracy:
-    """a*: the lowest accuracy from which every checkpoint's statistic is above its noise band.
-
-    `last_within` is the highest accuracy below a* at which the statistic was within the band.
-    `critical` is None when the most accurate checkpoint is still within its band.
-    """
-
-    critical: float | None
-    last_within: float | None
-    n_points: int
-
-    def to_dict(self) -> dict:
-        return _clean(asdict(self))
-
-
-def critical_accuracy(accuracy: Sequence[float], statistic: Sequence[float],
-                      band: Sequence[float]) -> CriticalAccuracy:
-    """Empirical critical accuracy over checkpoints (docs/theory.md §4).
-
-    a* is the smallest accuracy a_j such that the statistic (held-out ECE of calibration-aware
-    checkpoints, or the P6 floor) exceeds its noise band (the noise-floor q95) at every
-    checkpoint whose accuracy is ≥ a_j. Ties: checkpoints of equal accuracy count together, and
-    one of them inside its band puts that accuracy inside; the result never depends on the
-    order of the input.
-    """
-    a = np.asarray(accuracy, dtype=np.float64)
-    s = np.asarray(statistic, dtype=np.float64)
-    q = np.asarray(band, dtype=np.float64)
-    if a.ndim != 1 or a.shape != s.shape or a.shape != q.shape or a.size == 0:
-        raise MetricInputError("accuracy, statistic and band must be 1-D of the same non-zero length")
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s)) and np.all(np.isfinite(q))):
-        raise MetricInputError("accuracy, statistic and band must be finite")
-    out = s > q
-    # order-free, also at ties: a* is the least accuracy a with every checkpoint of accuracy
-    # ≥ a outside its band; a tie at which any checkpoint is inside the band is inside
-    if out.all():
-        return CriticalAccuracy(float(a.min()), None, a.size)
-    last_in = float(a[~out].max())
-    if last_in >= a.max():
-        return CriticalAccuracy(None, last_in, a.size)
-    return CriticalAccuracy(float(a[out & (a > last_in)].min()), last_in, a.size)
+__all__ = ["BoundCheck", "CollapseMeasures", "CriticalAccuracy", "Diagnosis", "TrainingRun",
+           "collapse_measures", "critical_accuracy", "diagnose"]
