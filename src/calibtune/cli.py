@@ -373,16 +373,22 @@ def diagnose_cmd(
     out: Optional[Path] = typer.Option(None, help="Where to write diagnosis.json/.md (default: beside the scores)."),
     n_bins: int = typer.Option(10, "--n-bins", help="Number of confidence bins."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for intervals."),
+    same_distribution: Optional[bool] = typer.Option(
+        None, "--same-distribution/--different-distribution",
+        help="Whether the training run's training and held-out items come from one distribution "
+             "(default: read from its config.yaml; without it, or a measured gap before "
+             "fine-tuning, no regime verdict is given)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
 ) -> None:
-    """Where a model stands (calibrated, letter prior, fine-tuning-limited …) and which method to use."""
+    """What the scores show (miscalibration beyond noise, a letter prior, a fine-tuning floor …), what a cross-fitted temperature achieves, and which method to try."""
     _setup_logging(verbose)
     try:
         from .workflows.diagnose import DiagnoseConfig, run_diagnose
 
         result, folder = run_diagnose(DiagnoseConfig(str(scores), str(train_run) if train_run else None,
                                                      keep_accuracy, str(out) if out else None,
-                                                     n_bins, n_boot))
+                                                     n_bins, n_boot,
+                                                     same_distribution=same_distribution))
     except CalibtuneError as err:
         _fail(err)
     typer.echo(result.to_markdown())

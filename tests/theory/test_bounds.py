@@ -228,8 +228,8 @@ def test_generalisation_gap_floor_values_and_identity():
                                    train_confidence=0.88)
     assert g.gap == pytest.approx(0.3) and g.tracking_slack == pytest.approx(0.05)
     assert g.floor == pytest.approx(0.25)                      # = C_H − A_H here
-    assert g.fit_slack == pytest.approx(0.02) and g.transfer_slack == pytest.approx(0.03)
-    assert g.tracking_slack <= g.fit_slack + g.transfer_slack + TOL
+    assert g.fit_slack == pytest.approx(-0.02) and g.transfer_slack == pytest.approx(-0.03)
+    assert g.tracking_slack <= abs(g.fit_slack) + abs(g.transfer_slack) + TOL
     # confidence overshoots the training accuracy: the overshoot is not counted
     assert B.generalisation_gap_floor(0.8, 0.6, 0.95).floor == pytest.approx(0.05)
     # gap and miscalibration of opposite signs: no floor
@@ -238,6 +238,35 @@ def test_generalisation_gap_floor_values_and_identity():
     for bad in [(1.2, 0.5, 0.5), (0.5, -0.1, 0.5), (0.5, 0.5, float("nan"))]:
         with pytest.raises(MetricInputError):
             B.generalisation_gap_floor(*bad)
+
+
+def test_fit_and_transfer_slack_add_up_to_tau_whatever_their_signs():
+    """τ = C_H − A_T = g_T + Δ (signed): with g_T > 0 and Δ < 0, absolute values would give 0.15."""
+    g = B.generalisation_gap_floor(train_accuracy=0.9, accuracy=0.6, confidence=0.85,
+                                   train_confidence=0.95)
+    assert g.fit_slack == pytest.approx(0.05) and g.transfer_slack == pytest.approx(-0.10)
+    assert g.fit_slack + g.transfer_slack == pytest.approx(0.85 - 0.9, abs=1e-12)
+    assert g.tracking_slack == pytest.approx(abs(g.fit_slack + g.transfer_slack), abs=1e-12)
+    rng = np.random.default_rng(3)
+    for a_t, a_h, c_h, c_t in rng.random((200, 4)):
+        g = B.generalisation_gap_floor(a_t, a_h, c_h, c_t)
+        assert g.fit_slack + g.transfer_slack == pytest.approx(c_h - a_t, abs=1e-12)
+
+
+def test_noise_floor_grows_with_m_only_under_nested_refinement():
+    """Exact expectation over all 4 outcomes of c = (0.45, 0.55): M = 2 and 4 separate the items
+    (0.495), M = 3 puts both in [1/3, 2/3) (0.2475): E[ECE] is not monotone in M; 2 ⊂ 4 nests."""
+    import itertools
+    c = np.array([0.45, 0.55])
+    def expected(m):
+        total = 0.0
+        for ys in itertools.product((0, 1), repeat=2):
+            y = np.array(ys, float)
+            total += np.prod(np.where(y == 1, c, 1 - c)) * B.binned_ece(c, y, m)
+        return total
+    e2, e3, e4 = expected(2), expected(3), expected(4)
+    assert (e2, e3, e4) == pytest.approx((0.495, 0.2475, 0.495), abs=1e-12)
+    assert e3 < e2 and e4 > e3 and e4 >= e2 - 1e-12
 
 
 def test_generalisation_floors_hold_on_random_draws():

@@ -8,7 +8,7 @@ import pytest
 
 from calibtune.metrics import MetricInputError, classwise_ece, ece
 from calibtune.theory import (TrainingRun, collapse_measures, critical_accuracy, diagnose,
-                              generalisation_gap_floor)
+                              floor_test, generalisation_gap_floor)
 
 FAST = dict(n_boot=100, n_sim=400)
 
@@ -62,7 +62,9 @@ def test_r0_calibrated_within_noise():
     d = diagnose(p, y, **FAST)
     assert d.ece.estimate <= d.noise.q95
     assert d.within_noise and d.recommendation == "none"
-    assert d.regime == "calibrated within noise" and d.gap_kind == "within noise"
+    assert d.regime == "not distinguishable from calibrated" and d.gap_kind == "within noise"
+    assert "not distinguishable from calibrated at this n (power" in d.rules[0]
+    assert [g for g, _ in d.r0_power] == [0.05, 0.10] and 0 <= d.r0_power[0][1] <= 1
     # accuracy constraint and training data change nothing when there is nothing to fix
     d2 = diagnose(p, y, keep_accuracy=True, train={"accuracy": 0.99}, **FAST)
     assert d2.recommendation == "none" and len(d2.rules) == 1
@@ -91,7 +93,8 @@ def test_r1_keep_accuracy_gives_temperature():
     d = diagnose(p, y, keep_accuracy=True, **FAST)
     assert d.recommendation == "temperature" and d.direction == "overconfident"
     assert any(r.startswith("R1") for r in d.rules)
-    d = diagnose(p, y, keep_accuracy=True, train={"accuracy": 0.99, "confidence": 0.9}, **FAST)
+    d = diagnose(p, y, keep_accuracy=True, train={"accuracy": 0.99, "confidence": 0.9,
+                                                  "n": 1000, "same_distribution": True}, **FAST)
     assert d.recommendation == "temperature" and d.regime == "fine-tuning-limited"
     check_common(d)
 
@@ -105,28 +108,32 @@ def test_no_training_run_defaults_to_cft():
     check_common(d)
 
 
-def _edge_train(d, offset):
-    """A_T in (A_H, C_H) puts the P6 floor at 2A_T − A_H − C_H = q95 + offset."""
-    a_h, c_h = d.accuracy.estimate, d.mean_confidence
-    return (d.noise.q95 + offset + a_h + c_h) / 2
+SAME = {"same_distribution": True}
 
 
-def test_r2_generalisation_gap_floor_on_either_side_of_the_noise_band():
+def test_r2_is_the_floor_test_on_either_side_of_its_edge():
+    """The verdict is `floor_test`'s: scan A_T through the edge where the lower 95% bound of the
+    floor crosses 0; the regime flips exactly there, and the P6 numbers are the bounds module's."""
     p, y = scores(n=1500, shift=0.2, seed=3)
     d = diagnose(p, y, **FAST)
-    for offset, regime, rec in [(0.01, "fine-tuning-limited", "rcft"), (-0.01, "calibratable", "cft")]:
-        a_t = _edge_train(d, offset)
-        dd = diagnose(p, y, train={"accuracy": a_t}, **FAST)
-        assert dd.gap.floor == pytest.approx(dd.noise.q95 + offset, abs=1e-9)
-        assert dd.regime == regime and dd.recommendation == rec
-        check_common(dd)
+    conf, correct = p.max(1), (p.argmax(1) == y).astype(float)
+    seen = set()
+    for a_t in np.linspace(d.accuracy.estimate, 0.99, 40):
+        t = floor_test(conf, correct, float(a_t), 300)
+        dd = diagnose(p, y, train={"accuracy": float(a_t), "n": 300, **SAME}, **FAST)
+        assert dd.regime_test.lower == pytest.approx(t.lower, abs=1e-12)
+        expected = "fine-tuning-limited" if t.reject else "no fine-tuning floor detected"
+        assert dd.regime == expected and (dd.recommendation == "rcft") == t.reject
+        seen.add(t.reject)
+    assert seen == {True, False}
     # the whole mean gap lies between A_H and A_T: floor = C_H − A_H
-    dd = diagnose(p, y, train={"accuracy": 0.99, "confidence": 0.97, "n": 3000}, **FAST)
+    dd = diagnose(p, y, train={"accuracy": 0.99, "confidence": 0.97, "n": 3000, **SAME}, **FAST)
     assert dd.gap.floor == pytest.approx(dd.mean_gap, abs=1e-12)
-    assert dd.gap.fit_slack == pytest.approx(0.02) and dd.regime == "fine-tuning-limited"
-    # no generalisation gap (training items as miscalibrated as held-out ones): calibratable
-    dd = diagnose(p, y, train={"accuracy": d.accuracy.estimate + 0.005}, **FAST)
-    assert dd.gap.floor == 0.0 and dd.recommendation == "cft"
+    assert dd.gap.fit_slack == pytest.approx(-0.02) and dd.regime == "fine-tuning-limited"
+    check_common(dd)
+    # no generalisation gap (training items as miscalibrated as held-out ones): no floor
+    dd = diagnose(p, y, train={"accuracy": d.accuracy.estimate + 0.005, "n": 300, **SAME}, **FAST)
+    assert dd.gap.floor == 0.0 and dd.regime == "no fine-tuning floor detected"
 
 
 def test_r2_fine_tuning_limited_needs_a_positive_gap_and_overconfidence():
@@ -136,38 +143,70 @@ def test_r2_fine_tuning_limited_needs_a_positive_gap_and_overconfidence():
     rng = np.random.default_rng(14)
     conf = 0.55 + 0.2 * rng.random(1000)
     p, y = make_scores(conf, rng.random(1000) < 0.80, 4, rng)
-    d = diagnose(p, y, train={"accuracy": 0.6}, **FAST)
+    d = diagnose(p, y, train={"accuracy": 0.6, "n": 1000, **SAME}, **FAST)
     assert d.direction == "underconfident" and d.gap.gap < -1.96 * d.gap_se
     assert d.gap.floor > d.noise.q95
-    assert d.regime == "not determined" and d.recommendation == "cft"
-    assert any(r.startswith("R2") and "G ≤ 0" in r for r in d.rules)
+    assert d.regime == "no fine-tuning floor detected" and d.recommendation == "cft"
+    assert not d.regime_test.reject and d.regime_test.mean_gap < 0
     check_common(d)
     # mirror: held-out accuracy ≈ 0.55 under confidence ≈ 0.65, training accuracy 0.8
     p, y = make_scores(conf, rng.random(1000) < 0.55, 4, rng)
-    d = diagnose(p, y, train={"accuracy": 0.8}, **FAST)
+    d = diagnose(p, y, train={"accuracy": 0.8, "n": 1000, **SAME}, **FAST)
     assert d.direction == "overconfident" and d.gap.gap > 1.96 * d.gap_se
     assert d.gap.floor > d.noise.q95 and d.mean_gap >= d.gap.floor
     assert d.regime == "fine-tuning-limited" and d.recommendation == "rcft"
     # both ways out are printed: RCFT, and temperature on a held-out split
     r3 = [r for r in d.rules if r.startswith("R3")]
     assert len(r3) == 2 and "RCFT" in r3[0] and "temperature" in r3[1]
+    assert "heuristic" in r3[0] and "attributable to its generalisation gap" in r3[0]
+    assert "not calibratable" not in " ".join(d.rules) and "stops at" not in " ".join(d.rules)
     assert "accuracy-keeping alternative: temperature" in d.to_markdown()
     check_common(d)
 
 
-def test_r2_requires_the_gap_to_exceed_its_sampling_error():
-    """Floor above q95 but a gap no larger than its own noise (few training items): calibratable."""
+def test_r2_counts_the_training_accuracys_sampling_error():
+    """Floor well above q95, but A_T measured on 5 items: the test does not reject; on 500 it
+    does. Without n, A_T's error is unknown and no verdict is given."""
     rng = np.random.default_rng(4)
     conf = np.full(60, 0.97)                     # near-certain confidences: q95 tiny
     correct = rng.random(60) < 0.8
     p, y = make_scores(conf, correct, 4, rng)
-    train = {"accuracy": 0.97}                   # = C_H: the floor is the whole gap G ≈ 0.25
-    d = diagnose(p, y, train=train, **FAST)
+    train = {"accuracy": 0.97, **SAME}           # = C_H: the floor is the whole gap G ≈ 0.25
+    d = diagnose(p, y, train=dict(train, n=500), **FAST)
     assert d.gap.floor > d.noise.q95 and d.regime == "fine-tuning-limited"
     d = diagnose(p, y, train=dict(train, n=5), **FAST)
-    assert d.gap.floor > d.noise.q95
-    assert abs(d.gap.gap) <= 1.96 * d.gap_se and d.regime == "calibratable"
+    assert d.gap.floor > d.noise.q95 and d.regime == "no fine-tuning floor detected"
     assert d.recommendation == "cft"
+    d = diagnose(p, y, train=train, **FAST)
+    assert d.regime == "not determined" and d.regime_test is None
+    assert any("number of training items measured is unknown" in r for r in d.rules)
+
+
+def test_easier_training_items_are_not_read_as_memorisation():
+    """A model never fine-tuned whose training items are easier (A_T 0.80 against A_H 0.45,
+    C_H 0.75): with G₀ measured (the same gap before), or with the sets marked as different,
+    or unknown, it is not fine-tuning-limited; only the (false) claim that the sets are
+    exchangeable would make it so."""
+    rng = np.random.default_rng(21)
+    n = 600
+    conf = np.clip(0.75 + 0.1 * rng.standard_normal(n), 0.3, 1.0)
+    correct = rng.random(n) < 0.45 * conf / conf.mean()
+    p, y = make_scores(conf, correct, 4, rng)
+    a_h = float(np.mean(p.argmax(1) == y))
+    base = {"accuracy": 0.80, "confidence": 0.80, "n": 300}
+    measured = diagnose(p, y, train=dict(base, accuracy_before=0.80, n_before=300,
+                                         heldout_accuracy_before=a_h), **FAST)
+    assert measured.regime == "no fine-tuning floor detected" and measured.recommendation != "rcft"
+    assert measured.regime_test.baseline == pytest.approx(0.80 - a_h)
+    assert any("G₀ = " in r and "measured before fine-tuning" in r for r in measured.rules)
+    for same in (False, None):
+        d = diagnose(p, y, train=dict(base, same_distribution=same,
+                                      item_sets="MMLU train vs test subjects"), **FAST)
+        assert d.regime == "not determined" and d.recommendation != "rcft"
+        assert any(f.startswith("item sets:") for f in d.flags)
+        assert any("MMLU train vs test subjects" in f for f in d.flags) == (same is False)
+    wrong = diagnose(p, y, train=dict(base, same_distribution=True), **FAST)
+    assert wrong.regime == "fine-tuning-limited"
 
 
 def test_letter_prior_on_either_side():
@@ -341,7 +380,9 @@ def test_training_run_inputs():
     names = [b.name for b in d.bounds]
     assert "P6 generalisation gap" in names and "P7 binned generalisation gap" in names
     assert d.to_dict()["train"] == {"accuracy": run.accuracy, "confidence": run.confidence,
-                                    "n": 500, "per_item": True}
+                                    "n": 500, "per_item": True, "accuracy_before": None,
+                                    "n_before": None, "heldout_accuracy_before": None,
+                                    "same_distribution": None, "item_sets": None}
     check_common(d)
     with pytest.raises(MetricInputError, match="accuracy"):
         diagnose(p, y, train={"confidence": 0.9}, **FAST)

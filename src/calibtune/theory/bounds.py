@@ -1,10 +1,10 @@
 """Lower bounds on the binned ECE, and bounds on its sampling noise floor.
 
 Every statement here is calibtune's own derivation, proved in docs/theory.md (the proposition
-numbers below refer to it). None of them is a statement of Xiao et al. (ICML 2025): all we know of
-the paper's theory is one sentence of METHOD.md §4, quoted in full in docs/theory.md §0 (in short:
-the paper bounds ECE in terms of accuracy and splits models into a calibratable and a
-non-calibratable regime).
+numbers below refer to it). None of them is a statement of Xiao et al. (ICML 2025): we have not
+read the paper's theorem statements; docs/theory.md §0 quotes the one sentence of the project's
+notes on them (in short: the paper bounds ECE in terms of accuracy and splits models into a
+calibratable and a non-calibratable regime).
 
 Inputs are plain arrays: `conf` [n] the top-label confidences c_i = max_j p_ij, `correct` [n] the
 0/1 outcomes 1[argmax p_i = y_i]; `calibtune.metrics.top_label` produces both. Binning is the one of
@@ -196,7 +196,8 @@ class GapFloor:
     """Proposition 6: held-out ECE ≥ |G| − |τ| with G = A_T − A_H and τ = C_H − A_T.
 
     `fit_slack` g_T = C_T − A_T and `transfer_slack` Δ = C_H − C_T split τ = g_T + Δ when the
-    training items' mean confidence is known (None otherwise).
+    training items' mean confidence is known (None otherwise). Both are signed, so that
+    fit_slack + transfer_slack = C_H − A_T exactly; `tracking_slack` is |τ|.
     """
 
     train_accuracy: float
@@ -235,8 +236,8 @@ def generalisation_gap_floor(train_accuracy: float, accuracy: float, confidence:
     tau = c_h - a_t
     return GapFloor(train_accuracy=a_t, accuracy=a_h, confidence=c_h, train_confidence=c_t,
                     gap=gap, tracking_slack=abs(tau),
-                    fit_slack=None if c_t is None else abs(c_t - a_t),
-                    transfer_slack=None if c_t is None else abs(c_h - c_t),
+                    fit_slack=None if c_t is None else c_t - a_t,
+                    transfer_slack=None if c_t is None else c_h - c_t,
                     floor=max(abs(gap) - abs(tau), 0.0))
 
 

@@ -1,157 +1,40 @@
 """Where does a model stand, and which method fits: a diagnosis from measured scores.
 
 Pure functions on plain arrays; no files, no CLI. The decision rule (R0–R3) and the flags are
-calibtune's own and are documented, with the bounds they use, in docs/theory.md §5.
+calibtune's own and are documented, with the bounds they use, in docs/theory.md §5. The
+statistics live beside it: `regime` (the floor test, R0's power), `posthoc` (cross-fitting),
+`collapse` (letter prior), `critical` (a*); their public names are re-exported here.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import numpy as np
-from scipy.stats import binom
 
 from ..metrics.binning import bin_edges, bin_statistics, calibration_error_from_table
 from ..metrics.calibration import classwise_ece
 from ..metrics.uncertainty import Interval, NoiseFloor, bootstrap_ci, ece_noise_floor
 from ..metrics.validation import MetricInputError, check_inputs, top_label
 from . import bounds as B
+from .collapse import CollapseMeasures, collapse_measures, collapse_normalised, letter
+from .critical import CriticalAccuracy, critical_accuracy
+from .plain import normalised, plain
+from .posthoc import CrossFit, Fit, cross_fit
+from .regime import FloorTest, floor_test, proportion_var, r0_power
 
 Z_DIRECTION = 1.96            # |z| of the mean gap above which the direction is called
-LETTER_PRIOR_MIN_SHARE = 0.5  # most predictions on one option ...
-LETTER_PRIOR_MIN_EXCESS = 0.10  # ... at least 10 points more than that option's gold share ...
-LETTER_PRIOR_ALPHA = 0.05     # ... and the excess significant (exact McNemar, Bonferroni × K)
-GAP_Z = 1.96                  # the generalisation gap must exceed its own sampling error
 FEW_ITEMS_Q95 = 0.05          # flag when the noise floor's q95 is this large
 
 RECOMMENDATIONS = ("none", "temperature", "cft", "rcft")
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def _normalised(p: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Rows divided by their unmasked sum (masked entries stay 0; every argmax is unchanged).
-
-    `check_inputs` accepts rows whose sum misses 1 by up to 1e-6 and returns them as they are; the
-    bounds of docs/theory.md hold exactly only for rows that sum to 1 (c_i ≥ 1/K_i), so the
-    diagnosis works on renormalised rows. Its numbers can therefore differ from the metrics on the
-    raw rows by about 1e-6 (relative); for rows that already sum to 1 they agree.
-    """
-    s = np.where(m, p, 0.0).sum(axis=1, keepdims=True)
-    return np.where(m, p / s, 0.0)
-
-
-def _letter(j: int) -> str:
-    return LETTERS[j] if 0 <= j < len(LETTERS) else str(j)
-
-
-def _clean(x):
-    """JSON-ready: numpy scalars to Python, non-finite floats to None, containers recursively."""
-    if isinstance(x, Mapping):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
-# --------------------------------------------------------------------------------------------
-# Collapse measures: is the gap a letter/option prior?
-
-
-@dataclass(frozen=True)
-class CollapseMeasures:
-    """How much the predictions collapse onto one option position, against the gold labels.
-
-    `top_option` j* is the most predicted option (lowest index on ties). `excess` = share of
-    predictions on j* − share of gold labels on j*. `mass_excess` = mean p_{i,j*} − gold share of j*.
-    `gap_beyond_accuracy` = mean top-option probability − accuracy. Entropies are of the
-    prediction / gold distributions over option positions, divided by log(K). `p_value` is the
-    exact one-sided McNemar test of "predicted j* more often than gold j*" (discordant pairs
-    b = predicted j* but gold not, c = gold j* but predicted not), Bonferroni-adjusted × K.
-    `option_entropy` is the mean over items of the entropy of the item's own option
-    distribution divided by log(its number of options): 1 = uniform, 0 = all mass on one option
-    (the per-item collapse that preference optimisation is blamed for, METHOD.md §1).
-    """
-
-    n: int
-    n_options: int
-    pred_share: tuple[float, ...]
-    gold_share: tuple[float, ...]
-    top_option: int
-    top_pred_share: float
-    top_gold_share: float
-    excess: float
-    mass_on_top: float
-    mass_excess: float
-    gap_beyond_accuracy: float
-    wrong_share_on_top: float | None
-    pred_entropy: float
-    gold_entropy: float
-    mcnemar_b: int
-    mcnemar_c: int
-    p_value: float
-    letter_prior: bool
-    option_entropy: float
-
-    def to_dict(self) -> dict:
-        return _clean(asdict(self))
-
-
-def _norm_entropy(share: np.ndarray, k: int) -> float:
-    s = share[share > 0]
-    return float(-(s * np.log(s)).sum() / math.log(k)) if k > 1 else 0.0
-
-
-def collapse_measures(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
-                      from_logits: bool = False) -> CollapseMeasures:
-    """Collapse measures of a score set; `letter_prior` applies the rule of docs/theory.md §5."""
-    p, y, m = check_inputs(probs, labels, mask, from_logits=from_logits)
-    return _collapse(_normalised(p, m), y, m)
-
-
-def _collapse(p: np.ndarray, y: np.ndarray, m: np.ndarray) -> CollapseMeasures:
-    n, k = p.shape
-    pred = p.argmax(axis=1)
-    conf, correct = top_label(p, y)
-    pred_share = np.bincount(pred, minlength=k) / n
-    gold_share = np.bincount(y, minlength=k) / n
-    j = int(np.argmax(pred_share))
-    b = int(np.sum((pred == j) & (y != j)))
-    c = int(np.sum((pred != j) & (y == j)))
-    p_one = float(binom.sf(b - 1, b + c, 0.5)) if b + c > 0 else 1.0  # P(Bin(b+c, ½) ≥ b)
-    p_adj = min(1.0, k * p_one)
-    wrong = correct == 0
-    excess = float(pred_share[j] - gold_share[j])
-    prior = bool(pred_share[j] > LETTER_PRIOR_MIN_SHARE and excess >= LETTER_PRIOR_MIN_EXCESS - 1e-9
-                 and p_adj < LETTER_PRIOR_ALPHA)
-    return CollapseMeasures(
-        n=n, n_options=k, pred_share=tuple(float(s) for s in pred_share),
-        gold_share=tuple(float(s) for s in gold_share), top_option=j,
-        top_pred_share=float(pred_share[j]), top_gold_share=float(gold_share[j]), excess=excess,
-        mass_on_top=float(p[:, j].mean()), mass_excess=float(p[:, j].mean() - gold_share[j]),
-        gap_beyond_accuracy=float(conf.mean() - correct.mean()),
-        wrong_share_on_top=float(np.mean(pred[wrong] == j)) if wrong.any() else None,
-        pred_entropy=_norm_entropy(pred_share, k), gold_entropy=_norm_entropy(gold_share, k),
-        mcnemar_b=b, mcnemar_c=c, p_value=p_adj, letter_prior=prior,
-        option_entropy=_mean_option_entropy(p, m))
-
-
-def _mean_option_entropy(p: np.ndarray, m: np.ndarray) -> float:
-    """Mean normalised entropy of each item's option distribution (`check_inputs` ensures ≥ 2
-    options per item)."""
-    k_i = m.sum(axis=1)
-    plogp = np.where(m & (p > 0), p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    h = -plogp.sum(axis=1)
-    return float(np.mean(h / np.log(k_i)))
+INTERVAL_KIND = ("percentile bootstrap over items: an interval of the binned estimator at this n, "
+                 "not of the true calibration error (the binned ECE is biased upwards at finite n, "
+                 "docs/theory.md §1)")
+POWER_GAPS = (0.05, 0.10)     # over-confidences for which R0's power is reported
+TRAIN_KEYS = ("accuracy", "confidence", "n", "confidences", "correct", "accuracy_before",
+              "n_before", "heldout_accuracy_before", "same_distribution", "item_sets")
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,10 +43,17 @@ def _mean_option_entropy(p: np.ndarray, m: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """The fine-tuned model measured on its own training items (A_T, C_T of docs/theory.md §3.6).
+    """The fine-tuned model measured on its own training items (A_T, C_T of docs/theory.md §3).
 
     `confidences` / `correct` (per training item) are optional; with them Proposition 7 is also
     evaluated. `from_scores` fills everything from the training items' scores.
+
+    The regime test needs `n` (A_T's sampling error enters the floor with weight 2) and a
+    baseline for the gap the item sets had before fine-tuning: either measured
+    (`accuracy_before` on `n_before` training items and `heldout_accuracy_before` on the same
+    held-out items, both by the model before fine-tuning: G₀ = their difference) or
+    `same_distribution=True` (training and held-out items are exchangeable: G₀ = 0 assumed).
+    `item_sets` says in words how the two sets were drawn (shown in the verdict).
     """
 
     accuracy: float
@@ -171,16 +61,27 @@ class TrainingRun:
     n: int | None = None
     confidences: np.ndarray | None = field(default=None, repr=False, compare=False)
     correct: np.ndarray | None = field(default=None, repr=False, compare=False)
+    accuracy_before: float | None = None
+    n_before: int | None = None
+    heldout_accuracy_before: float | None = None
+    same_distribution: bool | None = None
+    item_sets: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("accuracy", "confidence"):
+        for name in ("accuracy", "confidence", "accuracy_before", "heldout_accuracy_before"):
             v = getattr(self, name)
-            if v is None and name == "confidence":
+            if v is None and name != "accuracy":
                 continue
             if not isinstance(v, (int, float, np.integer, np.floating)) or not 0 <= float(v) <= 1:
                 raise MetricInputError(f"train {name} must be a number in [0, 1], got {v!r}")
-        if self.n is not None and (not isinstance(self.n, (int, np.integer)) or self.n < 1):
-            raise MetricInputError(f"train n must be a positive integer, got {self.n!r}")
+        for name in ("n", "n_before"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
+                raise MetricInputError(f"train {name} must be a positive integer, got {v!r}")
+        if (self.accuracy_before is None) != (self.heldout_accuracy_before is None) or (
+                self.accuracy_before is not None and self.n_before is None):
+            raise MetricInputError("the gap before fine-tuning needs accuracy_before, n_before "
+                                   "and heldout_accuracy_before together")
         if (self.confidences is None) != (self.correct is None):
             raise MetricInputError("train confidences and correct must be given together")
         if self.confidences is not None and len(self.confidences) != len(self.correct):
@@ -190,7 +91,7 @@ class TrainingRun:
     def from_scores(cls, probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
                     from_logits: bool = False) -> TrainingRun:
         p, y, m = check_inputs(probs, labels, mask, from_logits=from_logits)
-        conf, correct = top_label(_normalised(p, m), y)
+        conf, correct = top_label(normalised(p, m), y)
         return cls(float(correct.mean()), float(conf.mean()), len(y), conf, correct)
 
     @classmethod
@@ -198,16 +99,28 @@ class TrainingRun:
         if isinstance(train, TrainingRun):
             return train
         if isinstance(train, Mapping):
-            unknown = set(train) - {"accuracy", "confidence", "n", "confidences", "correct"}
+            unknown = set(train) - set(TRAIN_KEYS)
             if "accuracy" not in train or unknown:
-                raise MetricInputError("train needs 'accuracy' and may have 'confidence', 'n', "
-                                       f"'confidences', 'correct'; got {sorted(train)}")
+                raise MetricInputError(f"train needs 'accuracy' and may have {TRAIN_KEYS[1:]}; "
+                                       f"got {sorted(train)}")
             return cls(**train)
         raise MetricInputError(f"train must be a TrainingRun or a mapping, got {type(train).__name__}")
 
+    def baseline(self, n_heldout: int) -> tuple[float, float] | None:
+        """(G₀, its variance) when measured, (0, 0) when the sets are exchangeable, else None."""
+        if self.accuracy_before is not None:
+            return (self.accuracy_before - self.heldout_accuracy_before,
+                    proportion_var(self.accuracy_before, int(self.n_before))
+                    + proportion_var(self.heldout_accuracy_before, n_heldout))
+        return (0.0, 0.0) if self.same_distribution else None
+
     def to_dict(self) -> dict:
-        return _clean({"accuracy": self.accuracy, "confidence": self.confidence, "n": self.n,
-                       "per_item": self.confidences is not None})
+        return plain({"accuracy": self.accuracy, "confidence": self.confidence, "n": self.n,
+                       "per_item": self.confidences is not None,
+                       "accuracy_before": self.accuracy_before, "n_before": self.n_before,
+                       "heldout_accuracy_before": self.heldout_accuracy_before,
+                       "same_distribution": self.same_distribution,
+                       "item_sets": self.item_sets})
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,7 +144,7 @@ class BoundCheck:
     source: str = "calibtune (ours), docs/theory.md"
 
     def to_dict(self) -> dict:
-        return _clean(asdict(self))
+        return plain(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -264,9 +177,12 @@ class Diagnosis:
     keep_accuracy: bool
     flags: tuple[str, ...]
     rules: tuple[str, ...]
+    regime_test: FloorTest | None = None
+    crossfit: CrossFit | None = None
+    r0_power: tuple[tuple[float, float], ...] = ()
 
     def to_dict(self) -> dict:
-        return _clean({
+        return plain({
             "n": self.n, "n_options": self.n_options, "n_bins": self.n_bins,
             "accuracy": self.accuracy.to_dict(), "mean_confidence": self.mean_confidence,
             "mean_gap": self.mean_gap, "mean_gap_z": self.mean_gap_z, "direction": self.direction,
@@ -280,7 +196,11 @@ class Diagnosis:
             "gap_se": self.gap_se, "within_noise": self.within_noise, "regime": self.regime,
             "gap_kind": self.gap_kind, "recommendation": self.recommendation,
             "keep_accuracy": self.keep_accuracy, "flags": list(self.flags),
-            "rules": list(self.rules)})
+            "rules": list(self.rules),
+            "regime_test": None if self.regime_test is None else self.regime_test.to_dict(),
+            "crossfit": None if self.crossfit is None else self.crossfit.to_dict(),
+            "r0_power": [{"gap": g, "power": p} for g, p in self.r0_power],
+            "interval_kind": INTERVAL_KIND})
 
     def to_markdown(self) -> str:
         f = _fmt
@@ -292,7 +212,7 @@ class Diagnosis:
                if self.recommendation == "rcft" else "")
             + f" — regime: {self.regime}; gap: {self.gap_kind}.",
             "",
-            "| quantity | value | 95% interval |",
+            "| quantity | value | 95% interval (bootstrap, see below) |",
             "|---|---|---|",
             f"| accuracy | {f(self.accuracy.estimate)} | [{f(self.accuracy.low)}, "
             f"{f(self.accuracy.high)}] |",
@@ -305,6 +225,8 @@ class Diagnosis:
             f"| noise floor (calibrated model) | mean {f(self.noise.mean)}, q95 {f(self.noise.q95)} "
             "| |",
             "",
+            f"Intervals: {INTERVAL_KIND}.",
+            "",
             "| bound (calibtune's, docs/theory.md) | value | vs | holds |",
             "|---|---|---|---|",
         ]
@@ -315,7 +237,7 @@ class Diagnosis:
                          f"{f(b.against_value)} | {'yes' if b.holds else 'NO'} |")
         c = self.collapse
         lines += ["", f"Collapse: {f(c.top_pred_share)} of predictions on option "
-                      f"{_letter(c.top_option)} (gold share {f(c.top_gold_share)}, excess "
+                      f"{letter(c.top_option)} (gold share {f(c.top_gold_share)}, excess "
                       f"{f(c.excess, sign=True)}, McNemar p = {f(c.p_value, 4)}); prediction "
                       f"entropy {f(c.pred_entropy)} vs gold {f(c.gold_entropy)} (normalised).",
                   "", "Rules applied:"]
@@ -360,10 +282,76 @@ def _gap_se(accuracy: float, n: int, train: TrainingRun) -> float:
     return math.sqrt(v)
 
 
+WORTH_FINE_TUNING = (
+    "Fine-tuning for calibration (CFT, or RCFT, docs/method.md) is worth its cost when "
+    "calibration must hold out of domain, where no labelled items exist to fit a temperature on "
+    "(a temperature fitted in-domain need not transfer), or when the model is being fine-tuned "
+    "anyway, so that the calibration term comes almost free. The repository's measurements do "
+    "not yet show it beating post-hoc scaling: docs/reproduce.md ('Measured': a temperature fitted "
+    "on the training items' scores matches CFT and RCFT in-domain and on the out-of-domain split, "
+    "at chance accuracy) and docs/theory.md §4 ('On real runs').")
+
+
+def _r3_posthoc(f: CrossFit, label: str) -> str:
+    t = ", ".join(_fmt(x.get("temperature"), 2) for x in f.parameters)
+    return (f"{label}: post-hoc {f.method} scaling, cross-fitted on these items (fitted on one "
+            f"half of {f.n_halves[0]}/{f.n_halves[1]} items, reported on the other, and the "
+            f"reverse; split seed {f.seed}; T = {t}): ECE {f.ece_before:.4f} → "
+            f"{f.ece_after:.4f} (noise-floor q95 of the result {f.noise_q95_after:.4f}), "
+            f"accuracy {f.accuracy_before:.4f} → {f.accuracy_after:.4f}. This is what it achieves "
+            "in-domain, on new items of the same distribution; fit it on a held-out split of your "
+            "own (`calibtune posthoc`).")
+
+
+def _regime(run: TrainingRun, conf: np.ndarray, correct: np.ndarray, gap: B.GapFloor,
+            gap_se: float, d: float, direction: str, rules: list[str], flags: list[str]
+            ) -> tuple[str, bool, FloorTest | None]:
+    """R2: the level-5% test of P6's floor, with the baseline G₀ (docs/theory.md §5)."""
+    n = conf.size
+    line = (f"R2: generalisation gap G = A_T − A_H = {run.accuracy:.4f} − {gap.accuracy:.4f} = "
+            f"{gap.gap:+.4f} (se {gap_se:.4f}); tracking slack |C_H − A_T| = "
+            f"{gap.tracking_slack:.4f}; P6 floor (|G| − slack)₊ = {gap.floor:.4f}")
+    base = run.baseline(n)
+    sets = f" ({run.item_sets})" if run.item_sets else ""
+    if base is None:
+        why = ("training and held-out items come from different distributions" + sets
+               if run.same_distribution is False else
+               "it is not known whether training and held-out items come from one distribution")
+        flags.append(f"item sets: {why}, and the gap before fine-tuning (G₀) was not measured: "
+                     "G may be a difference between the item sets, not memorisation, so no "
+                     "regime verdict is given. Measure the model before fine-tuning on both "
+                     "sets (eval_before and a training-item check at the start) to get G₀.")
+        rules.append(line + f" → not determined: {why}, and no G₀ to subtract.")
+        return "not determined", False, None
+    if run.n is None:
+        rules.append(line + " → not determined: the number of training items measured is "
+                     "unknown, so A_T's sampling error (weight up to 2 in the floor) cannot be "
+                     "counted.")
+        return "not determined", False, None
+    g0, g0_var = base
+    test = floor_test(conf, correct, run.accuracy, int(run.n), baseline=g0, baseline_var=g0_var)
+    origin = (f"G₀ = {g0:+.4f} measured before fine-tuning, memorisation gap G − G₀ = "
+              f"{gap.gap - g0:+.4f}" if run.accuracy_before is not None else
+              f"G₀ = 0 assumed: the item sets are exchangeable{sets}")
+    line += (f"; {origin}; test of floor > 0 (one-sided 5%, A_T's error counted twice): "
+             f"min(C_H − A_H = {test.mean_gap:+.4f} ± {test.se_mean_gap:.4f}, "
+             f"2(A_T − G₀) − A_H − C_H = {test.overshoot_margin:+.4f} ± "
+             f"{test.se_overshoot_margin:.4f}), lower 95% bound {test.lower:+.4f}")
+    if test.reject:
+        rules.append(line + " > 0 → fine-tuning-limited: this run's held-out ECE has a part "
+                     "attributable to its generalisation gap (about this run only; other runs "
+                     "of the same method can differ, docs/theory.md §3).")
+        return "fine-tuning-limited", True, test
+    rules.append(line + f" ≤ 0 → no fine-tuning floor detected (mean gap D = {d:+.4f}, "
+                 f"{direction}).")
+    return "no fine-tuning floor detected", False, test
+
+
 def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
              n_bins: int = 10, keep_accuracy: bool = False,
              train: TrainingRun | Mapping | None = None, n_boot: int = 1000, n_sim: int = 1000,
-             seed: int = 0, from_logits: bool = False) -> Diagnosis:
+             seed: int = 0, from_logits: bool = False, recalibrate: Fit | None = None
+             ) -> Diagnosis:
     """Diagnose held-out scores; see docs/theory.md §5 for every number and the rule.
 
     `probs` [n, K] (or logits with `from_logits=True`), `labels` [n], `mask` [n, K] for items with
@@ -371,10 +359,13 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
     same model measured on its training items (a `TrainingRun` or a mapping with 'accuracy' and
     optionally 'confidence', 'n', 'confidences', 'correct'). Unmasked rows are renormalised to sum
     to 1 before anything is computed (`check_inputs` lets a sum miss 1 by 1e-6; the bounds hold
-    exactly for normalised rows).
+    exactly for normalised rows). `recalibrate`: how to fit a post-hoc recalibration,
+    `fit(probs, labels, mask) → (transform(probs, mask) → probs, parameters)`; when given and the
+    model is miscalibrated, it is measured cross-fitted (`theory.posthoc.cross_fit`, split by
+    `seed`) before any fine-tuning is recommended. The command line passes temperature scaling.
     """
     p, y, m = check_inputs(probs, labels, mask, from_logits=from_logits)
-    p = _normalised(p, m)
+    p = normalised(p, m)
     run = None if train is None else TrainingRun.coerce(train)
     n, k = p.shape
     conf, correct = top_label(p, y)
@@ -394,7 +385,7 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
     z = _mean_gap_z(conf, correct)
     direction = ("overconfident" if z > Z_DIRECTION else "underconfident" if z < -Z_DIRECTION
                  else "no significant direction")
-    collapse = _collapse(p, y, m)
+    collapse = collapse_normalised(p, y, m)
 
     def lower(name: str, statement: str, value: float) -> BoundCheck:
         return BoundCheck(name, statement, float(value), "ECE", e, "lower", value <= e + B.TOL)
@@ -434,13 +425,19 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
     rules: list[str] = []
     flags: list[str] = []
     within = e <= noise.q95
+    power = tuple((g, r0_power(conf, noise.q95, g, n_bins, n_sim=n_sim, seed=seed))
+                  for g in POWER_GAPS)
     if within:
+        pw = ", ".join(f"{p:.2f} for a gap of {g:.2f}" for g, p in power)
         rules.append(f"R0: ECE {e:.4f} ≤ noise-floor q95 {noise.q95:.4f} (a perfectly calibrated "
                      f"model with these confidences exceeds it in 5% of samples of n = {n}) → "
-                     "calibrated within noise: nothing to do.")
+                     f"not distinguishable from calibrated at this n (power {pw}: the chance "
+                     "that this test detects a uniform over-confidence of that size). No "
+                     "recalibration is indicated by this test; it does not show calibration.")
     else:
-        rules.append(f"R0: ECE {e:.4f} > noise-floor q95 {noise.q95:.4f} (n = {n}; ECE interval "
-                     f"[{ece_ci.low:.4f}, {ece_ci.high:.4f}]) → miscalibrated beyond sampling noise.")
+        rules.append(f"R0: ECE {e:.4f} > noise-floor q95 {noise.q95:.4f} (n = {n}; bootstrap "
+                     f"interval of the binned estimator [{ece_ci.low:.4f}, {ece_ci.high:.4f}]) "
+                     "→ miscalibrated beyond sampling noise.")
 
     if not within and keep_accuracy:
         r1 = ("R1: accuracy must not move → post-hoc temperature scaling (fitted on a held-out "
@@ -449,42 +446,20 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
             r1 += (" A letter prior is flagged: temperature cannot remove it; a per-option bias "
                    "(vector scaling) or CFT can, but they may change predictions and so accuracy.")
         rules.append(r1 + " R2 below is for information only.")
-    regime = "calibrated within noise" if within else "not determined"
+    regime = "not distinguishable from calibrated" if within else "not determined"
     limited = False
-    if not within and gap is not None:
-        beyond_noise = gap.floor > noise.q95
-        real_gap = abs(gap.gap) > GAP_Z * gap_se
-        # The fine-tuning-limited reading needs the gap of fitting the training items harder:
-        # training accuracy above held-out (G > 0) and an over-confident model (D > 0). (A floor
-        # > 0 forces sign(D) = sign(G), docs/theory.md §3; both are checked.)
-        positive = gap.gap > 0 and d > 0
-        limited = beyond_noise and real_gap and positive
-        if limited:
-            regime = "fine-tuning-limited"
-        elif beyond_noise and real_gap:
-            regime = "not determined"
-        else:
-            regime = "calibratable"
-        line = (
-            f"R2: generalisation gap G = A_T − A_H = {run.accuracy:.4f} − {acc:.4f} = {gap.gap:+.4f} "
-            f"(se {gap_se:.4f}); tracking slack |C_H − A_T| = {gap.tracking_slack:.4f}; floor "
-            f"(|G| − slack)₊ = {gap.floor:.4f} {'>' if beyond_noise else '≤'} q95 {noise.q95:.4f}"
-            f" and |G| {'>' if real_gap else '≤'} {GAP_Z}·se = {GAP_Z * gap_se:.4f}")
-        if beyond_noise and real_gap and not positive:
-            line += (f"; but G {'≤' if gap.gap <= 0 else '>'} 0 and mean gap D = {d:+.4f} "
-                     f"({direction}): held-out accuracy is not below training accuracy, so this "
-                     "is not the gap that fitting the training items harder opens, and fitting "
-                     "them less cannot close it (check that A_T was measured on the same model, "
-                     "scored the same way) → not determined, treated as calibratable.")
-        else:
-            line += f" → {regime}" + (" (not calibratable from training items alone)."
-                                      if limited else ".")
-        rules.append(line)
+    test = None
+    if not within and run is not None:
+        regime, limited, test = _regime(run, conf, correct, gap, gap_se, d, direction, rules,
+                                        flags)
     elif not within:
         rules.append("R2: no training-run quantities: the regime cannot be read from held-out scores "
                      "alone (Proposition 4: above chance, accuracy alone forces no positive ECE "
-                     "floor) → not determined, treated as calibratable.")
+                     "floor) → not determined.")
 
+    fitted = None
+    if not within and recalibrate is not None and n >= 4:
+        fitted = cross_fit(p, y, m, recalibrate, n_bins=n_bins, seed=seed, n_sim=n_sim)
     if within:
         rec = "none"
     elif keep_accuracy:
@@ -492,18 +467,31 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
     elif limited:
         rec = "rcft"
         rules.append(
-            "R3: fine-tuning-limited → RCFT (METHOD.md §6) if the fine-tuned model is to be kept "
-            "and calibrated from its training items alone: fitting calibration on them (CFT) stops "
-            "at the P6 floor, and RCFT manages the accuracy/ECE trade-off (λ).")
+            "R3: this run's held-out ECE has a part attributable to its generalisation gap "
+            f"(lower 95% bound of P6's floor {test.lower:.4f} > 0) → RCFT (docs/method.md), if "
+            "this fine-tuned model is to be kept and its calibration fitted on its training items: "
+            "a heuristic of calibtune's, which trades training-item fit against ECE through λ; it "
+            "does not follow from Proposition 6 or 7, which only attribute the gap.")
         rules.append(
             "R3 (alternative that keeps accuracy): post-hoc temperature scaling fitted on a "
             "held-out split keeps every argmax and, being fitted to outcomes from outside the "
             "training items, is not bound by this floor; choose it (keep_accuracy=True) if such a "
             "split can be spared.")
+        if fitted is not None:
+            rules.append(_r3_posthoc(fitted, "R3 (that alternative, measured)"))
+    elif fitted is not None and fitted.ece_after < fitted.ece_before:
+        rec = "temperature"
+        rules.append(_r3_posthoc(fitted, "R3"))
     else:
         rec = "cft"
-        rules.append(f"R3: {regime} → CFT (METHOD.md §5).")
-
+        if fitted is not None:
+            rules.append(_r3_posthoc(fitted, "R3 (measured first)"))
+        rules.append(f"R3: {regime} → CFT (docs/method.md)" + (
+            "" if fitted is not None else "; post-hoc temperature was not measured (the "
+            "command line measures it cross-fitted; in Python pass `recalibrate`), and it is the "
+            "cheaper fix in-domain") + ". " + WORTH_FINE_TUNING)
+    if rec == "temperature" and not keep_accuracy:
+        rules.append("R3: " + WORTH_FINE_TUNING)
     if within:
         gap_kind = "within noise"
     elif collapse.letter_prior:
@@ -518,7 +506,7 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
     if collapse.letter_prior:
         flags.append(
             f"letter prior: {collapse.top_pred_share:.1%} of predictions on option "
-            f"{_letter(collapse.top_option)} against a gold share of {collapse.top_gold_share:.1%} "
+            f"{letter(collapse.top_option)} against a gold share of {collapse.top_gold_share:.1%} "
             f"(McNemar p = {collapse.p_value:.2g}); temperature keeps every argmax and cannot remove "
             "it; a per-option bias (vector scaling) or fine-tuning can.")
     chance = B.accuracy_only_floor(correct, k_i)
@@ -537,49 +525,9 @@ def diagnose(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = No
                      over=over, under=under, noise=noise, noise_bounds=nb, bounds=tuple(checks),
                      collapse=collapse, train=run, gap=gap, gap_se=gap_se, within_noise=within,
                      regime=regime, gap_kind=gap_kind, recommendation=rec,
-                     keep_accuracy=keep_accuracy, flags=tuple(flags), rules=tuple(rules))
+                     keep_accuracy=keep_accuracy, flags=tuple(flags), rules=tuple(rules),
+                     regime_test=test, crossfit=fitted, r0_power=power)
 
 
-# --------------------------------------------------------------------------------------------
-# Critical accuracy (empirical)
-
-
-@dataclass(frozen=True)
-class CriticalAccuracy:
-    """a*: the lowest accuracy from which every checkpoint's statistic is above its noise band.
-
-    `last_within` is the highest accuracy below a* at which the statistic was within the band.
-    `critical` is None when the most accurate checkpoint is still within its band.
-    """
-
-    critical: float | None
-    last_within: float | None
-    n_points: int
-
-    def to_dict(self) -> dict:
-        return _clean(asdict(self))
-
-
-def critical_accuracy(accuracy: Sequence[float], statistic: Sequence[float],
-                      band: Sequence[float]) -> CriticalAccuracy:
-    """Empirical critical accuracy over checkpoints (docs/theory.md §4).
-
-    For checkpoints sorted by held-out accuracy, a* is the smallest accuracy a_j such that the
-    statistic (held-out ECE of calibration-aware checkpoints, or the P6 floor) exceeds its noise
-    band (the noise-floor q95) at a_j and at every more accurate checkpoint.
-    """
-    a = np.asarray(accuracy, dtype=np.float64)
-    s = np.asarray(statistic, dtype=np.float64)
-    q = np.asarray(band, dtype=np.float64)
-    if a.ndim != 1 or a.shape != s.shape or a.shape != q.shape or a.size == 0:
-        raise MetricInputError("accuracy, statistic and band must be 1-D of the same non-zero length")
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s)) and np.all(np.isfinite(q))):
-        raise MetricInputError("accuracy, statistic and band must be finite")
-    order = np.argsort(a, kind="stable")
-    a, out = a[order], (s > q)[order]
-    if not out[-1]:
-        return CriticalAccuracy(None, float(a[-1]), a.size)
-    inside = np.flatnonzero(~out)
-    start = 0 if inside.size == 0 else int(inside[-1]) + 1
-    return CriticalAccuracy(float(a[start]), None if inside.size == 0 else float(a[inside[-1]]),
-                            a.size)
+__all__ = ["BoundCheck", "CollapseMeasures", "CriticalAccuracy", "Diagnosis", "TrainingRun",
+           "collapse_measures", "critical_accuracy", "diagnose"]
