@@ -20,19 +20,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "calibtune"
 
-# Files another branch is rewriting now (their references are its work). Empty this list once
-# that branch is merged; `test_pending_files_still_need_it` fails as soon as one is clean.
-PENDING_UNTIL_MERGE = {
-    "src/calibtune/theory/__init__.py",
-    "src/calibtune/theory/bounds.py",
-    "src/calibtune/theory/diagnosis.py",
-    "docs/theory.md",
-    "experiments/results/diagnose/mmlu-cft.md",
-    "experiments/results/diagnose/mmlu-sft.md",
-    "experiments/results/diagnose/soc-cft.md",
-    "experiments/results/diagnose/soc-sft.md",
-}
-
 # Files of other projects that calibtune's text names, each with whose it is.
 EXTERNAL = {
     "train/Custom_Trainer.py": "the reference code's RCFT trainer (docs/method.md §0)",
@@ -163,17 +150,8 @@ def findings() -> list[tuple[str, str]]:
 
 
 def test_user_visible_text_names_only_files_a_user_has():
-    bad = [f"{path}:{msg}" for path, msg in findings() if path not in PENDING_UNTIL_MERGE]
+    bad = [f"{path}:{msg}" for path, msg in findings()]
     assert not bad, "\n".join(bad)
-
-
-def test_pending_files_still_need_it():
-    """A pending file that is already clean must leave PENDING_UNTIL_MERGE: the exemption
-    cannot outlive its reason."""
-    dirty = {path for path, _ in findings()}
-    clean = sorted(p for p in PENDING_UNTIL_MERGE if p not in dirty and (ROOT / p).exists())
-    assert not clean, f"clean now: remove from PENDING_UNTIL_MERGE in {Path(__file__).name}: " \
-                      f"{clean}"
 
 
 def test_written_names_are_what_the_code_uses():

@@ -51,6 +51,18 @@ def test_rcft_reestimates_bins_every_epoch(tiny_llama, data, tmp_path):
     per_epoch = [e for e in log if "heldout_ece" in e]
     assert [e["step"] for e in per_epoch] == [6, 12, 18]  # held-out ECE logged every epoch
     assert all(0 <= e["heldout_ece"] <= 1 and e["heldout_n"] == 10 for e in per_epoch)
+    # before the first step, the training items alone (the baseline G₀ of diagnose --train-run):
+    # the same model and items as the E-step at step 0, scored through another path
+    (start,) = [e for e in log if e.get("epoch") == 0]
+    assert start["step"] == 0 and "heldout_accuracy" not in start and start["train_n"] == 24
+    assert start["train_accuracy"] == pytest.approx(history[0]["train_accuracy"], abs=1e-9)
+    assert start["train_ece"] == pytest.approx(history[0]["train_ece"], abs=1e-4)
+    from calibtune.workflows.diagnose import baseline_measurements
+
+    before = json.loads((tmp_path / "run" / "eval_before" / "metrics.json").read_text())
+    assert baseline_measurements(tmp_path / "run") == {
+        "accuracy_before": start["train_accuracy"], "n_before": 24,
+        "heldout_accuracy_before": before["accuracy"]}
     # the plane's points: intervals around each, and the training items scored too
     for e in per_epoch:
         for side, n in (("heldout", 10), ("train", 24)):

@@ -49,14 +49,31 @@ class EpochEvalCallback(TrainerCallback):
         self.items, self.scorer_for, self.n_bins = items, scorer_for, n_bins
         self.train_items = train_items or []
 
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """The training items before the first step (epoch 0): the baseline of the gap between
+        training and held-out accuracy that `diagnose --train-run` subtracts (G − G₀). Only the
+        training items: the held-out baseline is eval_before. Not again on a resume."""
+        if not self.train_items or state.global_step > 0 or model is None:
+            return
+        (train,) = self._score(model, self.train_items)
+        entry = {"epoch": 0.0, "step": 0} | point_metrics(
+            train.probs(), train.labels, train.mask, self.n_bins, "train")
+        state.log_history.append(entry)
+        log.info("before training: training items accuracy %.3f, ECE %.3f on %d",
+                 entry["train_accuracy"], entry["train_ece"], entry["train_n"])
+
+    def _score(self, model, *item_lists: list[MCQItem]) -> list:
+        """The current model's scores of each list (None for an empty one), in eval mode."""
         was_training = model.training
         model.eval()
         scorer = self.scorer_for(model)
-        scores = scorer.score(self.items)
-        train = scorer.score(self.train_items) if self.train_items else None
+        scores = [scorer.score(items) if items else None for items in item_lists]
         if was_training:
             model.train()
+        return scores
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        scores, train = self._score(model, self.items, self.train_items)
         entry = {"epoch": round(float(state.epoch or 0), 4), "step": state.global_step}
         entry |= point_metrics(scores.probs(), scores.labels, scores.mask, self.n_bins, "heldout")
         if train is not None:
