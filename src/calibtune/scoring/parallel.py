@@ -49,6 +49,17 @@ class Processes:
 
             PartialState().wait_for_everyone()
 
+    def close(self) -> None:
+        """Tear the process group down before the interpreter exits: left to exit-time
+        destructors, gloo's threads can abort a rank ("terminate called without an active
+        exception") after its work is done. Local to this rank: no collective, so a rank that
+        failed can call it too."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+
 
 def launched_processes() -> Processes:
     """The group this process was launched in (`accelerate launch` / `torchrun` set WORLD_SIZE);

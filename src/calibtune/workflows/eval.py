@@ -141,8 +141,11 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, overwrite: bool = False,
     Under `accelerate launch` every process scores a share of the items and rank 0 claims and
     writes the run folder; the other ranks return `RunOutputs` with empty metrics."""
     processes = launched_processes()
-    with _claimed_by_rank0(cfg, processes, resume, overwrite) as folder:
-        return _eval_into(folder, cfg, resume, progress, processes)
+    try:
+        with _claimed_by_rank0(cfg, processes, resume, overwrite) as folder:
+            return _eval_into(folder, cfg, resume, progress, processes)
+    finally:
+        processes.close()
 
 
 @contextlib.contextmanager
