@@ -447,3 +447,41 @@ def test_option_entropy_is_the_mean_normalised_entropy_of_each_items_options():
     assert c.option_entropy == pytest.approx(expected, abs=1e-12)
     assert collapse_measures(np.full((5, 4), 0.25), y[:5]).option_entropy == pytest.approx(1.0)
     assert collapse_measures(np.eye(4)[[0, 1, 2, 0]], y[:4]).option_entropy == 0.0
+
+
+def _sharpen(power: float):
+    """A `recalibrate` stub: every row raised to `power` and renormalised (fitted on nothing)."""
+    def fit(p, y, m):
+        def transform(q, mq):
+            r = np.where(mq, q, 0.0) ** power
+            return r / r.sum(axis=1, keepdims=True)
+        return transform, {"temperature": 1 / power}
+    return fit
+
+
+def test_temperature_is_recommended_only_when_scaling_reaches_the_noise_band():
+    """A cross-fitted scaling that lowers the ECE but leaves it above the result's noise band
+    does not replace fine-tuning; one that brings it inside the band does."""
+    from calibtune.workflows.diagnose import temperature_fit
+
+    p, y = scores(n=2000, shift=0.25, low=0.5)
+    barely = diagnose(p, y, recalibrate=_sharpen(0.97), **FAST)
+    assert barely.crossfit.ece_after < barely.crossfit.ece_before
+    assert barely.crossfit.ece_after > barely.crossfit.noise_q95_after
+    assert barely.recommendation == "cft" and any("scaling alone does not remove" in r
+                                                  for r in barely.rules)
+    fitted = diagnose(p, y, recalibrate=temperature_fit, **FAST)
+    assert fitted.crossfit.ece_after <= fitted.crossfit.noise_q95_after
+    assert fitted.recommendation == "temperature" and any("suffices in-domain" in r
+                                                          for r in fitted.rules)
+
+
+def test_keep_accuracy_prints_the_measured_scaling_and_power_only_for_a_non_rejection():
+    from calibtune.workflows.diagnose import temperature_fit
+
+    p, y = scores(shift=0.15)
+    d = diagnose(p, y, keep_accuracy=True, recalibrate=temperature_fit, **FAST)
+    assert d.recommendation == "temperature" and d.r0_power == ()
+    assert any(r.startswith("R1 (measured)") and "cross-fitted" in r for r in d.rules)
+    calibrated = diagnose(*scores(shift=0.0), **FAST)
+    assert calibrated.within_noise and [g for g, _ in calibrated.r0_power] == [0.05, 0.10]

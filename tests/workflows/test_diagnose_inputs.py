@@ -89,3 +89,50 @@ def test_diagnose_train_run_refuses_or_decides_by_its_item_sets(tmp_path):
     assert res.exit_code == 0, res.output
     d = json.loads((run / "eval" / "diagnosis.json").read_text())
     assert d["regime"] == "fine-tuning-limited" and d["regime_test"]["reject"]
+
+
+def _train_run_with_baseline(run, n: int, eval_before_ids: list[str]):
+    """A training run folder: final scores on n items, an epoch-0 and a final training-item
+    check, and eval_before on the given held-out ids."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(n, 4)) * 3
+    y = rng.integers(0, 4, n)
+    (run / "eval").mkdir(parents=True)
+    OptionScores(z, y, np.ones_like(z, bool), [f"q{i}" for i in range(n)]).save(
+        run / "eval" / "scores.npz")
+    (run / "eval_before").mkdir()
+    k = len(eval_before_ids)
+    OptionScores(z[:k], y[:k], np.ones((k, 4), bool), eval_before_ids).save(
+        run / "eval_before" / "scores.npz")
+    (run / "eval_before" / "metrics.json").write_text(json.dumps({"accuracy": 0.25, "n": k}))
+    (run / "train_log.json").write_text(json.dumps([
+        {"epoch": 0.0, "step": 0, "train_accuracy": 0.30, "train_confidence": 0.4, "train_n": 100},
+        {"epoch": 5.0, "step": 50, "train_accuracy": 0.95, "train_confidence": 0.95,
+         "train_n": 100}]))
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": "mmlu", "split": "train",
+                                                     "eval_split": "test"}))
+
+
+def test_the_final_training_point_is_never_the_one_before_training(tmp_path):
+    from calibtune.workflows.diagnose import training_measurements
+
+    _train_run_with_baseline(tmp_path, 50, [f"q{i}" for i in range(50)])
+    assert training_measurements(tmp_path) == {"accuracy": 0.95, "confidence": 0.95, "n": 100}
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    (tmp_path / "train_log.json").write_text(json.dumps(log[:1]))  # only the start: refused
+    with pytest.raises(Exception, match="no training-item measurements"):
+        training_measurements(tmp_path)
+
+
+@pytest.mark.parametrize("same_items", [True, False])
+def test_g0_is_used_only_for_the_items_eval_before_scored(tmp_path, same_items):
+    n = 200
+    ids = [f"q{i}" for i in range(n)] if same_items else [f"other{i}" for i in range(n)]
+    run = tmp_path / "train"
+    _train_run_with_baseline(run, n, ids)
+    res = runner.invoke(app, ["diagnose", str(run), "--train-run", str(run), "--n-boot", "20"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((run / "eval" / "diagnosis.json").read_text())
+    assert (d["train"]["accuracy_before"] is not None) is same_items
+    # MMLU's subject-disjoint split: a verdict only with G₀ measured on these items
+    assert (d["regime"] != "not determined") is same_items

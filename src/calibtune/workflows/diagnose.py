@@ -6,6 +6,7 @@ writes diagnosis.json and diagnosis.md. The rule is docs/theory.md §5.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from ..integrity import (atomic_write_json, atomic_write_text, read_json_file, r
                          saved_number)
 from ..scores import OptionScores
 from ..theory import Diagnosis, diagnose
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,8 +51,8 @@ def scores_path(spec: str | Path) -> Path:
 def training_measurements(run: str | Path) -> dict:
     """The fine-tuned model on its own training items, from the run's last epoch-end check."""
     log_path = Path(run) / "train_log.json"
-    points = [(where, e) for where, e in read_json_records(log_path)
-              if "train_accuracy" in e and "train_confidence" in e]
+    points = [(where, e) for where, e in read_json_records(log_path)  # epoch 0 is G₀'s
+              if "train_accuracy" in e and "train_confidence" in e and e.get("epoch", 1) != 0]
     if not points:
         raise ConfigError(f"{log_path} has no training-item measurements (runs of calibtune "
                           "before 2026-11-29, or --epoch-train-limit 0)")
@@ -109,6 +112,16 @@ def baseline_measurements(run: str | Path) -> dict:
             "heldout_accuracy_before": saved_number(metrics, "accuracy", before)}
 
 
+def same_heldout_items(run: str | Path, scores: OptionScores) -> bool:
+    """Whether the run's eval_before scored the items being diagnosed (same ids, or the same
+    number of items where its scores are not saved): G₀ is a difference on those items."""
+    saved = Path(run) / "eval_before" / "scores.npz"
+    if saved.exists():
+        return sorted(map(str, OptionScores.load(saved).ids)) == sorted(map(str, scores.ids))
+    metrics = read_json_file(Path(run) / "eval_before" / "metrics.json", dict)
+    return metrics.get("n") in (None, len(scores.labels))
+
+
 def temperature_fit(p: np.ndarray, y: np.ndarray, m: np.ndarray):
     """`theory.diagnose`'s `recalibrate`: the package's temperature scaling, on probabilities."""
     t = TemperatureScaling().fit(p, y, m, from_probs=True)
@@ -123,7 +136,13 @@ def run_diagnose(cfg: DiagnoseConfig) -> tuple[Diagnosis, Path]:
         same, why = item_sets(cfg.train_run)
         if cfg.same_distribution is not None:
             same, why = cfg.same_distribution, "as stated on the command line"
-        train = {**training_measurements(cfg.train_run), **baseline_measurements(cfg.train_run),
+        baseline = baseline_measurements(cfg.train_run)
+        if baseline and not same_heldout_items(cfg.train_run, scores):
+            log.warning("%s/eval_before scored other held-out items than %s: the gap before "
+                        "fine-tuning (G₀) does not apply to them and is not used", cfg.train_run,
+                        path)
+            baseline = {}
+        train = {**training_measurements(cfg.train_run), **baseline,
                  "same_distribution": same, "item_sets": why}
     result = diagnose(scores.probs(), scores.labels, scores.mask, n_bins=cfg.n_bins,
                       keep_accuracy=cfg.keep_accuracy, train=train, n_boot=cfg.n_boot,
