@@ -11,7 +11,13 @@ one confidence draw, 1000 draws, an approximation of the per-sample q95 diagnose
 - new: `theory.regime.floor_test` rejects (lower 95% bound of the floor > 0), as diagnose does
   with G₀ = 0 (exchangeable item sets). The test alone (without the R0 gate) is also reported.
 
-Writes experiments/results/regime_level.json (about 80 s on one core at 2000 replicates).
+A few cells with G₀ measured (`G0_CASES`, K = 4): the model before fine-tuning had accuracy
+A_H on the held-out items and A_H + G₀ on the training items, each measured independently
+(Binomial(n_H, ·)/n_H and Binomial(n_T, ·)/n_T); the test gets r = A_T − Ĝ₀ and the variance of
+Ĝ₀ as diagnose computes it (`proportion_var` of each before-accuracy). A_T = (A_H + C_H)/2 + G₀
+puts the population floor of the change of the gap exactly at 0.
+
+Writes experiments/results/regime_level.json (about 2 min on one core at 2000 replicates).
 Run: PYTHONPATH=src python experiments/regime_level.py [REPS]; `--markdown` prints the tables.
 """
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 
 from calibtune.metrics.binning import assign_bins, bin_edges
 from calibtune.metrics.uncertainty import ece_noise_floor
-from calibtune.theory.regime import floor_test
+from calibtune.theory.regime import floor_test, proportion_var
 
 REPS = int(sys.argv[1]) if sys.argv[1:2] and sys.argv[1].isdigit() else 2000
 N_BINS = 10
@@ -35,13 +41,15 @@ LEVEL_CASES = [  # population floor exactly 0: on the L2 = 0 boundary, or on D =
     (0.80, 0.96, 0.88), (0.60, 0.60, 0.80), (0.70, 0.70, 0.95)]
 POWER_CASES = [(0.45, 0.65, a_t) for a_t in (0.565, 0.575, 0.60, 0.65)]  # floors .03 .05 .10 .20
 N_H, N_T, KS = (100, 300, 1000), (50, 150, 1000), (2, 4)
+G0_CASES = [(0.45, 0.65, 0.10), (0.60, 0.80, 0.10)]  # (A_H, C_H, G₀); A_T on the null's edge
+G0_CELLS = [(100, 50), (300, 150), (1000, 1000)]     # (n_H, n_T); n_before = n_T, K = 4
 
 
 def population_floor(a_h: float, c_h: float, a_t: float) -> float:
     return max(min(c_h - a_h, 2 * a_t - a_h - c_h), 0.0) if a_t > a_h else 0.0
 
 
-def simulate(a_h, c_h, a_t, n_h, n_t, k, rng) -> dict:
+def simulate(a_h, c_h, a_t, n_h, n_t, k, rng, g0=None) -> dict:
     m = (c_h - 1 / k) / (1 - 1 / k)
     conf = 1 / k + (1 - 1 / k) * rng.beta(4 * m, 4 * (1 - m), size=(REPS, n_h))
     y = (rng.random((REPS, n_h)) < a_h * conf / c_h).astype(np.float64)
@@ -60,15 +68,24 @@ def simulate(a_h, c_h, a_t, n_h, n_t, k, rng) -> dict:
     qh, qt = (ah * n_h + 1) / (n_h + 2), (at * n_t + 1) / (n_t + 2)
     se_g = np.sqrt(qh * (1 - qh) / n_h + qt * (1 - qt) / n_t)
     old = r0 & (floor > q95) & (np.abs(g) > 1.96 * se_g) & (g > 0) & (d > 0)
-    # new test: theory.regime.floor_test on every replicate (G₀ = 0)
-    test = np.array([floor_test(conf[i], y[i], float(at[i]), n_t).reject for i in range(REPS)])
+    if g0 is None:  # new test: theory.regime.floor_test on every replicate (G₀ = 0)
+        test = np.array([floor_test(conf[i], y[i], float(at[i]), n_t).reject
+                         for i in range(REPS)])
+    else:  # G₀ measured before fine-tuning, independently on both item sets
+        at0 = rng.binomial(n_t, a_h + g0, size=REPS) / n_t
+        ah0 = rng.binomial(n_h, a_h, size=REPS) / n_h
+        test = np.array([floor_test(
+            conf[i], y[i], float(at[i]), n_t, baseline=float(at0[i] - ah0[i]),
+            baseline_var=proportion_var(float(at0[i]), n_t) + proportion_var(float(ah0[i]), n_h)
+        ).reject for i in range(REPS)])
     new = r0 & test
 
     def rate(x):
         p = float(x.mean())
         return {"rate": p, "mc_se": math.sqrt(max(p * (1 - p), 1 / REPS) / REPS)}
-    return {"A_H": a_h, "C_H": c_h, "A_T": a_t, "n_H": n_h, "n_T": n_t, "K": k,
-            "population_floor": population_floor(a_h, c_h, a_t), "q95": q95,
+    extra = {} if g0 is None else {"G0": g0}
+    return {"A_H": a_h, "C_H": c_h, "A_T": a_t, "n_H": n_h, "n_T": n_t, "K": k, **extra,
+            "population_floor": population_floor(a_h, c_h, a_t - (g0 or 0.0)), "q95": q95,
             "old": rate(old), "new": rate(new), "new_test_alone": rate(test)}
 
 
@@ -85,12 +102,20 @@ def grid(cases, ks) -> list[dict]:
     return rows
 
 
+def g0_grid() -> list[dict]:
+    rng = np.random.default_rng(0)
+    return [simulate(a_h, c_h, (a_h + c_h) / 2 + g0, n_h, n_t, 4, rng, g0=g0)
+            for a_h, c_h, g0 in G0_CASES for n_h, n_t in G0_CELLS]
+
+
 def main() -> None:
     level = grid(LEVEL_CASES, KS)
     power = grid(POWER_CASES, (4,))
+    level_g0 = g0_grid()
     worst = max(level, key=lambda r: r["new"]["rate"])
     OUT.write_text(json.dumps({"reps": REPS, "n_bins": N_BINS, "level": level, "power": power,
-                               "max_new_level": worst}, indent=1) + "\n")
+                               "max_new_level": worst, "level_g0_measured": level_g0},
+                              indent=1) + "\n")
     for r in level:
         print(f"level A_H {r['A_H']:.2f} C_H {r['C_H']:.2f} A_T {r['A_T']:.3f} K {r['K']} "
               f"n_H {r['n_H']:4d} n_T {r['n_T']:4d}: old {r['old']['rate']:.3f} "
@@ -98,7 +123,10 @@ def main() -> None:
     for r in power:
         print(f"power floor {r['population_floor']:.3f} n_H {r['n_H']:4d} n_T {r['n_T']:4d}: "
               f"old {r['old']['rate']:.3f} new {r['new']['rate']:.3f}", file=sys.stderr)
-
+    for r in level_g0:
+        print(f"G0 {r['G0']:+.2f} A_H {r['A_H']:.2f} C_H {r['C_H']:.2f} A_T {r['A_T']:.2f} "
+              f"n_H {r['n_H']:4d} n_T {r['n_T']:4d}: new {r['new']['rate']:.3f} "
+              f"test {r['new_test_alone']['rate']:.3f}", file=sys.stderr)
 
 
 
@@ -126,6 +154,14 @@ def markdown(path: Path = OUT) -> str:
     for (floor, n_h), by_t in power.items():
         lines.append(f"| {floor:.2f} | {n_h} | " + " | ".join(
             f"{by_t[t]['old']['rate']:.2f} / {by_t[t]['new']['rate']:.2f}" for t in N_T) + " |")
+    if res.get("level_g0_measured"):
+        lines += ["", "| A_H | C_H | G₀ | A_T | n_H | n_T | new verdict | new test alone |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in res["level_g0_measured"]:
+            lines.append(f"| {r['A_H']:.2f} | {r['C_H']:.2f} | {r['G0']:+.2f} | {r['A_T']:.2f} "
+                         f"| {r['n_H']} | {r['n_T']} | {r['new']['rate']:.3f} ± "
+                         f"{r['new']['mc_se']:.3f} | {r['new_test_alone']['rate']:.3f} ± "
+                         f"{r['new_test_alone']['mc_se']:.3f} |")
     return "\n".join(lines)
 
 
