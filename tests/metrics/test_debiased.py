@@ -129,17 +129,34 @@ def test_interval_covers_the_population_error(shift):
     assert cov_l2 >= 0.88 and cov_l1 >= 0.88
 
 
+def test_bracket_lower_side_misses_at_most_half_alpha_at_a_zero_mean_gap():
+    """At E[Y − C] = 0 the lower side |d̄| − z·se exceeds the target 0 whenever |d̄| > z·se, on
+    either tail of d̄. With z at 1 − α/4 that is α/2 = 0.025; with z at 1 − α/2 it would be α =
+    0.05 and the bracket only ≥ 1 − 1.5α. 4,000 seeded replications: Monte Carlo se ≈ 0.0025."""
+    rng = np.random.default_rng(21)
+    reps, n = 4000, 200
+    fired = 0
+    for r in range(reps):
+        conf = 0.25 + 0.75 * rng.beta(2.5, 1.5, n)
+        correct = (rng.random(n) < conf).astype(float)  # calibrated: E[Y − C] = 0 exactly
+        fired += debiased_ce_interval(conf, correct, 10, n_boot=2, seed=r).ece_low > 0
+    rate = fired / reps
+    assert 0.015 <= rate <= 0.035  # the old quantile gives ≈ 0.05 here
+
+
 def test_interval_fields_are_ordered_and_seeded():
     rng = np.random.default_rng(5)
     conf = rng.uniform(0.3, 1, 300)
-    correct = (rng.random(300) < conf - 0.1).astype(float)
+    correct = (rng.random(300) < conf - 0.15).astype(float)
     a = debiased_ce_interval(conf, correct, 15, n_boot=200, seed=1)
     assert a == debiased_ce_interval(conf, correct, 15, n_boot=200, seed=1)
     assert 0 <= a.low <= a.high and 0 <= a.ece_low <= a.ece_high == a.high
     assert a.estimate == pytest.approx(np.sqrt(max(0.0, a.squared)))
     d = correct - conf
-    assert a.ece_low == pytest.approx(max(0.0, abs(d.mean()) - 1.959964 * d.std(ddof=1) / np.sqrt(300)),
-                                      abs=1e-6)
+    # the lower side is |d̄| − z·se with z at 1 − α/4 = 0.9875 (2.2414), not 1 − α/2 (1.9600)
+    assert a.ece_low == pytest.approx(max(0.0, abs(d.mean()) - 2.241403 * d.std(ddof=1)
+                                          / np.sqrt(300)), abs=1e-6)
+    assert a.ece_low > 0  # this data's mean gap is far from 0, so the quantile above is tested
     assert a.squared == pytest.approx(loop_squared_ce(conf, correct, 15), abs=1e-12)
 
 
@@ -181,6 +198,7 @@ def test_summarize_and_report_md_carry_the_debiased_error_under_new_keys():
             f"{d['estimate']:.3f} [{d['low']:.3f}, {d['high']:.3f}] |") in text
     assert f"| ECE, population binned error: 95% bracket | [{d['ece_low']:.3f}," in text
     assert text.rstrip("\n").endswith(BOOTSTRAP_FOOTNOTE)
+    assert "debiased rows are not percentile intervals" in BOOTSTRAP_FOOTNOTE
     assert "interval of the binned estimator at this n, not of the true calibration error" in text
     bare = summarize(p, y, n_bins=15, n_boot=0)
     assert "rms_ce_debiased_ci" not in bare
@@ -199,4 +217,6 @@ def test_report_html_shows_the_debiased_row_and_labels_the_bootstrap_intervals(t
     page = run_page(m, title="t", context={}, figures=[], folder=tmp_path)
     d = m["rms_ce_debiased_ci"]
     assert "RMS-CE, debiased" in page and f"[{d['low']:.3f}, {d['high']:.3f}]" in page
-    assert "interval of the binned estimator at this n, not of the true calibration error" in page
+    assert "an interval of the binned estimator at this n, not of the true calibration error" in page
+    # the footer does not call the debiased interval a percentile bootstrap
+    assert "debiased RMS-CE interval is not a percentile interval but √max(0, Ŝ ± 1.96·sd)" in page

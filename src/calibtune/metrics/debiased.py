@@ -13,7 +13,13 @@ is estimated without the noise term: Ŝ = Σ_b (n_b/n)·[(ȳ_b − c̄_b)² − 
 (bins with fewer than two items contribute 0). Ŝ can be negative; its sampling distribution is
 centred near S, so an interval for S built around Ŝ stays honest down to S = 0, where the
 plug-in's is not. The interval maps to the ℓ2 error by √max(0, ·). For the ℓ1 binned ECE we give a
-bracket from two one-sided bounds: |E[Y − C]| ≤ ECE_binned ≤ ℓ2 binned error (Jensen).
+bracket (calibtune's construction, not Kumar et al.'s) from |E[Y − C]| ≤ ECE_binned ≤ ℓ2 binned
+error (triangle inequality, Jensen), each side allowed α/2: the upper side is the ℓ2 interval's
+upper end, the lower side |d̄| − z_{1−α/4}·se on d = correct − conf. The lower side needs the
+1 − α/4 quantile because |d̄| exceeds |μ| + z·se when d̄ − μ > z·se *or* μ − d̄ > z·se: two tails,
+each (asymptotically) 1 − Φ(z), so z_{1−α/4} keeps it at α/2 (reached at μ = 0), and with the
+upper side's α/2 the union bound gives coverage ≥ 1 − α. With z_{1−α/2} the lower side alone
+misses with probability up to α, and the bracket is only guaranteed 1 − 1.5α.
 Coverage of the population errors is measured by simulation in experiments/ece_coverage.py.
 """
 from __future__ import annotations
@@ -86,8 +92,9 @@ class DebiasedCE:
 
     `squared` is Ŝ (may be negative), `squared_std` its standard deviation over item resamples;
     `estimate` = √max(0, Ŝ). [`low`, `high`] is a 1 − α interval for the population binned ℓ2
-    error; [`ece_low`, `ece_high`] brackets the population binned ℓ1 ECE (each side a one-sided
-    α/2 bound).
+    error; [`ece_low`, `ece_high`] brackets the population binned ℓ1 ECE with coverage ≥ 1 − α
+    (asymptotically, by the union bound): each side may miss with probability at most α/2, the
+    lower side through z at 1 − α/4 (it is a bound on |mean|, which has two tails).
     """
 
     estimate: float
@@ -112,8 +119,9 @@ def debiased_ce_interval(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10
     Centred on Ŝ, not on the bootstrap's quantiles: the resamples' own binned error is the
     plug-in one, larger than S, so a percentile interval of Ŝ over resamples is shifted up by the
     noise term again. The interval for S maps to the ℓ2 error by √max(0, ·). The ℓ1 bracket's
-    lower side is a one-sided normal bound on |mean(correct − conf)|, its upper side the ℓ2
-    interval's upper end (the ℓ1 binned error never exceeds the ℓ2 one).
+    lower side is a normal lower bound on |mean(correct − conf)|, |d̄| − z_{1−α/4}·se (α/2 in
+    all, split over d̄'s two tails), its upper side the ℓ2 interval's upper end (the ℓ1 binned
+    error never exceeds the ℓ2 one), a one-sided α/2 bound.
     """
     conf, correct = _check_pair(conf, correct)
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
@@ -130,12 +138,13 @@ def interval_from_sums(sums: tuple, boot: tuple, conf: np.ndarray, correct: np.n
                        alpha: float = 0.05) -> DebiasedCE:
     """`debiased_ce_interval` from per-bin sums of the data and of its resamples ([B, M] each)."""
     n, n_bins, n_boot = len(conf), len(sums[0]), len(boot[0])
-    z = float(_normal.ppf(1 - alpha / 2))
+    z = float(_normal.ppf(1 - alpha / 2))  # S ± z·sd; its upper end misses with prob. α/2
+    z_abs = float(_normal.ppf(1 - alpha / 4))  # |d̄| − z_abs·se > |μ|: two tails of α/4 each
     s_hat = float(squared_ce_from_sums(*sums, n))
     sd = float(np.std(squared_ce_from_sums(*boot, n), ddof=1))
     d = correct - conf
     se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
-    ece_low = max(0.0, abs(float(d.mean())) - z * se)
+    ece_low = max(0.0, abs(float(d.mean())) - z_abs * se)
     root = lambda v: float(np.sqrt(max(0.0, v)))  # noqa: E731
     high = root(s_hat + z * sd)
     return DebiasedCE(root(s_hat), s_hat, sd, root(s_hat - z * sd), high, min(ece_low, high),

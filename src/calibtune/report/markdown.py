@@ -40,8 +40,11 @@ def render_report(metrics: dict, *, title: str, context: dict, figures: list[str
 BOOTSTRAP_FOOTNOTE = (
     "Intervals: the bracketed ECE and cw-ECE intervals are 95% percentile bootstrap intervals: "
     "interval of the binned estimator at this n, not of the true calibration error (it sits "
-    "above zero even for a perfectly calibrated model). The debiased rows give 95% intervals "
-    "for the population binned error itself (docs/metrics.md).")
+    "above zero even for a perfectly calibrated model). The debiased rows are not percentile "
+    "intervals and are for the population binned error itself: RMS-CE √max(0, Ŝ ± 1.96·sd), sd "
+    "the standard deviation of the debiased squared error Ŝ over item resamples; the ECE bracket "
+    "from two bounds that may each miss with probability 2.5%, so it covers with at least 95% "
+    "(docs/metrics.md).")
 
 
 def debiased_rows(metrics: dict) -> list[str]:

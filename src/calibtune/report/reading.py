@@ -152,8 +152,10 @@ def run_page(metrics: dict, *, title: str, context: dict, figures: list[str], fo
     blocks.append(Details("All metrics", [Table(["metric", "value", "95% interval"],
                                                 metric_rows(metrics, HEADLINE + MORE))]))
     return render_html(title, blocks, context={k: str(v) for k, v in context.items()},
-                       footer="Written by calibtune. Intervals are 95% bootstrap percentile "
-                              "intervals over items. For ECE and cw-ECE: interval of the binned "
-                              "estimator at this n, not of the true calibration error; the "
-                              "debiased RMS-CE's interval is for the population binned error "
-                              "(docs/metrics.md).")
+                       footer="Written by calibtune. Intervals: the debiased RMS-CE interval is not a "
+                              "percentile interval but √max(0, Ŝ ± 1.96·sd), Ŝ the debiased "
+                              "squared error and sd its standard deviation over item resamples: "
+                              "a 95% interval for the population binned error (docs/metrics.md). "
+                              "Every other interval is a 95% percentile bootstrap interval over "
+                              "items; for ECE and cw-ECE it is an interval of the binned "
+                              "estimator at this n, not of the true calibration error.")
