@@ -169,7 +169,7 @@ def evaluate(scores: OptionScores, *, n_bins: int = 10, n_boot: int = 1000, seed
     per-group table, worst-calibrated first)."""
     from .metrics.conformal import split_conformal
     from .metrics.groups import group_table
-    from .theory.diagnosis import collapse_measures
+    from .metrics.collapse import collapse_measures
 
     probs = scores.probs()
     metrics = summarize(probs, scores.labels, scores.mask, n_bins=n_bins, n_boot=n_boot,

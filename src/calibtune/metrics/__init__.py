@@ -1,6 +1,7 @@
 """Calibration metrics on plain arrays (probabilities or logits [n, K], labels [n], mask)."""
 from .binning import BinTable, assign_bins, bin_edges, bin_statistics, calibration_error_from_table
 from .calibration import bin_table, classwise_ece, classwise_tables, ece
+from .collapse import CollapseMeasures, collapse_measures
 from .conformal import ConformalResult, split_conformal
 from .debiased import DebiasedCE, debiased_ce_interval, debiased_rms_ce, debiased_squared_ce
 from .groups import GroupTable, group_table
@@ -13,8 +14,9 @@ from .summary import summarize
 from .uncertainty import Interval, NoiseFloor, bootstrap_ci, ece_noise_floor
 from .validation import MetricInputError, check_inputs, log_softmax, softmax, top_label
 
-__all__ = ["ConformalResult", "GroupTable", "PairedComparison", "align_items", "compare_scores",
-           "group_table", "mcnemar_exact", "paired_compare", "split_conformal",
+__all__ = ["CollapseMeasures", "ConformalResult", "GroupTable", "PairedComparison", "align_items",
+           "collapse_measures", "compare_scores", "group_table", "mcnemar_exact", "paired_compare",
+           "split_conformal",
            "BinTable", "DebiasedCE", "Interval", "MetricInputError", "NoiseFloor", "accuracy",
            "accuracy_coverage_curve", "area_under_accuracy_coverage", "assign_bins", "auroc",
            "auroc_from_confidence", "bin_edges", "bin_statistics", "bin_table",

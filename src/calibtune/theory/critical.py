@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..integrity import json_ready
 from ..metrics.validation import MetricInputError
-from .plain import plain
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class CriticalAccuracy:
     n_points: int
 
     def to_dict(self) -> dict:
-        return plain(asdict(self))
+        return json_ready(asdict(self))
 
 
 def critical_accuracy(accuracy: Sequence[float], statistic: Sequence[float],

@@ -1,4 +1,7 @@
-"""Is the gap a letter/option prior? Collapse measures of a score set (docs/theory.md §5)."""
+"""Is the gap a letter/option prior? Collapse measures of a score set (docs/theory.md §5).
+
+A per-run measure: `evaluate` puts it in every metrics.json, and `diagnose` reads its
+`letter_prior` verdict."""
 from __future__ import annotations
 
 import math
@@ -7,8 +10,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import binom
 
-from ..metrics.validation import check_inputs, top_label
-from .plain import normalised, plain
+from ..integrity import json_ready
+from .validation import check_inputs, normalised, top_label
 
 LETTER_PRIOR_MIN_SHARE = 0.5  # most predictions on one option ...
 LETTER_PRIOR_MIN_EXCESS = 0.10  # ... at least 10 points more than that option's gold share ...
@@ -57,7 +60,7 @@ class CollapseMeasures:
     option_entropy: float
 
     def to_dict(self) -> dict:
-        return plain(asdict(self))
+        return json_ready(asdict(self))
 
 
 def _norm_entropy(share: np.ndarray, k: int) -> float:
