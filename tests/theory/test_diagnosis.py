@@ -36,9 +36,18 @@ def scores(n=1000, k=4, shift=0.0, seed=0, low=0.3):
 
 
 def check_common(d):
-    assert json.dumps(d.to_dict(), allow_nan=False)
+    saved = json.loads(json.dumps(d.to_dict(), allow_nan=False))  # strict JSON, read back
+    assert (saved["recommendation"], saved["regime"], saved["gap_kind"]) == \
+        (d.recommendation, d.regime, d.gap_kind)
+    assert saved["rules"] == list(d.rules) and saved["flags"] == list(d.flags)
+    assert saved["ece"]["estimate"] == pytest.approx(d.ece.estimate, abs=1e-12)
+    assert saved["accuracy"]["estimate"] == pytest.approx(d.accuracy.estimate, abs=1e-12)
+    assert [b["name"] for b in saved["bounds"]] == [b.name for b in d.bounds]
+    assert saved["within_noise"] == d.within_noise and saved["n"] == d.n
     md = d.to_markdown()
     assert f"Recommendation: {d.recommendation}" in md and "Rules applied" in md
+    assert all(f"- {r}" in md for r in d.rules) and all(f"- {f}" in md for f in d.flags)
+    assert f"| ECE | {d.ece.estimate:.3f} |" in md
     assert all(b.holds for b in d.bounds), [b.name for b in d.bounds if not b.holds]
     assert d.recommendation in ("none", "temperature", "cft", "rcft")
     assert d.rules and d.rules[0].startswith("R0")
