@@ -25,9 +25,12 @@ def test_an_unscored_copy_of_a_scored_item_is_no_exemplar():
     items = make_items(12)
     copy = MCQItem("copy-of-q0", items[0].question + " ", items[0].options, items[0].answer,
                    items[0].subject)
-    pool = [copy] + [it for it in items if it.subject == items[0].subject and it.id != "q0"]
-    fs = draw_fewshot([items[0]], pool, len(pool) - 1, seed=0)
-    assert "copy-of-q0" not in fs.to_json()["groups"][items[0].subject]
+    others = [it for it in items if it.subject == items[0].subject and it.id != "q0"]
+    # k = the number of genuine candidates: the draw must take exactly them, whatever the seed
+    # (a draw that let the copy in would pick it 3 times in 4 per seed)
+    for seed in range(20):
+        fs = draw_fewshot([items[0]], [copy] + others, len(others), seed=seed)
+        assert set(fs.to_json()["groups"][items[0].subject]) == {it.id for it in others}
 
 
 def test_the_draw_is_seeded_and_recorded():

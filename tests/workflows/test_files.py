@@ -21,12 +21,14 @@ def test_metrics_json_is_strict_json_with_null_for_empty_bins(tmp_path):
     scores = OptionScores(z, rng.integers(0, 4, 30), np.ones((30, 4), bool),
                           [f"q{i}" for i in range(30)])
     write_run(tmp_path, scores, title="t", context={}, n_boot=20)
-    m = strict_json((tmp_path / "metrics.json").read_text())
-    acc = m["reliability"]["accuracy"] if "reliability" in m else None
     text = (tmp_path / "metrics.json").read_text()
+    bins = strict_json(text)["bins"]
+    empty = [c == 0 for c in bins["count"]]
+    assert any(empty) and not all(empty)  # 30 items over 10 bins leave some bin empty
+    for key in ("accuracy", "confidence", "gap"):  # null exactly where a bin is empty
+        assert [v is None for v in bins[key]] == empty, key
+    assert all(0 <= a <= 1 for a in bins["accuracy"] if a is not None)
     assert "NaN" not in text and "Infinity" not in text
-    assert acc is None or None in acc or all(a is not None for a in acc)
-    assert "null" in text  # 30 items over 10 bins leave some bin empty
 
 
 def test_atomic_writes_respect_the_umask(tmp_path):
