@@ -179,7 +179,17 @@ def test_a_preference_file_trains_with_a_held_out_share(tiny_llama, data, tmp_pa
     summary = json.loads((result.out / "summary.json").read_text())
     assert (summary["train_pairs"], summary["heldout_pairs"], summary["rejected_rows"]) == (7, 3, 1)
     assert json.loads((result.out / "rejected.jsonl").read_text())["field"] == "rejected"
-    assert summary["retention"]["preference_accuracy_reference"] in (0, 1 / 3, 2 / 3, 1)
+    # the reference numbers are the untouched model's on the held-out pairs, the tuned ones not
+    from calibtune.align.pairs import load_preferences
+    from calibtune.align.retention import preference_accuracy
+
+    held = load_preferences(result.out / "heldout_pairs.jsonl").pairs
+    assert len(held) == 3 and all(p.chosen == " light" for p in held)
+    untouched = preference_accuracy(*load_model(str(tiny_llama), device="cpu"), held)
+    assert summary["retention"]["preference_accuracy_reference"] == untouched.accuracy
+    assert summary["retention"]["mean_margin_reference"] == pytest.approx(untouched.mean_margin,
+                                                                           abs=1e-5)
+    assert abs(summary["retention"]["mean_margin_tuned"] - untouched.mean_margin) > 1e-4
 
 
 def test_overlapping_train_and_eval_is_refused(tiny_llama, data, tmp_path):
