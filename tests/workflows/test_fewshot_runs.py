@@ -87,7 +87,29 @@ def test_train_scores_fewshot_in_the_estep_and_evaluations(tiny_llama, tmp_path)
     assert record["num_fewshot"] == 2 and record["source"] == str(shot_file)
     after = OptionScores.load(result.out / "eval" / "scores.npz")
     assert after.meta["num_fewshot"] == 2 and np.isfinite(after.logits).all()
-    assert (result.out / "estep_history.json").exists()
+    # the first E-step (step 0: the adapter is still the identity) read the training items after
+    # the recorded exemplars: its bin table is the untouched model's few-shot one, not zero-shot's
+    from calibtune.metrics import bin_table
+    from calibtune.models import load_model
+    from calibtune.training.finetune import config_scorer
+    from calibtune.workflows.train import load_train_eval_items
+
+    first = next(e for e in json.loads((result.out / "estep_history.json").read_text())
+                 if e["step"] == 0)
+    train_items, _, fewshot = load_train_eval_items(cfg)
+    assert {g: [ex.id for ex in exs] for g, exs in fewshot.exemplars.items()} == record["groups"]
+    model, tok = load_model(str(tiny_llama), device="cpu")
+
+    def table(shots):
+        s = config_scorer(cfg, model, tok, fewshot=shots).score(train_items)
+        return bin_table(s.logits, s.labels, cfg.n_bins, mask=s.mask, from_logits=True)
+
+    few, zero = table(fewshot), table(None)
+    assert first["bins"]["count"] == few.count.tolist() and first["n"] == len(train_items) == 18
+    np.testing.assert_allclose(np.array(first["bins"]["confidence"], dtype=float),
+                               few.confidence, atol=1e-5, equal_nan=True)
+    assert not np.allclose(np.nan_to_num(few.confidence), np.nan_to_num(zero.confidence),
+                           atol=1e-3)
 
 
 def test_reproduce_num_fewshot(tiny_llama, tmp_path):
