@@ -36,7 +36,7 @@ def test_score_evaluate_calibrate_in_memory(tiny_llama, data_file, tmp_path, mon
     assert report["ci"]["ece"]["low"] <= report["ece"] <= report["ci"]["ece"]["high"]
     ts = ct.calibrators.TemperatureScaling().fit(scores.logits, scores.labels, scores.mask)
     calibrated = ts.transform(scores.logits, scores.mask)
-    assert ts.temperature > 0 and np.allclose(calibrated.sum(1), 1)
+    assert ts.temperature_ > 0 and np.allclose(calibrated.sum(1), 1)
     cloze = ct.score(model, items, scoring="cloze", cloze_norm="token")
     assert cloze.meta["scoring"] == "cloze" and cloze.mask.sum(1).tolist() == scores.mask.sum(1).tolist()
     assert files_under(tmp_path) == before  # nothing written

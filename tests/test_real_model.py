@@ -76,4 +76,4 @@ def test_readme_python_api_on_the_real_model(smollm2):
     report = ct.evaluate(scores, n_boot=100)
     assert report["n"] == 40 and report["mean_confidence"] > report["accuracy"] + 0.2
     ts = ct.calibrators.TemperatureScaling().fit(scores.logits, scores.labels, scores.mask)
-    assert ts.temperature > 1  # overconfident: the fitted temperature softens
+    assert ts.temperature_ > 1  # overconfident: the fitted temperature softens

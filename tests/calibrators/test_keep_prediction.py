@@ -75,7 +75,7 @@ def test_temperature_at_infinity_is_recorded_in_the_run_folder(tmp_path):
     z = rng.normal(size=(400, 4)) * 4
     y = rng.integers(0, 4, 400)  # labels independent of the logits
     ts = TemperatureScaling().fit(z, y)
-    assert ts.at_bound == "upper" and ts.temperature == float("inf")
+    assert ts.at_bound_ == "upper" and ts.temperature_ == float("inf")
     np.testing.assert_allclose(ts.transform(z), 0.25)
     path = tmp_path / "s.npz"
     OptionScores(z, y, np.ones_like(z, bool), [f"q{i}" for i in range(400)]).save(path)
@@ -94,15 +94,15 @@ def test_temperature_at_infinity_is_recorded_in_the_run_folder(tmp_path):
 def test_interior_temperature_fit_has_zero_gradient():
     z, y = known_model(3000, seed=5)
     ts = TemperatureScaling().fit(z, y)
-    assert ts.at_bound is None and 2.0 < ts.temperature < 4.5
-    assert abs(ts.grad_at_optimum) < 1e-5
+    assert ts.at_bound_ is None and 2.0 < ts.temperature_ < 4.5
+    assert abs(ts.grad_at_optimum_) < 1e-5
 
 
 def test_infinite_temperature_keeps_the_predictions():
     rng = np.random.default_rng(6)
     z = rng.normal(size=(300, 4)) * 4
     ts = TemperatureScaling().fit(z, rng.integers(0, 4, 300))
-    assert ts.temperature == float("inf")
+    assert ts.temperature_ == float("inf")
     p = ts.transform(z)
     assert (p.argmax(1) == z.argmax(1)).all()
     np.testing.assert_allclose(p, 0.25, atol=1e-8)

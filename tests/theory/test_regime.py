@@ -85,7 +85,7 @@ def test_r0_power_against_the_exact_binomial():
 
 def temperature_fit(p, y, m):
     t = TemperatureScaling().fit(p, y, m, from_probs=True)
-    return (lambda q, mq: t.transform(q, mq, from_probs=True)), {"temperature": t.temperature}
+    return (lambda q, mq: t.transform(q, mq, from_probs=True)), {"temperature": t.temperature_}
 
 
 def overconfident(n=800, seed=0):

@@ -1,17 +1,22 @@
 """One interface for post-hoc calibrators: fit(logits, labels) / transform(logits) → probs.
 
 Inputs are option **logits** [n, K] (masked options allowed); probabilities are accepted only
-with `from_probs=True`, which converts them with log. Fitted parameters are plain attributes,
-saved and loaded as JSON.
+with `from_probs=True`, which converts them with log. As in scikit-learn (whose `BaseEstimator`
+the base class is): hyper-parameters are the constructor's arguments (`get_params` /
+`set_params`), fitted attributes end in `_` (`temperature_`); `fitted_params` /
+`load_fitted_params` are the JSON a saved calibrator holds. The names fitted attributes had
+before the `_` stay readable as deprecated aliases.
 """
 from __future__ import annotations
 
 import json
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from ..errors import CalibtuneError, ConfigError, InputError, SavedFileError
 from ..integrity import atomic_write_json
@@ -42,8 +47,34 @@ def as_logits(values: np.ndarray, mask: np.ndarray | None, from_probs: bool) -> 
     return np.where(m, z, 0.0), m
 
 
-class Calibrator(ABC):
-    """Base class: subclasses implement `_fit` and `_transform` on (logits, mask)."""
+class DeprecatedAlias:
+    """A read-only old name for a fitted attribute: reading it warns and returns the new one."""
+
+    def __init__(self, new: str) -> None:
+        self.new = new
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.old = name
+
+    def __get__(self, obj: object, owner: type | None = None):
+        if obj is None:
+            return self
+        warnings.warn(f"{type(obj).__name__}.{self.old} is deprecated; use .{self.new}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(obj, self.new)
+
+    def __set__(self, obj: object, value) -> None:
+        raise AttributeError(f"{type(obj).__name__}.{self.old} is a read-only deprecated alias; "
+                             f"set .{self.new}")
+
+
+class Calibrator(BaseEstimator, ABC):
+    """Base class: subclasses implement `_fit` and `_transform` on (logits, mask), and
+    `fitted_params` / `load_fitted_params` for the saved file.
+
+    Constructor arguments are the hyper-parameters, stored under their own names, so that
+    scikit-learn's `get_params()` / `set_params(**params)` / `clone` work on every calibrator.
+    """
 
     name: ClassVar[str] = ""
     changes_ranking: ClassVar[bool] = False  # may the calibrated argmax differ from the input's?
@@ -82,14 +113,15 @@ class Calibrator(ABC):
     def _transform(self, z: np.ndarray, m: np.ndarray) -> np.ndarray: ...
 
     @abstractmethod
-    def get_params(self) -> dict:
-        """Fitted parameters as JSON-ready plain data."""
+    def fitted_params(self) -> dict:
+        """Fitted parameters (and the hyper-parameters they depend on) as JSON-ready data."""
 
     @abstractmethod
-    def set_params(self, params: dict) -> None: ...
+    def load_fitted_params(self, params: dict) -> None:
+        """Restore what `fitted_params` returned (also from files older versions wrote)."""
 
     def save(self, path: str | Path) -> None:
-        atomic_write_json(path, {"method": self.name, "params": self.get_params()})
+        atomic_write_json(path, {"method": self.name, "params": self.fitted_params()})
 
     @staticmethod
     def load(path: str | Path) -> "Calibrator":
@@ -97,7 +129,7 @@ class Calibrator(ABC):
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             cal = make_calibrator(data["method"])
-            cal.set_params(data["params"])
+            cal.load_fitted_params(data["params"])
         except OSError as err:
             raise SavedFileError(f"{path}: cannot read calibrator file ({err.strerror})") from None
         except (ValueError, KeyError, TypeError, ConfigError) as err:

@@ -10,15 +10,20 @@ from __future__ import annotations
 import numpy as np
 from ..errors import ConfigError, InputError
 from ..metrics.validation import softmax
+from .base import DeprecatedAlias
 from .simple import TemperatureScaling, fit_inverse_temperature
 
 
 class DACATemperature(TemperatureScaling):
+    """Temperature scaling fitted without labels to the base model's distribution (see above);
+    `n_agree_` is the number of items the fit used (both models predict the same option)."""
+
     name = "daca"
+    n_agree = DeprecatedAlias("n_agree_")
 
     def __init__(self, min_temperature: float = 1e-2) -> None:
         super().__init__(min_temperature)
-        self.n_agree = 0
+        self.n_agree_ = 0
 
     def fit_unsupervised(self, logits: np.ndarray, reference_logits: np.ndarray,
                          mask: np.ndarray | None = None) -> "DACATemperature":
@@ -34,19 +39,19 @@ class DACATemperature(TemperatureScaling):
             raise InputError("the two models agree on no item; DACA cannot fit a temperature")
         za, ma = np.where(m, z, 0.0)[agree], m[agree]
         # min KL(base ‖ aligned_T) = min cross-entropy to the base distribution: convex in 1/T
-        self.inverse_temperature, self.at_bound = fit_inverse_temperature(
+        self.inverse_temperature_, self.at_bound_ = fit_inverse_temperature(
             za, ma, softmax(r[agree], ma), 1.0 / self.min_temperature)
         self._warn_at_bound()
-        self.n_agree = int(agree.sum())
+        self.n_agree_ = int(agree.sum())
         self.fitted_ = True
         return self
 
     def _fit(self, z, y, m) -> None:
         raise ConfigError("DACA is unsupervised: call fit_unsupervised(logits, reference_logits)")
 
-    def get_params(self) -> dict:
-        return super().get_params() | {"n_agree": self.n_agree}
+    def fitted_params(self) -> dict:
+        return super().fitted_params() | {"n_agree": self.n_agree_}
 
-    def set_params(self, params: dict) -> None:
-        super().set_params(params)
-        self.n_agree = int(params.get("n_agree", 0))
+    def load_fitted_params(self, params: dict) -> None:
+        super().load_fitted_params(params)
+        self.n_agree_ = int(params.get("n_agree", 0))

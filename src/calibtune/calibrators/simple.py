@@ -9,7 +9,7 @@ from scipy.optimize import minimize, minimize_scalar
 from ..errors import ConfigError, InputError
 from ..metrics.proper import gold_nll
 from ..metrics.validation import log_softmax, softmax
-from .base import Calibrator
+from .base import Calibrator, DeprecatedAlias
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ class Identity(Calibrator):
     def _transform(self, z, m):
         return softmax(z, m)
 
-    def get_params(self) -> dict:
+    def fitted_params(self) -> dict:
         return {}
 
-    def set_params(self, params: dict) -> None:
+    def load_fitted_params(self, params: dict) -> None:
         pass
 
 
@@ -76,34 +76,38 @@ class TemperatureScaling(Calibrator):
     """
 
     name = "temperature"
+    inverse_temperature = DeprecatedAlias("inverse_temperature_")
+    temperature = DeprecatedAlias("temperature_")
+    at_bound = DeprecatedAlias("at_bound_")
+    grad_at_optimum = DeprecatedAlias("grad_at_optimum_")
 
     def __init__(self, min_temperature: float = 1e-2) -> None:
         super().__init__()
         if not min_temperature > 0:
             raise ConfigError(f"min_temperature must be > 0, got {min_temperature}")
         self.min_temperature = float(min_temperature)
-        self.inverse_temperature = 1.0
-        self.at_bound: str | None = None
-        self.grad_at_optimum = float("nan")
+        self.inverse_temperature_ = 1.0
+        self.at_bound_: str | None = None
+        self.grad_at_optimum_ = float("nan")
 
     @property
-    def temperature(self) -> float:
+    def temperature_(self) -> float:
         """T = 1/β; inf when the fit chose the uniform distribution."""
-        return 1.0 / self.inverse_temperature if self.inverse_temperature > 0 else float("inf")
+        return 1.0 / self.inverse_temperature_ if self.inverse_temperature_ > 0 else float("inf")
 
     def _fit(self, z, y, m) -> None:
         onehot = np.eye(z.shape[1])[y]
-        self.inverse_temperature, self.at_bound = fit_inverse_temperature(
+        self.inverse_temperature_, self.at_bound_ = fit_inverse_temperature(
             z, m, onehot, 1.0 / self.min_temperature)
-        self.grad_at_optimum = self.nll_gradient(z, y, m, self.inverse_temperature)
+        self.grad_at_optimum_ = self.nll_gradient(z, y, m, self.inverse_temperature_)
         self._warn_at_bound()
 
     def _warn_at_bound(self) -> None:
-        if self.at_bound == "upper":
+        if self.at_bound_ == "upper":
             log.warning("%s: T = inf (uniform probabilities): NLL falls all the way to the "
                         "uniform distribution, so the logits carry no information about "
                         "correctness — typical of a model at chance accuracy", self.name)
-        elif self.at_bound == "lower":
+        elif self.at_bound_ == "lower":
             log.warning("%s: T stopped at its lower bound %.3g", self.name, self.min_temperature)
 
     @staticmethod
@@ -116,35 +120,38 @@ class TemperatureScaling(Calibrator):
     def _transform(self, z, m):
         # T = ∞ is applied as its limit: probabilities uniform to ~1e-9, the ranking of the
         # logits kept (exactly uniform rows would hand every prediction to the first option)
-        return softmax(z * max(self.inverse_temperature, INFINITE_T_BETA), m)
+        return softmax(z * max(self.inverse_temperature_, INFINITE_T_BETA), m)
 
-    def get_params(self) -> dict:
-        return {"temperature": self.temperature, "inverse_temperature": self.inverse_temperature,
-                "at_bound": self.at_bound, "grad_at_optimum": self.grad_at_optimum,
+    def fitted_params(self) -> dict:
+        return {"temperature": self.temperature_, "inverse_temperature": self.inverse_temperature_,
+                "at_bound": self.at_bound_, "grad_at_optimum": self.grad_at_optimum_,
                 "min_temperature": self.min_temperature}
 
-    def set_params(self, params: dict) -> None:
+    def load_fitted_params(self, params: dict) -> None:
         if "inverse_temperature" in params:
-            self.inverse_temperature = float(params["inverse_temperature"])
+            self.inverse_temperature_ = float(params["inverse_temperature"])
         else:  # files written before β was stored (KeyError: not a temperature file)
             t = params["temperature"]
-            self.inverse_temperature = 0.0 if t is None else 1.0 / float(t)
-        self.at_bound = params.get("at_bound")
+            self.inverse_temperature_ = 0.0 if t is None else 1.0 / float(t)
+        self.at_bound_ = params.get("at_bound")
         g = params.get("grad_at_optimum")
-        self.grad_at_optimum = float("nan") if g is None else float(g)
+        self.grad_at_optimum_ = float("nan") if g is None else float(g)
         self.min_temperature = float(params.get("min_temperature", self.min_temperature))
 
 
 class _AffineScaling(Calibrator):
     """softmax(z W + b) fitted by L-BFGS on NLL + reg·(‖W − W0‖² + ‖b‖²) with exact gradients."""
 
+    weight = DeprecatedAlias("weight_")
+    bias = DeprecatedAlias("bias_")
+
     def __init__(self, reg: float = 1e-3) -> None:
         super().__init__()
         if reg < 0:
             raise ConfigError(f"reg must be >= 0, got {reg}")
         self.reg = reg
-        self.weight: np.ndarray | None = None
-        self.bias: np.ndarray | None = None
+        self.weight_: np.ndarray | None = None
+        self.bias_: np.ndarray | None = None
 
     def _unpack(self, theta: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -174,20 +181,20 @@ class _AffineScaling(Calibrator):
 
         res = minimize(objective, theta0, jac=True, method="L-BFGS-B",
                        options={"maxiter": 2000, "gtol": 1e-9})
-        self.weight, self.bias = self._unpack(res.x, k)
+        self.weight_, self.bias_ = self._unpack(res.x, k)
 
     def _transform(self, z, m):
-        if z.shape[1] != self.bias.shape[0]:
-            raise InputError(f"{self.name} was fitted for K = {self.bias.shape[0]} options, "
+        if z.shape[1] != self.bias_.shape[0]:
+            raise InputError(f"{self.name} was fitted for K = {self.bias_.shape[0]} options, "
                              f"got {z.shape[1]}")
-        return softmax(self._apply(z, self.weight, self.bias), m)
+        return softmax(self._apply(z, self.weight_, self.bias_), m)
 
-    def get_params(self) -> dict:
-        return {"weight": self.weight.tolist(), "bias": self.bias.tolist(), "reg": self.reg}
+    def fitted_params(self) -> dict:
+        return {"weight": self.weight_.tolist(), "bias": self.bias_.tolist(), "reg": self.reg}
 
-    def set_params(self, params: dict) -> None:
-        self.weight = np.asarray(params["weight"], dtype=np.float64)
-        self.bias = np.asarray(params["bias"], dtype=np.float64)
+    def load_fitted_params(self, params: dict) -> None:
+        self.weight_ = np.asarray(params["weight"], dtype=np.float64)
+        self.bias_ = np.asarray(params["bias"], dtype=np.float64)
         self.reg = float(params.get("reg", self.reg))
 
 

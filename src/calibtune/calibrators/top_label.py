@@ -7,7 +7,7 @@ from sklearn.isotonic import IsotonicRegression
 from ..errors import ConfigError
 from ..metrics.binning import assign_bins, bin_edges
 from ..metrics.validation import softmax, top_label
-from .base import Calibrator, NotFittedError, as_logits, keep_top
+from .base import Calibrator, DeprecatedAlias, NotFittedError, as_logits, keep_top
 
 
 class TopLabelCalibrator(Calibrator):
@@ -40,35 +40,37 @@ class HistogramBinning(TopLabelCalibrator):
     """
 
     name = "histogram"
+    edges = DeprecatedAlias("edges_")
+    values = DeprecatedAlias("values_")
 
     def __init__(self, n_bins: int = 10, strategy: str = "quantile") -> None:
         super().__init__()
         if n_bins < 1:
             raise ConfigError(f"n_bins must be >= 1, got {n_bins}")
         self.n_bins, self.strategy = n_bins, strategy
-        self.edges: np.ndarray | None = None
-        self.values: np.ndarray | None = None
+        self.edges_: np.ndarray | None = None
+        self.values_: np.ndarray | None = None
 
     def _fit(self, z, y, m) -> None:
         conf, correct = top_label(softmax(z, m), y)
-        self.edges = bin_edges(conf, self.n_bins, self.strategy)
-        idx = assign_bins(conf, self.edges)
+        self.edges_ = bin_edges(conf, self.n_bins, self.strategy)
+        idx = assign_bins(conf, self.edges_)
         count = np.bincount(idx, minlength=self.n_bins)
         hits = np.bincount(idx, weights=correct, minlength=self.n_bins)
-        mid = 0.5 * (self.edges[:-1] + self.edges[1:])
-        self.values = np.where(count > 0, hits / np.maximum(count, 1), mid)
+        mid = 0.5 * (self.edges_[:-1] + self.edges_[1:])
+        self.values_ = np.where(count > 0, hits / np.maximum(count, 1), mid)
 
     def _top_value(self, conf: np.ndarray) -> np.ndarray:
-        return self.values[assign_bins(conf, self.edges)]
+        return self.values_[assign_bins(conf, self.edges_)]
 
-    def get_params(self) -> dict:
-        return {"n_bins": self.n_bins, "strategy": self.strategy, "edges": self.edges.tolist(),
-                "values": self.values.tolist()}
+    def fitted_params(self) -> dict:
+        return {"n_bins": self.n_bins, "strategy": self.strategy, "edges": self.edges_.tolist(),
+                "values": self.values_.tolist()}
 
-    def set_params(self, params: dict) -> None:
+    def load_fitted_params(self, params: dict) -> None:
         self.n_bins, self.strategy = int(params["n_bins"]), params["strategy"]
-        self.edges = np.asarray(params["edges"])
-        self.values = np.asarray(params["values"])
+        self.edges_ = np.asarray(params["edges"])
+        self.values_ = np.asarray(params["values"])
 
 
 class IsotonicCalibration(TopLabelCalibrator):
@@ -93,8 +95,8 @@ class IsotonicCalibration(TopLabelCalibrator):
     def _top_value(self, conf: np.ndarray) -> np.ndarray:
         return np.interp(conf, self.x_, self.y_)
 
-    def get_params(self) -> dict:
+    def fitted_params(self) -> dict:
         return {"x": self.x_.tolist(), "y": self.y_.tolist()}
 
-    def set_params(self, params: dict) -> None:
+    def load_fitted_params(self, params: dict) -> None:
         self.x_, self.y_ = np.asarray(params["x"]), np.asarray(params["y"])

@@ -125,7 +125,7 @@ def same_heldout_items(run: str | Path, scores: OptionScores) -> bool:
 def temperature_fit(p: np.ndarray, y: np.ndarray, m: np.ndarray):
     """`theory.diagnose`'s `recalibrate`: the package's temperature scaling, on probabilities."""
     t = TemperatureScaling().fit(p, y, m, from_probs=True)
-    return (lambda q, mq: t.transform(q, mq, from_probs=True)), {"temperature": t.temperature}
+    return (lambda q, mq: t.transform(q, mq, from_probs=True)), {"temperature": t.temperature_}
 
 
 def run_diagnose(cfg: DiagnoseConfig) -> tuple[Diagnosis, Path]:

@@ -104,11 +104,11 @@ def _posthoc_into(folder: RunFolder, cfg: PosthocConfig) -> RunOutputs:
     out = folder.open()
     cal.save(out / "calibrator.json")
     atomic_write_json(out / "before_metrics.json", before)
-    extra = {"calibrator": {"method": cfg.method, **cal.get_params()},
+    params = cal.fitted_params()
+    extra = {"calibrator": {"method": cfg.method, **params},
              "n_fit": int(len(fit_idx)), "n_report": int(len(report_idx)),
              "before": {k: before[k] for k in ("accuracy", "mean_confidence", "ece", "cw_ece",
                                                "nll", "brier")}}
-    params = cal.get_params()
     if "temperature" in params:
         extra["temperature"] = params["temperature"]  # inf is written as null, see at_bound
         extra["temperature_at_bound"] = params["at_bound"]
