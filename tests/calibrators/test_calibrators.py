@@ -8,16 +8,13 @@ from calibtune.calibrators import (REGISTRY, Calibrator, DACATemperature, NotFit
                                    TemperatureScaling, make_calibrator)
 from calibtune.cli import app
 from calibtune.metrics import ece, nll, softmax
+from calibtune.metrics.synthetic import sharpened_logits
 from calibtune.scores import OptionScores
 
 
 def calibrated_then_sharpened(n=6000, k=4, factor=3.0, seed=0):
     """Labels drawn from softmax(z): calibrated by construction; logits × factor overconfident."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, k)) * 1.5
-    p = softmax(z)
-    y = (rng.random(n)[:, None] > np.cumsum(p, 1)).sum(1)
-    return z * factor, y
+    return sharpened_logits(n, k, factor, scale=1.5, seed=seed)
 
 
 def test_temperature_recovers_known_factor():

@@ -11,12 +11,13 @@ from .selective import (accuracy_coverage_curve, area_under_accuracy_coverage, a
                         auroc_from_confidence, selective_accuracies, selective_accuracy)
 from .smooth import smooth_ece, smooth_ece_at
 from .summary import summarize
+from .synthetic import sharpened_logits
 from .uncertainty import Interval, NoiseFloor, bootstrap_ci, ece_noise_floor
 from .validation import MetricInputError, check_inputs, log_softmax, softmax, top_label
 
 __all__ = ["CollapseMeasures", "ConformalResult", "GroupTable", "PairedComparison", "align_items",
            "collapse_measures", "compare_scores", "group_table", "mcnemar_exact", "paired_compare",
-           "split_conformal",
+           "sharpened_logits", "split_conformal",
            "BinTable", "DebiasedCE", "Interval", "MetricInputError", "NoiseFloor", "accuracy",
            "accuracy_coverage_curve", "area_under_accuracy_coverage", "assign_bins", "auroc",
            "auroc_from_confidence", "bin_edges", "bin_statistics", "bin_table",

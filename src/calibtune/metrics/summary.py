@@ -20,9 +20,46 @@ def summarize(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = N
               logits: np.ndarray | None = None) -> dict:
     """Accuracy, the ECE family, proper scores, selective prediction, intervals, noise floor.
 
-    Pass `logits` as well when available so NLL is exact rather than floored. The intervals
-    under "ci" are percentile bootstrap intervals of the estimators at this n;
+    The intervals under "ci" are percentile bootstrap intervals of the estimators at this n;
     "rms_ce_debiased_ci" is an interval for the population binned calibration error itself.
+
+    Parameters
+    ----------
+    probs : ndarray of shape (n, K)
+        Option probabilities, rows summing to 1.
+    labels : ndarray of shape (n,)
+        Index of the correct option of each item.
+    mask : ndarray of shape (n, K), optional
+        True where an option exists, for items with fewer than K options.
+    n_bins : int, default 10
+        Confidence bins of the binned metrics.
+    n_boot : int, default 1000
+        Bootstrap resamples of the intervals; 0: no "ci".
+    seed : int, default 0
+        Seeds the bootstrap and the noise-floor simulation.
+    logits : ndarray of shape (n, K), optional
+        The logits behind `probs`: NLL is then exact rather than floored.
+
+    Returns
+    -------
+    dict
+        Plain numbers (JSON-ready but for NaN): what metrics.json holds, less what
+        `calibtune.evaluate` adds (collapse, conformal, groups).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calibtune.metrics import summarize
+    >>> probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    >>> m = summarize(probs, np.array([0, 1, 1, 0]), n_boot=0)
+    >>> m["n"], m["accuracy"], round(m["ece"], 6), round(m["overconfidence"], 6)
+    (4, 0.75, 0.4, 0.0)
+
+    Four items cannot tell an ECE of 0.4 from calibration: a calibrated model with these
+    confidences reaches 0.55 one time in twenty (the noise floor's q95).
+
+    >>> round(m["ece_noise_floor"]["q95"], 2)
+    0.55
     """
     p, y, m = check_inputs(probs, labels, mask)
     conf, correct = top_label(p, y)
