@@ -1,6 +1,7 @@
 """Training on a tiny model: every method runs, one forward per step, resume is exact."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 from calibtune.cli import app
 from calibtune.errors import ConfigError
+from calibtune.scores import OptionScores, evaluate
 from calibtune.training.config import TrainConfig
 from calibtune.workflows.config import TrainRunConfig
 from calibtune.workflows.train import run_training
@@ -32,7 +34,12 @@ def test_every_method_trains_and_evaluates(method, tiny_llama, data, tmp_path):
     result = run_training(cfg)
     out = result.out
     assert (out / "adapter" / "adapter_config.json").exists()
-    assert (out / "eval" / "metrics.json").exists() and (out / "eval_before" / "metrics.json").exists()
+    # eval/ scored the trained model, eval_before/ the untouched one, on the same 10 items
+    after, before = (OptionScores.load(out / d / "scores.npz") for d in ("eval", "eval_before"))
+    assert after.ids.tolist() == before.ids.tolist() and len(after) == 10
+    assert np.abs(after.logits - before.logits)[after.mask].max() > 1e-4
+    assert json.loads((out / "eval" / "metrics.json").read_text())["ece"] == pytest.approx(
+        evaluate(after, n_boot=0)["ece"], abs=1e-12)
     log = json.loads((out / "train_log.json").read_text())
     logged = {k for entry in log for k in entry}
     assert ("loss_ece" in logged) == (method == "rcft")
@@ -50,7 +57,10 @@ def test_rcft_reestimates_bins_every_epoch(tiny_llama, data, tmp_path):
     log = json.loads((tmp_path / "run" / "train_log.json").read_text())
     per_epoch = [e for e in log if "heldout_ece" in e]
     assert [e["step"] for e in per_epoch] == [6, 12, 18]  # held-out ECE logged every epoch
-    assert all(0 <= e["heldout_ece"] <= 1 and e["heldout_n"] == 10 for e in per_epoch)
+    assert all(e["heldout_n"] == 10 for e in per_epoch)
+    # the last epoch's check is the final model on the held-out items: eval/'s ECE
+    final = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert per_epoch[-1]["heldout_ece"] == pytest.approx(final["ece"], abs=1e-4)
     # before the first step, the training items alone (the baseline G₀ of diagnose --train-run):
     # the same model and items as the E-step at step 0, scored through another path
     (start,) = [e for e in log if e.get("epoch") == 0]
