@@ -8,13 +8,13 @@ edited by hand; an import file of the wrong shape: `posthoc`, `report`, `diagnos
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from calibtune.cli import app
+from calibtune.scores import OptionScores
 
 runner = CliRunner()
 
@@ -242,4 +242,6 @@ def test_an_lm_eval_results_file_of_another_shape_is_metadata_ignored(tmp_path):
     res = runner.invoke(app, ["eval", "--from", "lm-eval", str(tmp_path), "--out",
                               str(tmp_path / "out"), "--n-boot", "0"])
     assert res.exit_code == 0, res.output
-    assert Path(tmp_path / "out" / "scores.npz").exists()
+    scores = OptionScores.load(tmp_path / "out" / "scores.npz")  # the sample's numbers
+    np.testing.assert_allclose(scores.logits, [[-1.0, -2.0]])
+    assert scores.labels.tolist() == [0] and len(scores) == 1
