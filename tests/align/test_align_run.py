@@ -14,6 +14,7 @@ from calibtune.align.pairs import pairs_from_items
 from calibtune.workflows.align import run_alignment
 from calibtune.errors import ConfigError, DataError
 from calibtune.models import load_model
+from calibtune.scores import OptionScores, evaluate
 
 from conftest import make_items, write_jsonl, write_train_eval
 
@@ -60,7 +61,11 @@ def test_dpo_run_trains_saves_evaluates_and_measures_retention(dpo_run):
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
     for folder in ("eval_before", "eval"):
         metrics = json.loads((out / folder / "metrics.json").read_text())
-        assert metrics["n"] == 6 and 0 <= metrics["ece"] <= 1
+        saved = OptionScores.load(out / folder / "scores.npz")
+        assert metrics["n"] == len(saved) == 6
+        again = evaluate(saved, n_boot=0)  # metrics.json is the metrics of these scores
+        for key in ("n_bins", "accuracy", "mean_confidence", "ece", "cw_ece", "brier", "nll"):
+            assert metrics[key] == pytest.approx(again[key], abs=1e-12), key
         assert (out / folder / "scores.npz").exists() and (out / folder / "report.md").exists()
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["loss"] == "dpo" and saved["beta"] == 0.1 and saved["lora_r"] == 4

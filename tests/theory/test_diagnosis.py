@@ -73,7 +73,9 @@ def test_r0_calibrated_within_noise():
     assert d.within_noise and d.recommendation == "none"
     assert d.regime == "not distinguishable from calibrated" and d.gap_kind == "within noise"
     assert "not distinguishable from calibrated at this n (power" in d.rules[0]
-    assert [g for g, _ in d.r0_power] == [0.05, 0.10] and 0 <= d.r0_power[0][1] <= 1
+    # power rises with the gap; at n = 1000 a 0.10 over-confidence is found nearly always
+    (g1, p1), (g2, p2) = d.r0_power
+    assert (g1, g2) == (0.05, 0.10) and 0.5 < p1 < p2 and p2 > 0.95
     # accuracy constraint and training data change nothing when there is nothing to fix
     d2 = diagnose(p, y, keep_accuracy=True, train={"accuracy": 0.99}, **FAST)
     assert d2.recommendation == "none" and len(d2.rules) == 1
