@@ -214,7 +214,7 @@ def _eval_into(folder: RunFolder | None, cfg: EvalConfig, resume: bool, progress
     scores = scores_from(items, logits, meta)
     write_fewshot(out, fewshot)
     result = write_run(out, scores, title=f"calibtune eval — {cfg.model} on {cfg.data}",
-                       context={k: v for k, v in meta.items() if v is not None}, n_bins=cfg.bins,
+                       context={k: v for k, v in meta.items() if v is not None}, n_bins=cfg.n_bins,
                        n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.model)
     shutil.rmtree(partial, ignore_errors=True)
     return result
