@@ -26,7 +26,7 @@ from calibtune.scoring import LetterScorer
 from calibtune.training.config import TrainConfig
 from calibtune.training.dataset import MCQCollator, MCQTrainDataset
 from calibtune.training.estep import RegulariserState
-from calibtune.training.finetune import wrap_lora
+from calibtune.models.lora import wrap_lora
 from calibtune.training.objective import loss_terms, total_loss
 from calibtune.training.targets import estep_targets
 import numpy as np

@@ -136,11 +136,11 @@ def parse(command: str, args: list[str]):
 
 def test_old_flags_still_parse_to_the_same_config():
     cfg, params = parse("eval", OLD_FLAGS["eval"].split())
-    assert (cfg.model, cfg.limit, cfg.scoring, cfg.bins, cfg.n_boot, cfg.skip_invalid,
+    assert (cfg.model, cfg.limit, cfg.scoring, cfg.n_bins, cfg.n_boot, cfg.skip_invalid,
             cfg.trust_remote_code, cfg.max_batch_tokens) == ("m", 5, "cloze", 7, 9, True, True, 100)
     assert params["resume"] and params["options_field"] == "a,b"
     cfg, _ = parse("posthoc", OLD_FLAGS["posthoc"].split())
-    assert (cfg.method, cfg.fit_fraction, cfg.bins, cfg.reference) == ("histogram", 0.3, 7, "r.npz")
+    assert (cfg.method, cfg.fit_fraction, cfg.n_bins, cfg.reference) == ("histogram", 0.3, 7, "r.npz")
     cfg, params = parse("train", OLD_FLAGS["train"].split())
     assert (cfg.ece_lambda, cfg.n_bins, cfg.ece_targets, cfg.load_in_4bit, cfg.lora_targets,
             cfg.eval_limit, cfg.epochs, cfg.report_to) == (2.0, 7, "frozen", True, "q_proj,v_proj",
@@ -156,19 +156,188 @@ def test_n_bins_is_the_one_name_and_bins_a_hidden_alias():
     for command in ("eval", "posthoc", "report"):
         args = ["a"] if command == "report" else []
         cfg, _ = parse(command, args + ["--n-bins", "6"])
-        assert getattr(cfg, "bins", getattr(cfg, "n_bins", None)) == 6
+        assert cfg.n_bins == 6
         shown = runner.invoke(app, [command, "--help"]).output
         assert "--n-bins" in shown and "--bins" not in shown.replace("--n-bins", "")
 
 
+# Names two configs declare separately because they mean different things there.
+DIFFERENT_MEANING = {
+    "data": "eval: the items scored; train/align: the training data",
+    "split": "eval: no default split; train/align: the training split",
+    "batch_size": "scoring: items per forward pass; training: per-device optimiser batch",
+    "scoring": "posthoc: a check on saved scores (None: either), not how to make them",
+    "num_fewshot": "posthoc: a check on saved scores (None: any), not exemplars to draw",
+    "scores": "posthoc: one scores.npz; diagnose: a run folder or scores.npz, positional",
+    "method": "posthoc: the calibrator; train: the training method",
+    "fields": "eval: a data file's field names; --from table: its columns (YAML only)",
+}
+
+
+def cli_configs():
+    from calibtune.align.config import AlignConfig
+    from calibtune.workflows.config import (CompareConfig, DiagnoseConfig, EvalConfig,
+                                            ImportConfig, PosthocConfig, PreferenceEvalConfig,
+                                            ReproduceCommand, TrainRunConfig)
+
+    return (EvalConfig, ImportConfig, PreferenceEvalConfig, PosthocConfig, TrainRunConfig,
+            AlignConfig, CompareConfig, DiagnoseConfig, ReproduceCommand)
+
+
 def test_every_config_field_is_an_option_declared_once():
-    """The help text lives on the field; the CLI only reads it."""
+    """The help text lives on the field; the CLI only reads it. A name shared by two commands
+    (train and align's optimiser, every command's --seed and --n-bins) is declared by one class
+    they both inherit; a subclass may only change its default (`options.inherit`)."""
+    import collections
     import dataclasses
 
     from calibtune.config import option_specs
-    from calibtune.workflows.config import EvalConfig, PosthocConfig, TrainRunConfig
 
-    for cls in (EvalConfig, PosthocConfig, TrainRunConfig):
+    declared = collections.defaultdict(set)
+    for cls in cli_configs():
         fields = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
         specs = option_specs(cls)
-        assert {s.name for s in specs} == fields and all(s.help for s in specs)
+        assert {s.name for s in specs} == fields and all(s.help for s in specs), cls
+        for klass in cls.__mro__:
+            for name in klass.__dict__.get("__annotations__", {}):
+                field = getattr(klass, "__dataclass_fields__", {}).get(name)
+                if field is not None and not field.metadata.get("inherited"):
+                    declared[name].add(klass.__qualname__)
+    repeated = {name: sorted(owners) for name, owners in declared.items() if len(owners) > 1}
+    assert set(repeated) == set(DIFFERENT_MEANING), repeated
+
+
+# ---- every option reaches its workflow config (or is refused), found by introspection ----
+SKIP = {"verbose", "config", "resume", "overwrite", "more_seeds"}  # not config fields
+EVAL_JOBS = {"score": [], "import": ["--from", "table", "t.csv"],
+             "preferences": ["--preferences", "p.jsonl"]}
+
+
+def sample_args(param):
+    """A command line giving `param` a recognisable value, and the value a field should get."""
+    if param.param_type_name == "argument":
+        return ["zz1"], ["zz1"] if param.nargs == -1 else "zz1"
+    flag = param.opts[0]
+    if param.is_flag:
+        return [flag], True
+    if param.nargs == 2:
+        return [flag, "table", "zz.csv"], ("table", "zz.csv")
+    kind = str(param.type_descriptor.annotation)  # typer's record of the parameter's type
+    if "int" in kind:
+        return [flag, "7"], [7] if "list" in kind else 7
+    if "float" in kind:
+        return [flag, "0.37"], 0.37
+    return [flag, "zz1"], "zz1"
+
+
+def given_to_workflow(monkeypatch, args):
+    """(config class, field values) that `calibtune ARGS` hands to its config, or the error."""
+    import calibtune.cli as cli
+
+    seen = {}
+
+    def capture(cls, path, values):
+        seen.update(cls=cls, values=values)
+        raise cli.ConfigError("captured")
+
+    monkeypatch.setattr(cli, "build_config", capture)
+    res = runner.invoke(app, args)
+    return seen.get("cls"), seen.get("values"), res.output
+
+
+def test_every_option_of_every_command_reaches_its_workflow_config(monkeypatch):
+    import dataclasses
+
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    checked = 0
+    for name, command in commands.items():
+        if name == "models":
+            continue
+        positional = [p for p in command.params if p.param_type_name == "argument"
+                      and p.name not in SKIP]
+        base = [sample_args(p)[0][0] for p in positional]
+        for param in command.params:
+            if param.name in SKIP or param in positional:
+                continue
+            args, value = sample_args(param)
+            reached, refused = [], []
+            for job, selector in (EVAL_JOBS.items() if name == "eval" else [("", [])]):
+                if param.name in ("from_source", "preferences") and selector:
+                    continue  # the job selectors themselves
+                cls, values, output = given_to_workflow(monkeypatch,
+                                                        [name, *base, *selector, *args])
+                if "does not apply" in output:
+                    refused.append(job)
+                    continue
+                assert cls is not None, f"{name} {args}: no config built ({output})"
+                fields = {f.name for f in dataclasses.fields(cls)}
+                got = [k for k, v in values.items() if k in fields and (
+                    v == value or (isinstance(v, dict) and value in v.values())
+                    or (param.name == "from_source" and (values["source"], values["path"]) == value)
+                    or (getattr(param, "secondary_opts", None) and v is False and value is True))]
+                assert got, f"calibtune {name} {' '.join(args)}: the value reaches no field " \
+                            f"of {cls.__name__}"
+                reached.append(job)
+            assert reached, f"calibtune {name} {param.opts}: refused by every job"
+            checked += 1
+    assert checked > 150  # every command's options were visited
+
+
+def test_an_option_a_job_cannot_use_is_refused_in_one_line(monkeypatch):
+    for args, flag in ((["--preferences", "p.jsonl", "--scoring", "cloze"], "--scoring"),
+                       (["--kind", "prob"], "--kind"),
+                       (["--from", "table", "t.csv", "--num-fewshot", "2"], "--num-fewshot")):
+        res = runner.invoke(app, ["eval", *args])
+        assert res.exit_code == 2 and f"{flag} does not apply" in res.output, res.output
+        assert len([x for x in res.output.splitlines() if x.strip()]) == 1
+
+
+def test_compare_is_the_command_and_report_a_deprecated_alias(tmp_path):
+    import re
+
+    shown = runner.invoke(app, ["--help"]).output
+    assert re.search(r"^\s+compare\s", shown, re.M) and not re.search(r"^\s+report\s", shown, re.M)
+    res = runner.invoke(app, ["report", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert "`calibtune report` is now `calibtune compare`" in res.output
+
+
+def test_help_is_readable_on_80_columns():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, COLUMNS="80", TERMINAL_WIDTH="80")
+    text = subprocess.run([sys.executable, "-m", "calibtune", "train", "--help"], env=env,
+                          capture_output=True, text=True, check=True).stdout
+    lines = [x for x in text.splitlines() if "Peak learning rate" in x]
+    assert lines and all(len(x) <= 80 for x in text.splitlines())
+    # the help column starts within the first 40 columns, so it is at least 40 wide
+    assert lines[0].index("Peak") <= 40, lines[0]
+
+
+def test_from_table_limit_reads_the_first_n_items(tmp_path):
+    rows = "".join(f"i{n},{n % 3},-1.0,-{1 + n % 4}.5,-2.0\n" for n in range(12))
+    table = tmp_path / "t.csv"
+    table.write_text("id,label,option_0,option_1,option_2\n" + rows)
+    out = tmp_path / "imp"
+    res = runner.invoke(app, ["eval", "--from", "table", str(table), "--limit", "5",
+                              "--n-boot", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metrics.json").read_text())["n"] == 5
+    assert OptionScores.load(out / "scores.npz").ids.tolist() == [f"i{n}" for n in range(5)]
+
+
+def test_an_old_bins_key_is_read_as_n_bins(tmp_path):
+    from calibtune.config import build_config
+    from calibtune.run_guard import config_differences
+    from calibtune.workflows.config import EvalConfig, PosthocConfig
+
+    (tmp_path / "c.yaml").write_text("bins: 7\n")
+    for cls in (EvalConfig, PosthocConfig):
+        assert build_config(cls, tmp_path / "c.yaml", {}).n_bins == 7
+    # a run folder saved with `bins:` is compared under the current name on --resume
+    assert config_differences({"bins": 7, "seed": 0}, {"n_bins": 10, "seed": 0}) == \
+        ["n_bins: 7 → 10"]
+    assert config_differences({"bins": 10}, {"n_bins": 10}) == []

@@ -1,7 +1,8 @@
 """The package's layering: one dependency direction, no import cycle, a light public import.
 
-    errors ← config, integrity, packaged, interrupts ← run_guard ← data, metrics ← theory ← scores
-        ← models, report, interop ← scoring ← calibrators, training ← workflows ← cli ← __main__
+    errors, defaults ← config ← options, integrity, packaged, interrupts ← run_guard ← data,
+        metrics ← theory ← option_scores ← models, report, interop ← scoring ← calibrators, training,
+        align ← workflows ← cli ← __main__
 
 A module imports only from lower layers or from its own package; imports inside functions
 count too. `calibtune/__init__.py` (the public API) is exempt: it loads heavy names lazily.
@@ -19,11 +20,11 @@ import calibtune
 
 SRC = Path(calibtune.__file__).parent
 LAYERS = {
-    "errors": 0, "config": 1, "integrity": 1, "packaged": 1, "interrupts": 1,
+    "errors": 0, "defaults": 0, "config": 1, "options": 1.2, "integrity": 1, "packaged": 1, "interrupts": 1,
     "run_guard": 1.5,  # run-folder claims: lock, overwrite, resume checks (uses integrity)
     "data": 2, "metrics": 2,
     "theory": 2.5,  # bounds and the regime diagnosis (docs/theory.md): pure NumPy on metrics
-    "scores": 3,
+    "option_scores": 3, "scores": 3.1,  # scores: the old name of option_scores, an alias
     "models": 4, "report": 4, "interop": 4,  # interop: other harnesses' outputs → OptionScores
     "scoring": 5,
     "calibrators": 6, "training": 6, "align": 6,

@@ -26,9 +26,22 @@ from .data import FieldMap, MCQItem, load_dataset, load_items
 from .errors import (AssetError, CalibtuneError, ConfigError, DataError, InputError,
                      IntegrityError, ModelError, SavedFileError)
 from .metrics import bin_table, bootstrap_ci, classwise_ece, ece, ece_noise_floor, summarize
-from .scores import OptionScores, evaluate
+from .option_scores import OptionScores, evaluate
 
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is its one home); a source tree
+    that was never installed says 0+unknown."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("calibtune")
+    except PackageNotFoundError:  # pragma: no cover - run from an uninstalled checkout
+        return "0+unknown"
+
+
+__version__ = _version()
 
 # name -> (module, attribute or None for the module itself)
 _LAZY = {

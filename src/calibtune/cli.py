@@ -5,6 +5,7 @@ fields into typer options, so the flags, their help and the YAML keys cannot dri
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -21,25 +22,38 @@ from rich.table import Table
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from .config import build_config, option_specs  # noqa: E402
+from .config import OptionSpec, build_config, option_specs  # noqa: E402
 from .errors import CalibtuneError, ConfigError  # noqa: E402
 from .interrupts import Interrupted, stop_on_signals  # noqa: E402
 from .workflows.config import CompareConfig, EvalConfig, PosthocConfig, TrainRunConfig  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Measure and restore the calibration of aligned LLMs on multiple-choice questions.")
 console = Console(stderr=True)
 KW = inspect.Parameter.KEYWORD_ONLY
 ALIAS = "__alias"  # parameter-name suffix of a hidden old flag
 
 
-def config_parameters(cls: type) -> list[inspect.Parameter]:
+def merged_specs(classes: list[type]) -> list[OptionSpec]:
+    """The options of one command: every class's, each name once (the first class's)."""
+    seen: dict[str, OptionSpec] = {}
+    for cls in classes:
+        for spec in option_specs(cls):
+            seen.setdefault(spec.name, spec)
+    return list(seen.values())
+
+
+def config_parameters(classes: list[type]) -> list[inspect.Parameter]:
     """One typer option per config field (None when not given: the YAML or default wins), and
-    a hidden one per old flag kept as an alias."""
+    a hidden one per old flag kept as an alias; a field declared `argument=True` is positional."""
     params = []
-    for spec in option_specs(cls):
+    for spec in merged_specs(classes):
+        if spec.argument:
+            params.append(inspect.Parameter(spec.name, KW, annotation=spec.type,
+                                            default=typer.Argument(..., help=spec.help)))
+            continue
         decl = spec.flag
-        if spec.type is bool:
+        if spec.type is bool and "/" not in decl:
             decl = f"{spec.flag}/--no-{spec.flag[2:]}"
         params.append(inspect.Parameter(spec.name, KW, annotation=Optional[spec.type],
                                         default=typer.Option(None, decl, help=spec.help)))
@@ -50,10 +64,10 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
     return params
 
 
-def config_values(cls: type, given: dict[str, Any]) -> dict[str, Any]:
+def config_values(classes: type | list[type], given: dict[str, Any]) -> dict[str, Any]:
     """The command line's values by field name: aliases folded in, inverted flags turned."""
     values = {}
-    for spec in option_specs(cls):
+    for spec in merged_specs(classes if isinstance(classes, list) else [classes]):
         value = given.get(spec.name)
         for i in range(len(spec.aliases)):
             if value is None:
@@ -64,20 +78,47 @@ def config_values(cls: type, given: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def config_command(name: str, cls: type, run: Callable[..., None], *,
-                   extra: list[inspect.Parameter] = (), config_file: bool = True) -> None:
-    """Register `calibtune NAME` with `cls`'s options plus `extra`; `run(cfg, **extra)`."""
+def refuse_foreign(cls: type, values: dict[str, Any], job: str, flags: dict[str, str]) -> None:
+    """One line naming the first given option that `cls` (the chosen job) has no field for."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        if value is not None and value != () and name not in names:
+            raise ConfigError(f"{flags.get(name, '--' + name.replace('_', '-'))} does not apply "
+                              f"to {job}")
+
+
+def config_command(name: str, jobs: type | dict[str, type], run: Callable[..., None], *,
+                   extra: list[inspect.Parameter] = (), config_file: bool = True,
+                   choose: Callable[[dict], str] | None = None,
+                   derive: Callable[[dict], dict] | None = None, hidden: bool = False,
+                   deprecated: str | None = None) -> None:
+    """Register `calibtune NAME`: the options of every job's config class plus `extra`, then
+    `run(cfg, **extra)`. With several jobs, `choose(given)` names the job; its config is built
+    from every option given (`derive(given)` turns extra options into field values), and an
+    option the job has no field for is refused, never dropped."""
+    if not isinstance(jobs, dict):
+        jobs = {f"calibtune {name}": jobs}
+    classes = list(jobs.values())
     common = [inspect.Parameter("verbose", KW, annotation=bool, default=typer.Option(
         False, "--verbose", "-v", help="Log what happens."))]
     if config_file:
         common.insert(0, inspect.Parameter("config", KW, annotation=Optional[Path],
                                            default=typer.Option(None, help="YAML file of these options; the command line wins.")))
     extra_names = [p.name for p in extra]
+    flags = {s.name: s.flag.split("/")[0] for s in merged_specs(classes)}
 
     def command(**given: Any) -> None:
         _setup_logging(given.pop("verbose"))
+        if deprecated:
+            console.print(f"warning: {deprecated}", highlight=False, markup=False, soft_wrap=True)
+        cfg = None
         try:
-            cfg = build_config(cls, given.pop("config", None), config_values(cls, given))
+            job = choose(given) if choose else next(iter(jobs))
+            cls = jobs[job]
+            values = config_values(classes, given)
+            values |= derive(given) if derive else {}
+            refuse_foreign(cls, values, job, flags | DERIVED_FLAGS)
+            cfg = build_config(cls, given.pop("config", None) if config_file else None, values)
             with stop_on_signals():
                 run(cfg, **{k: given[k] for k in extra_names})
         except CalibtuneError as err:
@@ -85,9 +126,9 @@ def config_command(name: str, cls: type, run: Callable[..., None], *,
         except Interrupted as sig:
             _interrupted(sig, getattr(cfg, "out", None))
 
-    command.__signature__ = inspect.Signature([*config_parameters(cls), *extra, *common])
+    command.__signature__ = inspect.Signature([*config_parameters(classes), *extra, *common])
     command.__doc__ = run.__doc__
-    app.command(name)(command)
+    app.command(name, hidden=hidden)(command)
 
 
 # Libraries whose notices and deprecation warnings say nothing a user of calibtune can act on.
@@ -185,6 +226,9 @@ FIELD_OPTIONS = {
     "answer_format": ("answer_format", "auto | index | letter | text."),
     "group_field": ("group", "Field grouping items for few-shot exemplars (default: the subject)."),
 }
+# Options that set a field other than their own name: their flags, for error messages.
+DERIVED_FLAGS = {"fields": "--question-field/--options-field/... (the --*-field options)",
+                 "source": "--from", "path": "--from"}
 
 
 def field_map(given: dict[str, str | None]) -> dict | None:
@@ -201,48 +245,54 @@ def field_map(given: dict[str, str | None]) -> dict | None:
     return fields or None
 
 
-def eval_cmd(cfg: EvalConfig, resume: bool, overwrite: bool = False,
-             from_source: tuple[str, str] | None = None,
-             kind: str = "logprob", renormalise: bool = False, norm: str = "none",
-             preferences: str | None = None, **given: str | None) -> None:
+def _eval_jobs() -> dict[str, type]:
+    from .workflows.config import ImportConfig, PreferenceEvalConfig
+
+    return {"calibtune eval (scoring a model)": EvalConfig,
+            "calibtune eval --from (saved outputs, no model)": ImportConfig,
+            "calibtune eval --preferences": PreferenceEvalConfig}
+
+
+def eval_job(given: dict) -> str:
+    """Which of eval's three jobs the options ask for (--preferences, --from, else scoring)."""
+    names = list(EVAL_JOBS)
+    if given.get("preferences") is not None:
+        if given.get("from_source"):
+            raise ConfigError("--preferences and --from are two jobs; give one")
+        return names[2]
+    return names[1] if given.get("from_source") else names[0]
+
+
+def eval_fields(given: dict) -> dict:
+    """Field values of eval's extra options: --from SOURCE PATH, the --*-field options."""
+    source = given.get("from_source")
+    return {"source": source[0] if source else None, "path": source[1] if source else None,
+            "fields": field_map(given)}
+
+
+def eval_cmd(cfg: Any, resume: bool, overwrite: bool = False, **extra: Any) -> None:
     """Score a dataset with a model and report its calibration (or read another harness's saved
     outputs with --from lm-eval PATH / --from table PATH: no model; or measure preference
     accuracy with --preferences FILE|hhh)."""
-    from dataclasses import replace
+    from .workflows.config import ImportConfig, PreferenceEvalConfig
 
-    if preferences:
-        from .workflows.align import PreferenceEvalConfig, run_preference_eval
+    if isinstance(cfg, PreferenceEvalConfig):
+        from .workflows.align import describe_preferences, run_preference_eval
 
-        result = run_preference_eval(PreferenceEvalConfig(
-            model=cfg.model, preferences=preferences, adapter=cfg.adapter,
-            base_adapter=cfg.base_adapter, prompt=cfg.prompt,
-            limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
-            skip_invalid=cfg.skip_invalid, dtype=cfg.dtype, device=cfg.device,
-            trust_remote_code=cfg.trust_remote_code, out=cfg.out), resume=resume,
-            overwrite=overwrite)
-        from .workflows.align import describe_preferences
-
+        result = run_preference_eval(cfg, resume=resume, overwrite=overwrite)
         for text in describe_preferences(result.metrics):
             typer.echo(text)
-        typer.echo(f"wrote {result.folder}/preferences.json")
+        typer.echo(f"wrote {result.folder}/ (preferences.json, report.html)")
         return
+    if isinstance(cfg, ImportConfig):
+        from .workflows.imports import run_import
 
-    if from_source:
-        from .workflows.imports import ImportConfig, run_import
-
-        source, path = from_source
-        result = run_import(ImportConfig(source, path, out=cfg.out, kind=kind,
-                                         renormalise=renormalise, norm=norm, n_bins=cfg.bins,
-                                         n_boot=cfg.n_boot, seed=cfg.seed,
-                                         fields=field_map(given)),
-                            resume=resume, overwrite=overwrite)
-        print_summary(result.metrics, f"{source}: {path}", result.folder)
+        result = run_import(cfg, resume=resume, overwrite=overwrite)
+        print_summary(result.metrics, f"{cfg.source}: {cfg.path}", result.folder)
         return
     from .workflows.eval import run_eval
 
-    fields = field_map(given)
-    result = run_eval(replace(cfg, fields=fields) if fields else cfg, resume=resume,
-                      overwrite=overwrite)
+    result = run_eval(cfg, resume=resume, overwrite=overwrite)
     if not result.metrics:  # another rank of `accelerate launch`: rank 0 reports
         return
     print_summary(result.metrics, f"{cfg.model} on {cfg.data}", result.folder)
@@ -258,19 +308,12 @@ def resume_option(text: str) -> inspect.Parameter:
         False, help=text + " Refused if its settings differ."))
 
 
-config_command("eval", EvalConfig, eval_cmd, extra=[
+EVAL_JOBS = _eval_jobs()
+config_command("eval", EVAL_JOBS, eval_cmd, choose=eval_job, derive=eval_fields, extra=[
     resume_option("Reuse the saved chunks of an interrupted run in --out."), OVERWRITE,
     inspect.Parameter("from_source", KW, annotation=Optional[tuple[str, str]], default=typer.Option(
         None, "--from", help="Read saved outputs instead of running a model: lm-eval PATH "
         "(--log_samples files or a results folder) or table PATH (CSV/JSONL/Parquet of per-option scores).")),
-    inspect.Parameter("kind", KW, annotation=str, default=typer.Option(
-        "logprob", help="--from table: the values are logprob (log-probabilities or logits) or prob.")),
-    inspect.Parameter("renormalise", KW, annotation=bool, default=typer.Option(
-        False, help="--from table: divide probabilities by their row sum instead of refusing rows that do not sum to 1.")),
-    inspect.Parameter("preferences", KW, annotation=Optional[str], default=typer.Option(
-        None, help="Measure preference accuracy and margin on pairs instead: a prompt/chosen/rejected .jsonl or hhh (BIG-bench hhh_alignment).")),
-    inspect.Parameter("norm", KW, annotation=str, default=typer.Option(
-        "none", help="--from lm-eval: none (raw sums) | char | byte (lm-eval's acc_norm / acc_bytes).")),
     *[inspect.Parameter(name, KW, annotation=Optional[str], default=typer.Option(None, help=text))
       for name, (_, text) in FIELD_OPTIONS.items()]])
 
@@ -312,27 +355,22 @@ config_command("train", TrainRunConfig, train_cmd, extra=[
     resume_option("Continue from the last checkpoint in --out."), OVERWRITE])
 
 
-def report_cmd(cfg: CompareConfig, runs: list[Path], plane: bool, intersect: bool,
-               n_boot: int, resume: bool, overwrite: bool) -> None:
+def compare_cmd(cfg: CompareConfig, resume: bool, overwrite: bool) -> None:
     """Compare runs: overlay, table, paired differences against the first run, and (--plane)
     the accuracy-ECE plane of training runs."""
     from .workflows.compare import compare_runs
 
-    typer.echo(compare_runs(runs, Path(cfg.out), cfg.n_bins, plane=plane, intersect=intersect,
-                            n_boot=n_boot, resume=resume, overwrite=overwrite))
+    typer.echo(compare_runs([Path(r) for r in cfg.runs], Path(cfg.out), cfg.n_bins,
+                            plane=cfg.plane, intersect=cfg.intersect, n_boot=cfg.n_boot,
+                            seed=cfg.seed, resume=resume, overwrite=overwrite))
     typer.echo(f"wrote {cfg.out}/ (compare.md, report.html)")
 
 
-config_command("report", CompareConfig, report_cmd, config_file=False, extra=[
-    inspect.Parameter("runs", KW, annotation=list[Path], default=typer.Argument(
-        ..., help="Run folders (or scores.npz files) to compare; the first is the reference.")),
-    inspect.Parameter("plane", KW, annotation=bool, default=typer.Option(
-        False, help="Draw training runs in the accuracy-ECE plane with the bounds of docs/theory.md.")),
-    inspect.Parameter("intersect", KW, annotation=bool, default=typer.Option(
-        False, help="Compare runs scored on different items on the items they share.")),
-    inspect.Parameter("n_boot", KW, annotation=int, default=typer.Option(
-        1000, help="Bootstrap resamples of the paired differences.")),
-    resume_option("Redo an interrupted report in --out."), OVERWRITE])
+COMPARE_EXTRA = [resume_option("Redo an interrupted comparison in --out."), OVERWRITE]
+config_command("compare", CompareConfig, compare_cmd, config_file=False, extra=COMPARE_EXTRA)
+config_command("report", CompareConfig, compare_cmd, config_file=False, extra=COMPARE_EXTRA,
+               hidden=True, deprecated="`calibtune report` is now `calibtune compare` (report/ "
+               "is the plotting package); `report` will be removed in a later release")
 
 
 def align_cmd(cfg, resume: bool, overwrite: bool) -> None:
@@ -365,68 +403,56 @@ def _register_align() -> None:
 _register_align()
 
 
-@app.command("diagnose")
-def diagnose_cmd(
-    scores: Path = typer.Argument(..., help="An eval run folder, a train run folder or a scores.npz."),
-    train_run: Optional[Path] = typer.Option(None, help="The training run of this model: its training-item measurements enter the bounds."),
-    keep_accuracy: bool = typer.Option(False, help="Accuracy must not move (recommends post-hoc temperature)."),
-    out: Optional[Path] = typer.Option(None, help="Where to write diagnosis.json/.md (default: beside the scores)."),
-    n_bins: int = typer.Option(10, "--n-bins", help="Number of confidence bins."),
-    n_boot: int = typer.Option(1000, help="Bootstrap resamples for intervals."),
-    same_distribution: Optional[bool] = typer.Option(
-        None, "--same-distribution/--different-distribution",
-        help="Whether the training run's training and held-out items come from one distribution "
-             "(default: read from its config.yaml; without it, or a measured gap before "
-             "fine-tuning, no regime verdict is given)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
-) -> None:
+def diagnose_cmd(cfg: Any) -> None:
     """What the scores show (miscalibration beyond noise, a letter prior, a fine-tuning floor …), what a cross-fitted temperature achieves, and which method to try."""
-    _setup_logging(verbose)
-    try:
-        from .workflows.diagnose import DiagnoseConfig, run_diagnose
+    from .workflows.diagnose import run_diagnose
 
-        result, folder = run_diagnose(DiagnoseConfig(str(scores), str(train_run) if train_run else None,
-                                                     keep_accuracy, str(out) if out else None,
-                                                     n_bins, n_boot,
-                                                     same_distribution=same_distribution))
-    except CalibtuneError as err:
-        _fail(err)
+    result, folder = run_diagnose(cfg)
     typer.echo(result.to_markdown())
     typer.echo(f"wrote {folder}/diagnosis.json and diagnosis.md")
 
 
-@app.command("reproduce")
-def reproduce_cmd(
-    config: Path = typer.Option(..., help="A reproduce config (configs/smollm2-mmlu.yaml, ...)."),
-    seeds: Optional[list[int]] = typer.Option(None, "--seeds", help="Seeds, e.g. --seeds 0 1 2 (default: the config's)."),
-    more_seeds: Optional[list[str]] = typer.Argument(None, hidden=True),
-    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<config name>); every step is cached there."),
-    dry_run: bool = typer.Option(False, help="Check the config and print the plan; load no model."),
-    overwrite: bool = typer.Option(False, help="Replace what --out holds (without it, only the "
-                                   "same comparison, by name, goes on there)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
-) -> None:
+def _register_diagnose() -> None:
+    from .workflows.config import DiagnoseConfig
+
+    config_command("diagnose", DiagnoseConfig, diagnose_cmd, config_file=False)
+
+
+_register_diagnose()
+
+
+def reproduce_cmd(cfg: Any, overwrite: bool, more_seeds: list[str] | None) -> None:
     """The paper's comparison in one command: aligned vs temperature vs label smoothing vs CFT vs
     RCFT, in and out of domain, over seeds; resumable; table.md/csv, results.json, report.html."""
-    _setup_logging(verbose)
-    try:
-        from .workflows.reproduce_report import run_reproduce
+    from .workflows import reproduce
 
-        all_seeds = list(seeds or [])
-        for value in more_seeds or []:
-            if not value.lstrip("-").isdigit():
-                raise ConfigError(f"unexpected argument {value!r} (seeds are integers)")
-            all_seeds.append(int(value))
-        with stop_on_signals():
-            text = run_reproduce(config, seeds=all_seeds or None, out=out, dry_run=dry_run,
-                                 overwrite=overwrite,
-                                 say=lambda line: Console().print(line, highlight=False))
-    except CalibtuneError as err:
-        _fail(err)
+    seeds = list(cfg.seeds or [])
+    for value in more_seeds or []:  # --seeds 0 1 2: the values after the first
+        if not value.lstrip("-").isdigit():
+            raise ConfigError(f"unexpected argument {value!r} (seeds are integers)")
+        seeds.append(int(value))
+    try:
+        text = reproduce.run_reproduce(cfg.config, seeds=seeds or None, out=cfg.out,
+                                       dry_run=cfg.dry_run, overwrite=overwrite,
+                                       say=lambda line: Console().print(line, highlight=False))
     except Interrupted as sig:  # a rerun goes on where this one stopped: no --resume needed
         args = [a for a in sys.argv[1:] if a != "--overwrite"]
-        _interrupted(sig, out or "the run folder", command=shlex.join(["calibtune", *args]))
+        _interrupted(sig, cfg.out or "the run folder", command=shlex.join(["calibtune", *args]))
     typer.echo(text)
+
+
+def _register_reproduce() -> None:
+    from .workflows.config import ReproduceCommand
+
+    config_command("reproduce", ReproduceCommand, reproduce_cmd, config_file=False, extra=[
+        inspect.Parameter("overwrite", KW, annotation=bool, default=typer.Option(
+            False, help="Replace what --out holds (without it, only the same comparison, by "
+            "name, goes on there).")),
+        inspect.Parameter("more_seeds", KW, annotation=Optional[list[str]],
+                          default=typer.Argument(None, hidden=True))])
+
+
+_register_reproduce()
 
 
 @app.command("models")

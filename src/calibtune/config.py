@@ -23,15 +23,18 @@ _MISSING: Any = dataclasses.MISSING
 
 def option(default: Any = _MISSING, help: str = "", *, flag: str | None = None,
            aliases: tuple[str, ...] = (), invert: bool = False, hf: str | None = None,
-           factory: Callable[[], Any] | None = None, cli: bool = True) -> Any:
+           factory: Callable[[], Any] | None = None, cli: bool = True,
+           keys: tuple[str, ...] = (), argument: bool = False) -> Any:
     """A dataclass field with its one declaration of help text and command-line flag.
 
     `flag` defaults to ``--field-name``; `aliases` are older flags, accepted but hidden;
     `invert` makes a bool flag set the field to False (``--full-finetune`` → ``lora: false``);
-    `hf` names the `TrainingArguments` field it is copied to; `cli=False` keeps it YAML-only.
+    `hf` names the `TrainingArguments` (or TRL config) field it is copied to; `cli=False` keeps
+    it YAML-only; `keys` are older YAML / config.yaml names, still read; `argument` makes it a
+    positional argument of the command (a list: one or more).
     """
     metadata = {"help": help, "flag": flag, "aliases": tuple(aliases), "invert": invert,
-                "hf": hf, "cli": cli}
+                "hf": hf, "cli": cli, "keys": tuple(keys), "argument": argument}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -48,6 +51,7 @@ class OptionSpec:
     flag: str
     aliases: tuple[str, ...]
     invert: bool
+    argument: bool = False
 
 
 def option_specs(cls: type) -> list[OptionSpec]:
@@ -62,20 +66,40 @@ def option_specs(cls: type) -> list[OptionSpec]:
             continue
         specs.append(OptionSpec(f.name, _plain_type(hints[f.name]), f.default, meta["help"],
                                 meta["flag"] or "--" + f.name.replace("_", "-"),
-                                meta["aliases"], meta["invert"]))
+                                meta["aliases"], meta["invert"], meta.get("argument", False)))
     return specs
 
 
 def _plain_type(hint: Any) -> type:
-    """int for `int | None`, and so on: the type a command-line value is parsed as."""
+    """int for `int | None`, list[int] for `list[int] | None`: the type a command-line value
+    is parsed as."""
+    if typing.get_origin(hint) is list:
+        return hint
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
 
 
-def hf_arguments(config: Any) -> dict[str, Any]:
-    """{TrainingArguments name: value} of every field declared with `hf=`."""
+def hf_arguments(config: Any, target: type | None = None) -> dict[str, Any]:
+    """{TrainingArguments name: value} of every field declared with `hf=` (only the names
+    `target`, a dataclass such as `TrainingArguments` or TRL's `DPOConfig`, has)."""
+    accepted = None if target is None else {f.name for f in dataclasses.fields(target)}
     return {f.metadata["hf"]: getattr(config, f.name) for f in dataclasses.fields(config)
-            if f.metadata.get("hf")}
+            if f.metadata.get("hf") and (accepted is None or f.metadata["hf"] in accepted)}
+
+
+def renamed_keys(cls: type) -> dict[str, str]:
+    """{old YAML key: field name} of `cls` (a config file with `bins:` sets `n_bins`)."""
+    return {old: f.name for f in dataclasses.fields(cls) for old in f.metadata.get("keys", ())}
+
+
+def current_keys(cls: type, data: dict) -> dict:
+    """`data` with old keys renamed (a new key given too wins)."""
+    renamed = renamed_keys(cls)
+    out = {renamed.get(k, k): v for k, v in data.items() if k not in renamed}
+    for old, new in renamed.items():
+        if old in data:
+            out.setdefault(new, data[old])
+    return out
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -96,7 +120,7 @@ def build_config(cls: type[T], yaml_path: str | Path | None, overrides: dict[str
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     if yaml_path:
-        data = load_yaml(yaml_path)
+        data = current_keys(cls, load_yaml(yaml_path))
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{yaml_path}: unknown option(s) {', '.join(unknown)}; "

@@ -65,8 +65,15 @@ def describe(folder: Path) -> str:
     return f"a run ({facts}: {shown})" if facts else f"a run ({shown})"
 
 
+# config.yaml keys renamed since a run could have been saved: old name → current field name
+RENAMED_KEYS = {"bins": "n_bins"}
+
+
 def config_differences(saved: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
-    """'field: saved → new' for every field both configurations have and set differently."""
+    """'field: saved → new' for every field both configurations have and set differently (a
+    folder saved under an old key name is read under the current one)."""
+    saved = {RENAMED_KEYS.get(k, k) if RENAMED_KEYS.get(k, k) not in saved else k: v
+             for k, v in saved.items()}
     new = yaml.safe_load(yaml.safe_dump(new))  # the types a saved file reads back as
     keys = sorted((set(saved) & set(new)) - set(ignore))
     return [f"{k}: {saved[k]!r} → {new[k]!r}" for k in keys if saved[k] != new[k]]

@@ -8,7 +8,7 @@ from calibtune.align.dpo import encode_pair
 from calibtune.align.pairs import (load_preferences, pairs_from_items, pairs_to_jsonl,
                                    split_pairs, wrong_option)
 from calibtune.scoring.cloze import cloze_context
-from calibtune.scoring.cloze import encode_pair as cloze_encode_pair
+from calibtune.scoring.cloze import encode_continuation as cloze_encode_pair
 from calibtune.data.items import LETTERS
 from calibtune.errors import ConfigError, DataError
 from calibtune.scoring.prompts import PROMPT_STYLES, PromptEncoder, letter_prefix, render_prompt

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from calibtune.cli import app
-from calibtune.scoring.cloze import ClozeScorer, cloze_context, encode_pair
+from calibtune.scoring.cloze import ClozeScorer, cloze_context, encode_continuation
 from calibtune.models import load_model
 from calibtune.scores import OptionScores
 
@@ -44,7 +44,7 @@ def test_cloze_matches_naive_reference_and_norms(model_tok):
     tokn = ClozeScorer(model, tok, norm="token", progress=False).score(items)
     char = ClozeScorer(model, tok, norm="char", progress=False).score(items)
     it = items[0]
-    n_tok = [len(encode_pair(tok, cloze_context(it), " " + o)[1]) for o in it.options]
+    n_tok = [len(encode_continuation(tok, cloze_context(it), " " + o)[1]) for o in it.options]
     np.testing.assert_allclose(tokn.logits[0, :4], np.array(ref[0]) / n_tok, atol=1e-3)
     np.testing.assert_allclose(char.logits[0, :4], np.array(ref[0]) / [len(o) for o in it.options],
                                atol=1e-3)
@@ -53,8 +53,8 @@ def test_cloze_matches_naive_reference_and_norms(model_tok):
 
 def test_encode_pair_moves_trailing_space_like_lm_eval(model_tok):
     _, tok = model_tok
-    a = encode_pair(tok, "Question: the sun ?\nAnswer: ", "moon")
-    b = encode_pair(tok, "Question: the sun ?\nAnswer:", " moon")
+    a = encode_continuation(tok, "Question: the sun ?\nAnswer: ", "moon")
+    b = encode_continuation(tok, "Question: the sun ?\nAnswer:", " moon")
     assert a == b
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from calibtune.cli import app
 from calibtune.errors import ConfigError
 from calibtune.workflows.reproduce import execute, load_reproduce_config
-from calibtune.workflows.reproduce_report import run_reproduce
+from calibtune.workflows.reproduce import run_reproduce
 
 from conftest import items_to_rows, make_items, write_jsonl
 from report.test_html import page_check

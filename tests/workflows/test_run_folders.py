@@ -79,12 +79,12 @@ def command_args(name, model, files, out):
         "posthoc": ["posthoc", "--scores", str(files / "scores.npz"), "--out", str(out)],
         "train": ["train", "--model", str(model), *data, "--out", str(out)],
         "align": ["align", "--model", str(model), *data, "--out", str(out)],
-        "report": ["report", str(files / "scores.npz"), "--out", str(out)],
+        "compare": ["compare", str(files / "scores.npz"), "--out", str(out)],
     }[name]
 
 
 @pytest.mark.parametrize("name", ["eval", "eval --from", "eval --preferences", "posthoc",
-                                  "train", "align", "report"])
+                                  "train", "align", "compare"])
 def test_every_command_refuses_a_folder_holding_another_run(name, tiny_llama, files, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -2,7 +2,7 @@
 never a traceback.
 
 A scores.npz cut short, hand-made, pickled or of a newer format; a metrics.json or train_log.json
-edited by hand; an import file of the wrong shape: `posthoc`, `report`, `diagnose` and
+edited by hand; an import file of the wrong shape: `posthoc`, `compare`, `diagnose` and
 `eval --from` print one line naming the file and what is wrong, exit 2 and write nothing.
 """
 import json
@@ -96,7 +96,7 @@ SCORES_FAULTS = {  # damage to scores.npz: (how, what the one line says)
 }
 
 
-@pytest.mark.parametrize("command", ["posthoc", "report", "diagnose"])
+@pytest.mark.parametrize("command", ["posthoc", "compare", "diagnose"])
 @pytest.mark.parametrize("fault", sorted(SCORES_FAULTS))
 def test_a_damaged_scores_file_is_one_line(fault, command, good, tmp_path):
     run = tmp_path / "run"
@@ -105,7 +105,7 @@ def test_a_damaged_scores_file_is_one_line(fault, command, good, tmp_path):
     damage(run / "scores.npz")
     out = tmp_path / "out"
     args = {"posthoc": ["posthoc", "--scores", str(run / "scores.npz"), "--out", str(out)],
-            "report": ["report", str(good), str(run), "--out", str(out)],
+            "compare": ["compare", str(good), str(run), "--out", str(out)],
             "diagnose": ["diagnose", str(run), "--out", str(out)]}[command]
     one_line_error(args, f"{run / 'scores.npz'}: ", says)
     assert not out.exists()
@@ -171,7 +171,7 @@ TRAIN_FAULTS = {  # (file, how, what the one line says)
 
 
 def test_the_intact_train_folder_is_read(train_run, tmp_path):
-    res = runner.invoke(app, ["report", str(train_run), "--plane", "--out", str(tmp_path / "o"),
+    res = runner.invoke(app, ["compare", str(train_run), "--plane", "--out", str(tmp_path / "o"),
                               "--n-boot", "10"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["diagnose", str(train_run), "--train-run", str(train_run),
@@ -186,7 +186,7 @@ def test_a_train_folder_file_edited_by_hand_is_one_line(fault, train_run, tmp_pa
     name, damage, says = TRAIN_FAULTS[fault]
     damage(run / name)
     out = tmp_path / "out"
-    one_line_error(["report", str(run), "--plane", "--out", str(out), "--n-boot", "10"],
+    one_line_error(["compare", str(run), "--plane", "--out", str(out), "--n-boot", "10"],
                    f"{run / name}: ", says)
     assert not out.exists()
     if fault in ("log_an_object", "log_entry_a_number", "log_wrong_type"):  # what diagnose reads

@@ -121,7 +121,7 @@ def in_process_signal(signum):
     ("posthoc", "calibtune.workflows.posthoc.run_posthoc", ["posthoc", "--scores", "s.npz"]),
     ("train", "calibtune.workflows.train.run_training", ["train", "--model", "m"]),
     ("align", "calibtune.workflows.align.run_alignment", ["align", "--model", "m"]),
-    ("report", "calibtune.workflows.compare.compare_runs", ["report", "a", "b"]),
+    ("compare", "calibtune.workflows.compare.compare_runs", ["compare", "a", "b"]),
 ])
 def test_every_command_turns_a_signal_into_one_resume_line(name, target, args, monkeypatch,
                                                            tmp_path):
@@ -137,7 +137,7 @@ def test_every_command_turns_a_signal_into_one_resume_line(name, target, args, m
 
 
 def test_reproduce_says_rerun_the_same_command(monkeypatch, tmp_path):
-    import calibtune.workflows.reproduce_report as rr
+    import calibtune.workflows.reproduce as rr
 
     monkeypatch.setattr(rr, "run_reproduce", in_process_signal(signal.SIGINT))
     args = ["reproduce", "--config", "c.yaml", "--out", str(tmp_path / "o")]

@@ -23,7 +23,9 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..config import hf_arguments
 from ..errors import DataError
+from ..models.lora import lora_config
 from .config import LOSSES, AlignConfig
 from .pairs import PreferencePair
 
@@ -99,38 +101,22 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[PreferencePair], *, append_eos:
     return kept, dropped
 
 
-def lora_config(cfg: AlignConfig) -> Any:
-    """The LoRA adapter `calibtune train` would build for the same options."""
-    from peft import LoraConfig
-
-    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else \
-        [t.strip() for t in cfg.lora_targets.split(",")]
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-
-
 def dpo_arguments(cfg: AlignConfig, output_dir: str, *, save_checkpoints: bool = True,
                   progress: bool = True) -> Any:
-    """TRL's `DPOConfig` for `cfg`: the same optimiser, schedule, checkpointing and seeds as
-    `calibtune train`'s `TrainingArguments`, plus the loss, β and the length limit. TRL's own
-    defaults that differ from transformers' (bf16 on, gradient checkpointing on, lr 1e-6) are
-    all set from `cfg` explicitly."""
+    """TRL's `DPOConfig` for `cfg`: every field declared with `hf=` (the optimiser, schedule,
+    checkpointing and seed `calibtune train` copies to `TrainingArguments`, plus β and the
+    length limit) copied by name, and the loss. TRL's own defaults that differ from
+    transformers' (bf16 on, gradient checkpointing on, lr 1e-6) are all set from `cfg`, since
+    each has an `hf=` field."""
     import torch
     from trl import DPOConfig
 
     return DPOConfig(
-        output_dir=output_dir, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps,
-        save_strategy="steps" if save_checkpoints else "no", save_steps=cfg.save_steps,
-        save_total_limit=2, report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        seed=cfg.seed, data_seed=cfg.seed, bf16=cfg.bf16, fp16=False,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        activation_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not progress,
-        beta=float(cfg.beta), loss_type=[LOSSES[cfg.loss]], max_length=cfg.max_length,
-        remove_unused_columns=True)
+        output_dir=output_dir, **hf_arguments(cfg, DPOConfig),
+        save_strategy="steps" if save_checkpoints else "no", save_total_limit=2,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to], data_seed=cfg.seed,
+        fp16=False, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        disable_tqdm=not progress, loss_type=[LOSSES[cfg.loss]], remove_unused_columns=True)
 
 
 def preference_dataset(encoded: Sequence[EncodedPair]) -> Any:

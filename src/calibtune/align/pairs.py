@@ -25,11 +25,11 @@ from typing import Any, Iterable
 from ..scoring.cloze import cloze_context
 from ..data.items import LETTERS, MCQItem
 from ..data.loaders import MAX_FIELD_CHARS, _read_jsonl, validated_rows
+from ..defaults import SCORINGS
 from ..errors import ConfigError, DataError
 from ..scoring.prompts import letter_prefix, render_prompt
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
-PAIR_SCORINGS = ("letter", "cloze")
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def wrong_option(item: MCQItem, seed: int = 0) -> int:
 def pair_from_item(item: MCQItem, *, scoring: str = "letter", style: str = "plain",
                    tokenizer: Any = None, seed: int = 0) -> PreferencePair:
     """The preference pair of one item: gold answer over a seeded wrong option."""
-    if scoring not in PAIR_SCORINGS:
-        raise ConfigError(f"--scoring must be {' or '.join(PAIR_SCORINGS)}, got {scoring!r}")
+    if scoring not in SCORINGS:
+        raise ConfigError(f"--scoring must be {' or '.join(SCORINGS)}, got {scoring!r}")
     wrong = wrong_option(item, seed)
     meta = {"source": "mcq", "item": item.id, "answer": item.answer, "rejected_option": wrong,
             **{k: v for k, v in item.meta.items() if k in ("file", "row")}}

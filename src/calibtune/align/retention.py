@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..defaults import N_BOOT
 from ..errors import ConfigError, DataError, ModelError
 from ..metrics.uncertainty import Interval, bootstrap_ci
 from .dpo import EncodedPair, encode_pair
@@ -55,7 +56,7 @@ class PreferenceAccuracy:
         return cls(d["n"], d["accuracy"], d["ties"], d["mean_margin"], [p["id"] for p in pairs],
                    [p["chosen_logp"] for p in pairs], [p["rejected_logp"] for p in pairs])
 
-    def intervals(self, n_boot: int = 1000, seed: int = 0) -> dict:
+    def intervals(self, n_boot: int = N_BOOT, seed: int = 0) -> dict:
         """95% percentile-bootstrap intervals of accuracy and mean margin, resampling pairs
         (NaN bounds for fewer than 2 pairs: one pair says nothing about its spread)."""
         m = _finite(self.margins)
@@ -261,7 +262,7 @@ class RetentionReport:
                    KLResult(kl["n"], kl["mean_kl"], kl["max_kl"], [p["id"] for p in prompts],
                             [p["kl"] for p in prompts]))
 
-    def change(self, n_boot: int = 1000, seed: int = 0) -> dict:
+    def change(self, n_boot: int = N_BOOT, seed: int = 0) -> dict:
         """Tuned minus reference, accuracy and mean margin, with 95% paired-bootstrap intervals
         (both models resampled on the same pairs): whether a fine-tune lost preferences beyond
         the noise of this many pairs."""

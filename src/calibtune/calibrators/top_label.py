@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 
+from ..defaults import N_BINS
 from ..errors import ConfigError
 from ..metrics.binning import assign_bins, bin_edges
 from ..metrics.validation import softmax, top_label
@@ -69,7 +70,7 @@ class HistogramBinning(TopLabelCalibrator):
     edges = DeprecatedAlias("edges_")
     values = DeprecatedAlias("values_")
 
-    def __init__(self, n_bins: int = 10, strategy: str = "quantile") -> None:
+    def __init__(self, n_bins: int = N_BINS, strategy: str = "quantile") -> None:
         super().__init__()
         if n_bins < 1:
             raise ConfigError(f"n_bins must be >= 1, got {n_bins}")

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..data.items import LETTERS, MAX_OPTIONS
 from ..errors import DataError
-from ..scores import OptionScores, pad_option_rows
+from ..option_scores import OptionScores, pad_option_rows
 
 NORMS = ("none", "char", "byte")
 _DATE = r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?"

@@ -24,7 +24,7 @@ from ..data.items import LETTERS, MAX_OPTIONS, MIN_OPTIONS
 from ..data.loaders import _read_csv, _read_jsonl, _read_parquet, missing_field
 from ..errors import DataError
 from ..metrics.proper import PROB_FLOOR
-from ..scores import OptionScores, pad_option_rows
+from ..option_scores import OptionScores, pad_option_rows
 
 KINDS = ("logprob", "prob")
 LABEL_FORMATS = ("auto", "index", "letter")

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..defaults import N_BINS
 from .binning import BinTable, bin_edges, bin_statistics, calibration_error_from_table
 from .validation import check_inputs, top_label
 
 
-def bin_table(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10, strategy: str = "uniform",
+def bin_table(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS, strategy: str = "uniform",
               mask: np.ndarray | None = None, *, from_logits: bool = False) -> BinTable:
     """Per-bin count, accuracy and mean confidence of the top-label prediction."""
     p, y, _ = check_inputs(probs, labels, mask, from_logits=from_logits)
@@ -15,7 +16,7 @@ def bin_table(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10, strategy:
     return bin_statistics(conf, correct, bin_edges(conf, n_bins, strategy))
 
 
-def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10, strategy: str = "uniform",
+def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS, strategy: str = "uniform",
         norm: str = "l1", mask: np.ndarray | None = None, *, from_logits: bool = False) -> float:
     """Top-label expected calibration error (docs/method.md §3, docs/metrics.md).
 
@@ -62,7 +63,7 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10, strategy: str =
     return calibration_error_from_table(table, norm)
 
 
-def classwise_tables(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10,
+def classwise_tables(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS,
                      mask: np.ndarray | None = None, *, from_logits: bool = False
                      ) -> list[BinTable]:
     """One bin table per option class j: p_ij binned against the frequency of y = j.
@@ -75,7 +76,7 @@ def classwise_tables(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10,
             if m[:, j].any()]
 
 
-def classwise_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10,
+def classwise_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS,
                   mask: np.ndarray | None = None, *, from_logits: bool = False) -> float:
     """The paper's cw-ECE: (1/K) Σ_j Σ_k (|B_jk|/n_j)·|freq(y=j in B_jk) − mean p_ij in B_jk|.
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from .validation import MetricInputError, check_inputs
 
-METHODS = ("lac", "aps")
+CONFORMAL_METHODS = ("lac", "aps")
 
 
 def _check_alpha(alpha: float) -> float:
@@ -66,7 +66,7 @@ def score_matrix(probs: np.ndarray, mask: np.ndarray, method: str = "lac", *,
         s = np.empty_like(ss)
         np.put_along_axis(s, order, ss, axis=1)
     else:
-        raise MetricInputError(f"method must be one of {METHODS}, got {method!r}")
+        raise MetricInputError(f"method must be one of {CONFORMAL_METHODS}, got {method!r}")
     return np.where(m, s, np.inf)
 
 
@@ -137,8 +137,8 @@ def split_conformal(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | No
     Reference: Sadinle et al. 2019; Romano et al. 2020; Angelopoulos & Bates 2021.
     """
     alpha = _check_alpha(alpha)
-    if method not in METHODS:
-        raise MetricInputError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in CONFORMAL_METHODS:
+        raise MetricInputError(f"method must be one of {CONFORMAL_METHODS}, got {method!r}")
     if not 0 < cal_fraction < 1:
         raise MetricInputError(f"cal_fraction must be in (0, 1), got {cal_fraction!r}")
     p, y, m = check_inputs(probs, labels, mask, from_logits=from_logits)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm as _normal
 
+from ..defaults import N_BINS, N_BOOT
 from .binning import assign_bins, bin_edges
 from .validation import MetricInputError, check_inputs, top_label
 
@@ -71,14 +72,14 @@ def resampled_sums(conf: np.ndarray, correct: np.ndarray, idx: np.ndarray, n_bin
     return out[0], out[1], out[2]
 
 
-def debiased_squared_ce(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
+def debiased_squared_ce(conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> float:
     """Ŝ on top-label confidences and 0/1 correctness, equal-width bins [k/M, (k+1)/M)."""
     conf, correct = _check_pair(conf, correct)
     idx = assign_bins(conf, bin_edges(None, n_bins, "uniform"))
     return float(squared_ce_from_sums(*_sums(conf, correct, idx, n_bins), len(conf)))
 
 
-def debiased_rms_ce(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10,
+def debiased_rms_ce(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS,
                     mask: np.ndarray | None = None, *, from_logits: bool = False) -> float:
     """Top-label binned ℓ2 calibration error with the noise term removed: √max(0, Ŝ)."""
     p, y, _ = check_inputs(probs, labels, mask, from_logits=from_logits)
@@ -112,8 +113,8 @@ class DebiasedCE:
         return asdict(self)
 
 
-def debiased_ce_interval(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10, *,
-                         n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> DebiasedCE:
+def debiased_ce_interval(conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS, *,
+                         n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = 0) -> DebiasedCE:
     """Ŝ with an interval centred on it: Ŝ ± z·sd, sd the bootstrap standard deviation of Ŝ.
 
     Centred on Ŝ, not on the bootstrap's quantiles: the resamples' own binned error is the

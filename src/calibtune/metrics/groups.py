@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..defaults import N_BINS, N_BOOT
 from .binning import bin_edges, bin_statistics, calibration_error_from_table
 from .uncertainty import bootstrap_ci, ece_noise_floor
 from .validation import MetricInputError, check_inputs, top_label
@@ -83,7 +84,7 @@ def _ece_conf(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
 
 
 def group_table(probs: np.ndarray, labels: np.ndarray, groups, mask: np.ndarray | None = None, *,
-                n_bins: int = 10, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                n_bins: int = N_BINS, n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = 0,
                 min_items: int = MIN_GROUP_ITEMS, n_sim: int = 1000, flagged_last: bool = True,
                 from_logits: bool = False) -> GroupTable:
     """One row per distinct value of `groups` [n] (e.g. subjects): top-label figures per group.

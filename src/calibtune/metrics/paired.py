@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..defaults import N_BINS, N_BOOT
 from ..errors import ConfigError, DataError
 from .binning import bin_edges, bin_statistics, calibration_error_from_table
 from .calibration import classwise_ece
@@ -137,8 +138,8 @@ def _metrics(s: dict[str, np.ndarray], idx: np.ndarray | None, n_bins: int) -> d
 
 
 def paired_compare(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray,
-                   mask: np.ndarray | None = None, *, from_logits: bool = False, n_bins: int = 10,
-                   n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> PairedComparison:
+                   mask: np.ndarray | None = None, *, from_logits: bool = False, n_bins: int = N_BINS,
+                   n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = 0) -> PairedComparison:
     """Compare B with A on the same rows: Δ = B − A of accuracy, ECE, cw-ECE, Brier and NLL.
 
     `scores_a`/`scores_b` are probabilities [n, K] (or logits with `from_logits=True`, which
@@ -178,7 +179,7 @@ def paired_compare(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarra
                             n_boot=int(n_boot), alpha=alpha, seed=seed)
 
 
-def compare_scores(a, b, *, intersect: bool = False, n_bins: int = 10, n_boot: int = 1000,
+def compare_scores(a, b, *, intersect: bool = False, n_bins: int = N_BINS, n_boot: int = N_BOOT,
                    alpha: float = 0.05, seed: int = 0) -> PairedComparison:
     """`paired_compare` of two `OptionScores`, paired by item id (see `align_items`).
 

@@ -5,6 +5,7 @@ from functools import partial
 
 import numpy as np
 
+from ..defaults import N_BINS, N_BOOT
 from .binning import bin_edges, bin_statistics, calibration_error_from_table
 from .calibration import classwise_ece, ece
 from .debiased import debiased_ce_interval, debiased_squared_ce
@@ -16,7 +17,7 @@ from .validation import check_inputs, top_label
 
 
 def summarize(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
-              n_bins: int = 10, n_boot: int = 1000, seed: int = 0,
+              n_bins: int = N_BINS, n_boot: int = N_BOOT, seed: int = 0,
               logits: np.ndarray | None = None) -> dict:
     """Accuracy, the ECE family, proper scores, selective prediction, intervals, noise floor.
 

@@ -6,6 +6,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..defaults import N_BINS, N_BOOT
 from .binning import assign_bins, bin_edges
 from .validation import MetricInputError
 
@@ -25,7 +26,7 @@ class Interval:
         return asdict(self)
 
 
-def bootstrap_ci(metric: Callable[..., float], *arrays: np.ndarray, n_boot: int = 1000,
+def bootstrap_ci(metric: Callable[..., float], *arrays: np.ndarray, n_boot: int = N_BOOT,
                  alpha: float = 0.05, seed: int = 0, **kwargs) -> Interval:
     """Percentile bootstrap interval of `metric(*arrays, **kwargs)`, resampling items (rows).
 
@@ -68,7 +69,7 @@ class NoiseFloor:
         return asdict(self)
 
 
-def ece_noise_floor(confidences: np.ndarray, n_bins: int = 10, n_sim: int = 1000, seed: int = 0,
+def ece_noise_floor(confidences: np.ndarray, n_bins: int = N_BINS, n_sim: int = 1000, seed: int = 0,
                     strategy: str = "uniform") -> NoiseFloor:
     """Simulate outcomes ~ Bernoulli(confidence) and measure the top-label ECE each time.
 

@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..defaults import N_BINS
 from ..data.items import LETTERS  # noqa: E402
 from ..integrity import atomic_write  # noqa: E402
 from ..metrics.binning import (BinTable, bin_edges, bin_statistics,  # noqa: E402
@@ -29,13 +30,13 @@ class ReliabilityData:
 
 
 def prepare_reliability(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
-                        n_bins: int = 10, label: str = "model") -> ReliabilityData:
+                        n_bins: int = N_BINS, label: str = "model") -> ReliabilityData:
     table = bin_table(probs, labels, n_bins, "uniform", mask)
     return ReliabilityData(table, label, calibration_error_from_table(table, "l1"))
 
 
 def prepare_classwise(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
-                      n_bins: int = 10) -> list[ReliabilityData]:
+                      n_bins: int = N_BINS) -> list[ReliabilityData]:
     """One panel per option class (p_ij against the frequency of y = j), then all classes pooled."""
     panels = [ReliabilityData(t, f"option {LETTERS[j]}", calibration_error_from_table(t, "l1"))
               for j, t in enumerate(classwise_tables(probs, labels, n_bins, mask))]

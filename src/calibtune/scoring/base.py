@@ -12,10 +12,8 @@ import numpy as np
 
 from ..data.items import MCQItem
 from ..errors import DataError
-from ..scores import OptionScores, option_mask
-
-SCORINGS = ("letter", "cloze")
-CLOZE_NORMS = ("none", "token", "char")
+from ..defaults import CLOZE_NORMS, SCORINGS  # noqa: F401 - their home; re-exported here
+from ..option_scores import OptionScores, option_mask
 
 
 class Scorer(Protocol):

@@ -40,7 +40,8 @@ def cloze_context(item: MCQItem, exemplars: Sequence[MCQItem] = ()) -> str:
     return FEWSHOT_SEPARATOR.join([*shots, f"Question: {item.question.strip()}\nAnswer:"])
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_continuation(tokenizer: Any, context: str, continuation: str
+                        ) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) split as lm-eval does: trailing context spaces move over."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
@@ -77,7 +78,7 @@ def encode_cloze(tokenizer: Any, items: list[MCQItem], limit: int | None,
         context, conts = None, []
         text = cloze_context(it, fewshot.for_item(it) if fewshot else ())
         for opt in it.options:
-            ctx, cont = encode_pair(tokenizer, text, " " + opt.strip())
+            ctx, cont = encode_continuation(tokenizer, text, " " + opt.strip())
             if not cont:
                 raise DataError(f"item {it.id}: option {opt[:40]!r} encodes to no tokens",
                                 file=it.meta.get("file"), row=it.meta.get("row"), field="options")

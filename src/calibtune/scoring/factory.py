@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 from ..data.items import MCQItem
 from ..errors import ConfigError
-from ..scores import OptionScores
+from ..option_scores import OptionScores
 from .base import SCORINGS, Scorer, unpack_model
 
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data.items import MCQItem
 from ..errors import DataError, ModelError
-from ..scores import OptionScores
+from ..option_scores import OptionScores
 from .base import collect_logits, scores_from
 from .batching import context_limit, pad_batch, pad_token_id, plan_batches
 from .prompts import PromptEncoder, letter_token_ids

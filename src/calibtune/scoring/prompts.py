@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..data.items import LETTERS, MCQItem
+from ..defaults import PROMPT_STYLES
 from ..errors import ConfigError, ModelError
 
-PROMPT_STYLES = ("plain", "reference", "chat")
 REFERENCE_INSTRUCTION = "Answer with only a single letter:"
 CHAT_INSTRUCTION = "Answer with the letter of the correct option only."
 FEWSHOT_SEPARATOR = "\n\n"  # between exemplars, and before the scored question

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..defaults import N_BINS
 from ..metrics.binning import bin_edges, bin_statistics, calibration_error_from_table
 from ..metrics.validation import MetricInputError
 
@@ -46,7 +47,7 @@ def _table(c: np.ndarray, y: np.ndarray, n_bins: int, strategy: str):
     return bin_statistics(c, y, bin_edges(c, n_bins, strategy))
 
 
-def binned_ece(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10,
+def binned_ece(conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS,
                strategy: str = "uniform") -> float:
     """The top-label binned ECE of these confidences/outcomes (same value as `metrics.ece`)."""
     c, y = _conf_correct(conf, correct)
@@ -59,7 +60,7 @@ def mean_gap_bound(conf: np.ndarray, correct: np.ndarray) -> float:
     return float(abs(c.mean() - y.mean()))
 
 
-def over_under(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10,
+def over_under(conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS,
                strategy: str = "uniform") -> tuple[float, float]:
     """(O, U): the over- and under-confident parts of the ECE, Σ w_k (c̄_k − a_k)₊ and Σ w_k (a_k − c̄_k)₊.
 
@@ -100,7 +101,7 @@ def accuracy_only_floor(correct: np.ndarray, n_options) -> float:
     return float(max(_inverse_k(n_options, y.size).mean() - y.mean(), 0.0))
 
 
-def below_chance_floor(conf: np.ndarray, correct: np.ndarray, n_options, n_bins: int = 10,
+def below_chance_floor(conf: np.ndarray, correct: np.ndarray, n_options, n_bins: int = N_BINS,
                        strategy: str = "uniform") -> float:
     """Proposition 2: Σ_k w_k (h_k − a_k)₊ with h_k the bin's mean of 1/K_i.
 
@@ -117,7 +118,7 @@ def below_chance_floor(conf: np.ndarray, correct: np.ndarray, n_options, n_bins:
     return float(np.sum(acc.weight[full] * np.maximum(chance.accuracy[full] - acc.accuracy[full], 0)))
 
 
-def combined_floor(conf: np.ndarray, correct: np.ndarray, n_options, n_bins: int = 10,
+def combined_floor(conf: np.ndarray, correct: np.ndarray, n_options, n_bins: int = N_BINS,
                    strategy: str = "uniform") -> float:
     """Corollary 3: max(D, 2P − D) with D = mean confidence − accuracy and P = below_chance_floor.
 
@@ -167,7 +168,7 @@ class NoiseBounds:
         return asdict(self)
 
 
-def noise_floor_bounds(conf: np.ndarray, n_bins: int = 10, strategy: str = "uniform",
+def noise_floor_bounds(conf: np.ndarray, n_bins: int = N_BINS, strategy: str = "uniform",
                        delta: float = 0.05) -> NoiseBounds:
     """Bounds on the ECE that a perfectly calibrated model with these confidences shows.
 
@@ -242,7 +243,7 @@ def generalisation_gap_floor(train_accuracy: float, accuracy: float, confidence:
 
 
 def binned_generalisation_floor(train_conf: np.ndarray, train_correct: np.ndarray,
-                                conf: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
+                                conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> float:
     """Proposition 7: held-out ECE ≥ Σ_k w^H_k (|a^T_k − a^H_k| − |c̄^T_k − a^T_k| − |c̄^T_k − c̄^H_k|)₊.
 
     Both sets are binned on the same uniform edges; bins empty in either set contribute 0. Since

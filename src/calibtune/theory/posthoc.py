@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..defaults import N_BINS
 from ..metrics.binning import bin_edges, bin_statistics, calibration_error_from_table
 from ..metrics.uncertainty import ece_noise_floor
 from ..metrics.validation import top_label
@@ -55,7 +56,7 @@ def _ece(p: np.ndarray, y: np.ndarray, n_bins: int) -> tuple[float, float, np.nd
 
 
 def cross_fit(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray, fit: Fit, *,
-              method: str = "temperature", n_bins: int = 10, seed: int = 0,
+              method: str = "temperature", n_bins: int = N_BINS, seed: int = 0,
               n_sim: int = 1000) -> CrossFit:
     """Fit on one half, apply to the other, and the reverse; ECE of the pooled result."""
     p = np.asarray(probs, dtype=np.float64)

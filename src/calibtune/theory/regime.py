@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm
 
+from ..defaults import N_BINS
 from ..metrics.binning import assign_bins, bin_edges
 
 ALPHA = 0.05
@@ -87,7 +88,7 @@ def floor_test(conf: np.ndarray, correct: np.ndarray, train_accuracy: float, tra
                      alpha=alpha, reject=bool(lower > 0))
 
 
-def r0_power(conf: np.ndarray, q95: float, gap: float, n_bins: int = 10, n_sim: int = 500,
+def r0_power(conf: np.ndarray, q95: float, gap: float, n_bins: int = N_BINS, n_sim: int = 500,
              seed: int = 0) -> float:
     """P(ECE > q95) when outcomes are Bernoulli(c_i − gap) (clipped to [0, 1]) on these
     confidences and their bins: the chance that R0 detects an over-confidence of `gap`."""

@@ -13,7 +13,7 @@ import torch
 
 from ..scoring.cloze import encode_cloze
 from ..data.items import MCQItem
-from ..scores import option_mask
+from ..option_scores import option_mask
 from ..scoring.batching import pad_batch, pad_token_id
 from .dataset import ExampleDataset
 

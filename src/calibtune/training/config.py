@@ -10,27 +10,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import option
+from ..defaults import N_BINS, TRAIN_METHODS
+from ..options import (PROMPT_HELP, SCORING_HELP, SEED_HELP, Finetuning,  # noqa: F401
+                       inherit)
 from ..errors import ConfigError
 
-METHODS = ("sft", "cft", "rcft", "label_smoothing")
+#: `calibtune train --method` choices (one home: `calibtune.defaults.TRAIN_METHODS`).
+METHODS = TRAIN_METHODS
 SFT_LOSSES = ("full", "completion")
 SFT_NORMALISATIONS = ("token", "sequence")
 ECE_TARGETS = ("live", "frozen")
 ECE_REDUCTIONS = ("item", "bin")
-PROMPT_HELP = "Prompt style: plain | reference (the reference code's template) | chat."
-SCORING_HELP = "letter (option letters) or cloze (option texts)."
-SEED_HELP = "Seed of sampling, splits, shuffling and the bootstrap (default 0)."
 
 
 @dataclass
-class TrainConfig:
-    """LoRA r 128, α 64, dropout 0.05, all linear layers, 5 epochs, cosine schedule with 10%
-    warm-up, AdamW follow the reference code (docs/method.md §5); the learning rate and λ are ours
-    (docs/training.md says where each default comes from). Shrink epochs/steps for a CPU run."""
+class TrainConfig(Finetuning):
+    """The options shared with `calibtune align` (`options.Finetuning`: LoRA r 128, α 64,
+    dropout 0.05, all linear layers, 5 epochs, cosine schedule with 10% warm-up, AdamW, as the
+    reference code, docs/method.md §5) and the calibration methods' own; the learning rate and λ
+    are ours (docs/training.md says where each default comes from). Shrink epochs/steps for a
+    CPU run."""
 
-    prompt: str = option("plain", PROMPT_HELP)
-    scoring: str = option("letter", SCORING_HELP + " Training and evaluation read the same.")
-    cloze_norm: str = option("none", "Cloze score RCFT regularises: none | token | char.")
+    scoring: str = inherit(Finetuning, "scoring", "letter",
+                           SCORING_HELP + " Training and evaluation read the same.")
+    cloze_norm: str = inherit(Finetuning, "cloze_norm", "none",
+                              "Cloze score RCFT regularises: none | token | char.")
+    n_bins: int = inherit(Finetuning, "n_bins", N_BINS,
+                          "Confidence bins of the E-step and the evaluation (default 10).")
     method: str = option("cft", "sft | cft | rcft | label_smoothing.")
     sft_loss: str | None = option(None, "full | completion (default: full for sft and rcft, "
                                         "else completion).")
@@ -42,37 +48,11 @@ class TrainConfig:
                                       "probabilities, default) | frozen (fixed at the E-step).")
     ece_reduction: str = option("item", "L_ECE over a batch: item (mean, default) | bin (every "
                                         "bin the same weight, as the reference).")
-    n_bins: int = option(10, "Confidence bins of the E-step and the evaluation (default 10).")
     estep_every_steps: int | None = option(None, "Run the E-step every N steps (default: at the "
                                                  "start and every epoch).")
     label_smoothing: float = option(0.1, "ε of the label_smoothing baseline.")
-    epochs: float = option(5.0, "Epochs (default 5, as the reference code).", hf="num_train_epochs")
-    max_steps: int = option(-1, "Stop after N optimiser steps.", hf="max_steps")
-    batch_size: int = option(2, "Per-device batch size.", hf="per_device_train_batch_size")
-    grad_accum: int = option(1, "Gradient accumulation steps.",
-                             hf="gradient_accumulation_steps")
-    learning_rate: float = option(1e-4, "Peak learning rate.", hf="learning_rate")
-    # transformers reads a warmup_steps below 1 as a share of the steps
-    warmup_ratio: float = option(0.1, "Share of the steps that warm the learning rate up.",
-                                 hf="warmup_steps")
-    weight_decay: float = option(0.0, "AdamW weight decay.", hf="weight_decay")
-    lr_scheduler: str = option("cosine", "Learning-rate schedule (transformers' names: cosine, "
-                                         "linear, constant, ...).", hf="lr_scheduler_type")
     lora: bool = option(True, "Train all weights instead of a LoRA adapter.",
                         flag="--full-finetune", invert=True)
-    lora_r: int = option(128, "LoRA rank (default 128).")
-    lora_alpha: int = option(64, "LoRA alpha (default 64).")
-    lora_dropout: float = option(0.05, "LoRA dropout (default 0.05).")
-    lora_targets: str = option("all-linear", "all-linear or comma-separated module names.")
-    max_length: int = option(1024, "Training items with longer prompts are dropped (with a "
-                                   "warning), not truncated.")
-    bf16: bool = option(False, "Mixed precision in bfloat16.", hf="bf16")
-    seed: int = option(0, SEED_HELP, hf="seed")
-    save_steps: int = option(50, "Checkpoint every N steps.", hf="save_steps")
-    logging_steps: int = option(10, "Log the loss terms every N steps.", hf="logging_steps")
-    report_to: str = option("none", "none | tensorboard.")
-    gradient_checkpointing: bool = option(False, "Recompute activations in backward (less "
-                                                 "memory).", hf="activation_checkpointing")
     max_step_tokens: int | None = option(None, "Most padded tokens per forward call of a "
                                          "training step: a longer batch runs as micro-batches "
                                          "with the same gradient (less activation memory; one "
@@ -84,13 +64,7 @@ class TrainConfig:
                                          "accuracy-ECE plane (default 100; 0: off).")
 
     def __post_init__(self) -> None:
-        from ..scoring.base import CLOZE_NORMS, SCORINGS
-
-        if self.scoring not in SCORINGS:
-            raise ConfigError(f"--scoring must be {' or '.join(SCORINGS)}, got {self.scoring!r}")
-        if self.cloze_norm not in CLOZE_NORMS:
-            raise ConfigError(f"--cloze-norm must be one of {', '.join(CLOZE_NORMS)}, "
-                              f"got {self.cloze_norm!r}")
+        super().__post_init__()
         if self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.sft_loss is None:
@@ -114,8 +88,6 @@ class TrainConfig:
             raise ConfigError("--lambda and --sft-weight must be >= 0")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.n_bins < 1:
-            raise ConfigError(f"--n-bins must be >= 1, got {self.n_bins}")
         if self.max_step_tokens is not None and self.max_step_tokens < 1:
             raise ConfigError(f"--max-step-tokens must be >= 1, got {self.max_step_tokens}")
         if self.estep_every_steps is not None and self.estep_every_steps < 1:

@@ -10,7 +10,7 @@ import torch
 from ..data.items import MCQItem
 from ..errors import DataError
 from ..scoring.prompts import PromptEncoder
-from ..scores import option_mask
+from ..option_scores import option_mask
 from ..scoring.batching import pad_token_id
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from ..integrity import atomic_write, atomic_write_json
 from ..metrics.binning import calibration_error_from_table
 from ..metrics.proper import accuracy
 from ..metrics.validation import softmax
-from ..scores import option_mask
+from ..option_scores import option_mask
 from .distributed import lockstep_chunks, rank_and_world, sharding_engine
 from .faults import current_lr, fault_message
 from .targets import EStepResult, estep_targets, format_bin_table, live_targets

@@ -46,12 +46,34 @@ def fingerprint(config: Any, items: Sequence[Any]) -> dict:
     """What a checkpoint must share with the run that resumes it: the configuration's fields
     (less `RESUME_FREE`) and a digest of the training items (ids, answers, option counts)."""
     fields = asdict(config) if is_dataclass(config) else dict(config)
-    digest = hashlib.sha256(json.dumps([[str(it.id), int(it.answer), len(it.options)]
-                                        for it in items]).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([_item_key(it) for it in items]).encode()).hexdigest()
     free = resume_free(fields)
     kept = {k: v for k, v in fields.items() if k not in free}
     return json.loads(json.dumps(kept | {"train_items": f"{len(items)} items, sha256 {digest[:16]}"},
                                  default=str))
+
+
+def _item_key(item: Any) -> list:
+    """What identifies a training example: an MCQ item's id, answer and option count; a
+    preference pair's id and its two responses."""
+    if hasattr(item, "answer"):
+        return [str(item.id), int(item.answer), len(item.options)]
+    return [str(item.id), item.prompt, item.chosen, item.rejected]
+
+
+def sealing_callback(config: dict) -> Any:
+    """A `TrainerCallback` that seals every checkpoint a Trainer saves (`seal_checkpoint`), for
+    Trainers other than `CalibTrainer` (which seals inside its save): TRL's `DPOTrainer`."""
+    from transformers import TrainerCallback
+
+    class SealCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if args.should_save:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    seal_checkpoint(folder, config, state.global_step)
+
+    return SealCheckpoints()
 
 
 def checkpoints(folder: str | Path) -> list[Path]:

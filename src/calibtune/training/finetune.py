@@ -21,6 +21,7 @@ from ..data.items import MCQItem
 from ..interrupts import finish_first
 from ..errors import TrainingError
 from ..models import LoadedModel
+from ..models.lora import wrap_lora
 from ..scoring import make_scorer
 from ..scoring.base import Scorer, unpack_model
 from ..scoring.prompts import PromptEncoder
@@ -70,17 +71,6 @@ def build_dataset(cfg: TrainConfig, items: Sequence[MCQItem], tokenizer: Any
     return dataset, MCQCollator(tokenizer, dataset.letter_ids)
 
 
-def wrap_lora(model: Any, cfg: TrainConfig) -> Any:
-    """`model` with LoRA adapters of `cfg`'s rank, alpha, dropout and target modules."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else \
-        [t.strip() for t in cfg.lora_targets.split(",")]
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
-
-
 def training_arguments(cfg: TrainConfig, output_dir: str | Path, save: bool = True) -> Any:
     """transformers `TrainingArguments`: the fields declared with `hf=` copied by name, plus
     the settings calibtune always uses."""
@@ -88,7 +78,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, save: bool = Tr
     from transformers import TrainingArguments
 
     return TrainingArguments(
-        output_dir=str(output_dir), **hf_arguments(cfg),
+        output_dir=str(output_dir), **hf_arguments(cfg, TrainingArguments),
         save_strategy="steps" if save else "no", save_total_limit=2,
         report_to=[] if cfg.report_to == "none" else [cfg.report_to], data_seed=cfg.seed,
         remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),

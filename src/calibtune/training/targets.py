@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..defaults import N_BINS
 from ..errors import InputError
 from ..metrics.binning import BinTable, assign_bins, bin_edges, bin_statistics
 from ..metrics.validation import softmax, top_label
@@ -83,7 +84,7 @@ def fill_empty_bins(values: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)[nearest]
 
 
-def estep_targets(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray, n_bins: int = 10
+def estep_targets(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray, n_bins: int = N_BINS
                   ) -> EStepResult:
     """Bin items by current confidence; â_k = accuracy of bin k; frozen targets from â of each
     item's bin. Every bin takes part, [0.9, 1.0] included; an empty bin is never divided by."""

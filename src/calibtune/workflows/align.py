@@ -25,7 +25,9 @@ from ..align.retention import retention_report
 from ..integrity import atomic_write_json, atomic_write_text
 from ..run_guard import RunFolder
 from ..training.finetune import finish_saves_first, save_adapter
-from .train import evaluate_items, load_train_eval_items
+from ..training.faults import fingerprint, sealing_callback
+from .config import PreferenceEvalConfig  # noqa: F401 - its home is .config
+from .train import evaluate_items, load_train_eval_items, resume_guarded, resume_point
 
 log = logging.getLogger(__name__)
 
@@ -121,24 +123,19 @@ def run_alignment(cfg: AlignConfig, *, resume: bool = False, overwrite: bool = F
     """Align with DPO/IPO, save the adapter to OUT/adapter, evaluate the held-out MCQ items
     before/after and measure retention on held-out pairs. A folder holding another run is
     refused unless `overwrite`; `resume` continues a run of the same settings."""
-    with RunFolder(cfg.out, asdict(cfg), command="align", resume=resume,
-                   overwrite=overwrite) as folder:
+    with resume_guarded(cfg, command="align", resume=resume, overwrite=overwrite) as folder:
         return _align_into(folder, cfg, resume, callbacks)
 
 
 def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: list | None
                 ) -> AlignResult:
     import torch
-    from transformers.trainer_utils import get_last_checkpoint
 
     from ..models import load_model
 
     data = load_align_data(cfg)  # a bad row fails here, with nothing written
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.exists() else None
-    if resume and last is None:
-        log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, base_adapter=cfg.base_adapter, dtype=cfg.dtype,
                                   device="cpu")
@@ -149,6 +146,8 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
     if not encoded:
         raise DataError(f"no training pair fits --max-length {cfg.max_length}")
     held_pairs = _sample(held_pairs, cfg.retention_limit, cfg.seed)
+    identity = fingerprint(cfg, train_pairs)
+    last = resume_point(ckpt_dir, resume, identity)  # refused here, before anything is written
 
     folder.open()  # cleared first with --overwrite; config.yaml written
     if not resume and ckpt_dir.exists():
@@ -161,7 +160,7 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
                     out / "rejected.jsonl")
 
     trainer = make_dpo_trainer(model, tokenizer, encoded, cfg, str(ckpt_dir),
-                               callbacks=list(callbacks or []))
+                               callbacks=[sealing_callback(identity), *(callbacks or [])])
     finish_saves_first(trainer)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
@@ -202,6 +201,7 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
                retention["change_tuned_minus_reference"]["accuracy"][key]
                for suffix, key in (("", "estimate"), ("_low", "low"), ("_high", "high"))}}
     atomic_write_json(out / "summary.json", summary)
+    write_align_page(out, cfg, summary, retention)
     log.info("alignment summary: %s", json.dumps(summary))
     return AlignResult(out, before, after, retention, train_seconds, len(encoded), len(dropped))
 
@@ -233,25 +233,70 @@ def describe_preferences(metrics: dict) -> list[str]:
     return lines
 
 
-@dataclass
-class PreferenceEvalConfig:
-    """`calibtune eval --preferences FILE|hhh`: preference accuracy and margin of a model (and,
-    with an adapter, of the model with the adapter disabled, plus KL(base ‖ adapted))."""
+def _ci_text(value: float, ci: dict | None, digits: int) -> str:
+    text = f"{value:.{digits}f}"
+    return text + (f" [{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]" if ci else "")
 
-    model: str = "smollm2-135m-instruct"
-    preferences: str = HHH
-    adapter: str | None = None
-    base_adapter: str | None = None  # merged first: the reference is then the merged model
-    prompt: str = "plain"
-    limit: int | None = None
-    seed: int = 0
-    batch_size: int = 8
-    append_eos: bool = False
-    skip_invalid: bool = False
-    dtype: str = "float32"
-    device: str | None = None
-    trust_remote_code: bool = False
-    out: str = "runs/preferences"
+
+def preference_blocks(metrics: dict) -> list:
+    """report.html blocks of a preferences.json / retention.json: preference accuracy and mean
+    margin with their 95% intervals, the paired change and the KL, as `describe_preferences`
+    prints them."""
+    from ..report.html import Heading, Paragraph, Table
+
+    rows = []
+    for name, key in (("model", "preference"), ("tuned", "preference_tuned"),
+                      ("reference", "preference_reference")):
+        if key in metrics:
+            p, ci = metrics[key], metrics[key].get("ci", {})
+            rows.append([name, p["n"], _ci_text(p["accuracy"], ci.get("accuracy"), 3),
+                         _ci_text(p["mean_margin"], ci.get("mean_margin"), 2)])
+    blocks: list = [Heading("Preference accuracy"),
+                    Paragraph("Share of pairs whose chosen response has the higher summed "
+                              "log-probability, and the mean margin (nats), with 95% bootstrap "
+                              "intervals over pairs."),
+                    Table(["model", "pairs", "accuracy [95%]", "mean margin [95%]"], rows)]
+    change = metrics.get("change_tuned_minus_reference")
+    if change:
+        a, m = change["accuracy"], change["mean_margin"]
+        blocks += [Heading("Tuned − reference (paired bootstrap)"),
+                   Table(["Δ accuracy [95%]", "Δ margin [95%]"],
+                         [[_ci_text(a["estimate"], a, 3), _ci_text(m["estimate"], m, 2)]])]
+    kl = metrics.get("kl_reference_tuned")
+    if kl:
+        blocks += [Heading("KL(reference ‖ tuned), next token after each prompt"),
+                   Table(["prompts", "mean KL (nats)", "max KL (nats)"],
+                         [[kl["n"], f"{kl['mean_kl']:.4f}", f"{kl['max_kl']:.4f}"]])]
+    return blocks
+
+
+def write_preference_page(out: Path, title: str, metrics: dict, context: dict) -> None:
+    """OUT/report.html of an `eval --preferences` run."""
+    from ..report.html import render_html
+
+    atomic_write_text(out / "report.html", render_html(title, preference_blocks(metrics),
+                                                       context=context))
+
+
+def write_align_page(out: Path, cfg: AlignConfig, summary: dict, retention: dict | None) -> None:
+    """OUT/report.html of an align run: calibration before/after on the held-out MCQ items (each
+    with its own page in eval_before/ and eval/) and the retention check."""
+    from ..report.html import Heading, Paragraph, Table, render_html
+
+    keys = ("accuracy", "mean_confidence", "ece", "cw_ece")
+    rows = [[when, *[f"{summary[when][k]:.4f}" for k in keys]]
+            for when in ("before", "after") if when in summary]
+    blocks: list = [Heading("Held-out MCQ items"),
+                    Paragraph("The model with the adapter disabled (before) and enabled (after); "
+                              "each evaluation's own page, with intervals and diagrams, is "
+                              "eval_before/report.html and eval/report.html."),
+                    Table(["", *keys], rows)]
+    if retention:
+        blocks += preference_blocks(retention)
+    context = {"model": cfg.model, "loss": f"{cfg.loss} (β {cfg.beta})",
+               "training pairs": summary["train_pairs"], "steps": summary["steps"]}
+    atomic_write_text(out / "report.html", render_html(f"calibtune align: {cfg.model}", blocks,
+                                                       context=context))
 
 
 @dataclass
@@ -296,4 +341,7 @@ def _preference_eval_into(folder: RunFolder, cfg: PreferenceEvalConfig) -> Prefe
     if loaded.rejected:
         atomic_write_text(out / "rejected.jsonl", _rejected_text(loaded.rejected))
     atomic_write_json(out / "preferences.json", metrics)
+    write_preference_page(out, f"calibtune eval --preferences: {cfg.model}", metrics,
+                          {"preferences": f"{cfg.preferences} ({loaded.source})",
+                           "adapter": cfg.adapter or "none"})
     return PreferenceEvalResult(out, metrics)

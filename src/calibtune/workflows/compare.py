@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..defaults import N_BINS, N_BOOT
 from ..errors import ConfigError
 from ..integrity import atomic_write_json, atomic_write_text
 from ..metrics.paired import compare_scores
 from ..report.html import Figure, Heading, Paragraph, Table, render_html
 from ..report.plots import prepare_reliability, save_overlay
 from ..run_guard import RunFolder
-from ..scores import OptionScores, evaluate
+from ..option_scores import OptionScores, evaluate
 
 DELTAS = ("accuracy", "ece", "cw_ece", "brier", "nll")
 
@@ -33,8 +34,8 @@ def _delta_text(d: dict) -> str:
     return f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
-def compare_runs(runs: list[Path], out: Path, n_bins: int = 10, *, plane: bool = False,
-                 intersect: bool = False, n_boot: int = 1000, seed: int = 0,
+def compare_runs(runs: list[Path], out: Path, n_bins: int = N_BINS, *, plane: bool = False,
+                 intersect: bool = False, n_boot: int = N_BOOT, seed: int = 0,
                  resume: bool = False, overwrite: bool = False) -> str:
     """Compare `runs` and write the folder `out` (a folder holding another run is refused
     unless `overwrite`, or `resume` with the same settings)."""
@@ -110,6 +111,6 @@ def _compare_into(folder: RunFolder, runs: list[Path], n_bins: int, *, plane: bo
                    Table(["B", "n", *[f"Δ {k}" for k in DELTAS], "changed", "McNemar p"],
                          paired_rows)]
     blocks += [Heading("Diagrams"), figures]
-    atomic_write_text(out / "report.html", render_html("calibtune report", blocks,
+    atomic_write_text(out / "report.html", render_html("calibtune compare", blocks,
                                                        context={"runs": ", ".join(map(str, runs))}))
     return text

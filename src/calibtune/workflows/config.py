@@ -1,8 +1,9 @@
 """The configurations of the workflows, each option declared once (the CLI builds from these).
 
-Importing this module imports no torch, so `calibtune --help` starts fast. Field names are the
-keys of `config.yaml` in every run folder, so they stay as they are; the command line spells
-the number of bins `--n-bins` everywhere (`--bins` still works, hidden).
+Each inherits the groups of options it shares with other commands (`calibtune.options`), so an
+option is declared once. Importing this module imports no torch, so `calibtune --help` starts
+fast. Field names are the keys of `config.yaml` in every run folder; the number of bins is
+`n_bins` / `--n-bins` everywhere (`bins:` and `--bins` are still read).
 """
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ from dataclasses import dataclass
 
 from ..config import option
 from ..errors import ConfigError
-from ..training.config import PROMPT_HELP, SCORING_HELP, SEED_HELP, TrainConfig
+from ..options import (BASE_ADAPTER_HELP, MODEL_HELP, OUT_HELP, PROMPT_HELP,  # noqa: F401
+                       SCORING_HELP, SEED_HELP, Binned, Bootstrapped, FinetuneRun, Inference,
+                       Lenient, Limited, Output, Preferences, Prompted, Reading,
+                       Seeded, inherit)
+from ..training.config import TrainConfig
 
-MODEL_HELP = "Built-in name, model folder or .gguf file."
-BASE_ADAPTER_HELP = ("A PEFT adapter merged into the model first (e.g. a `calibtune align` "
-                     "run's OUT/adapter: the DPO'd model).")
-OUT_HELP = "Output folder."
-BINS_HELP = "Number of confidence bins (default 10)."
 DEVICE_MAP_HELP = ("auto: place a model larger than one device over the GPUs and the CPU "
                    "(accelerate's big-model placement) instead of --device.")
 MAX_MEMORY_HELP = "With --device-map: most memory per device, e.g. cpu=2GiB or 0=20GiB,cpu=60GiB."
@@ -33,46 +33,37 @@ def check_fewshot(k: int) -> None:
 
 
 @dataclass
-class EvalConfig:
-    """Everything `calibtune eval` needs."""
+class Fewshot(Seeded):
+    """Exemplars before each scored question."""
 
-    model: str = option("smollm2-135m-instruct", MODEL_HELP)
-    data: str = option("mmlu", "Built-in dataset name or a .jsonl/.csv/.parquet file.")
-    split: str | None = option(None, "Split of a built-in dataset (mmlu: all|train|test).")
-    limit: int | None = option(None, "Score a seeded random sample of N items.")
-    seed: int = option(0, SEED_HELP)
-    prompt: str = option("plain", PROMPT_HELP)
-    scoring: str = option("letter", SCORING_HELP)
-    cloze_norm: str = option("none", "Cloze length normalisation: none | token | char.")
-    num_fewshot: int = option(0, FEWSHOT_HELP + " Groups: --group-field if given.")
+    num_fewshot: int = option(0, FEWSHOT_HELP)
     fewshot_seed: int | None = option(None, FEWSHOT_SEED_HELP)
     fewshot_data: str | None = option(None, FEWSHOT_DATA_HELP)
-    adapter: str | None = option(None, "A PEFT adapter folder to apply.")
-    base_adapter: str | None = option(None, BASE_ADAPTER_HELP)
-    dtype: str = option("float32", "float32 | bfloat16 | float16.")
-    device: str | None = option(None, "cpu, cuda, cuda:1 … (default: cuda if present; under "
-                                      "accelerate launch, each process's own).")
-    device_map: str | None = option(None, DEVICE_MAP_HELP)
-    max_memory: str | None = option(None, MAX_MEMORY_HELP)
-    batch_size: int = option(16, "Most items per forward pass.")
-    max_batch_tokens: int | None = option(8192, "Most padded tokens per forward pass.")
-    bins: int = option(10, BINS_HELP, flag="--n-bins", aliases=("--bins",))
-    n_boot: int = option(1000, "Bootstrap resamples for intervals (0: none).")
-    chunk_size: int = option(512, "Items per saved chunk (what --resume reuses).")
-    skip_invalid: bool = option(False, "Keep going past bad rows; list them in rejected.jsonl.")
-    trust_remote_code: bool = option(False, "Allow a model folder's own code to run.")
-    fields: dict = option(help="Field names of a data file (the --*-field options).",
-                          factory=dict, cli=False)
-    out: str = option("runs/eval", OUT_HELP)
 
     def __post_init__(self) -> None:
-        if self.bins < 1:
-            raise ConfigError(f"--n-bins must be at least 1, got {self.bins}")
+        super().__post_init__()
         check_fewshot(self.num_fewshot)
 
 
 @dataclass
-class PosthocConfig:
+class EvalConfig(Inference, Reading, Fewshot, Limited, Lenient, Binned, Bootstrapped, Output):
+    """Everything `calibtune eval` needs to score a dataset with a model."""
+
+    data: str = option("mmlu", "Built-in dataset name or a .jsonl/.csv/.parquet file.")
+    split: str | None = option(None, "Split of a built-in dataset (mmlu: all|train|test).")
+    num_fewshot: int = inherit(Fewshot, "num_fewshot", 0, FEWSHOT_HELP + " Groups: --group-field "
+                                                                          "if given.")
+    device_map: str | None = option(None, DEVICE_MAP_HELP)
+    max_memory: str | None = option(None, MAX_MEMORY_HELP)
+    max_batch_tokens: int | None = option(8192, "Most padded tokens per forward pass.")
+    chunk_size: int = option(512, "Items per saved chunk (what --resume reuses).")
+    fields: dict = option(help="Field names of a data file (the --*-field options).",
+                          factory=dict, cli=False)
+    out: str = inherit(Output, "out", "runs/eval")
+
+
+@dataclass
+class PosthocConfig(Seeded, Binned, Bootstrapped, Output):
     """Everything `calibtune posthoc` needs."""
 
     scores: str = option("", "scores.npz of an eval run.")
@@ -80,50 +71,121 @@ class PosthocConfig:
                                         "isotonic | daca.")
     fit_fraction: float = option(0.1, "Share of items to fit on (default 0.1); the rest is "
                                       "reported.")
-    seed: int = option(0, SEED_HELP)
     reference: str | None = option(None, "Base model's scores.npz on the same items (daca).")
+    # a check on the scores, not how to make them: None accepts either
     scoring: str | None = option(None, "letter | cloze: refuse scores made the other way.")
     num_fewshot: int | None = option(None, "Refuse scores made with another number of "
                                            "exemplars (the eval run's --num-fewshot).")
-    bins: int = option(10, BINS_HELP, flag="--n-bins", aliases=("--bins",))
-    n_boot: int = option(1000, "Bootstrap resamples for intervals.")
-    out: str = option("runs/posthoc", OUT_HELP)
+    out: str = inherit(Output, "out", "runs/posthoc")
 
 
 @dataclass
-class TrainRunConfig(TrainConfig):
+class TrainRunConfig(FinetuneRun, Fewshot, TrainConfig):
     """`calibtune train`: the training options, and the model, data and output folder."""
 
-    model: str = option("smollm2-135m-instruct", MODEL_HELP)
-    base_adapter: str | None = option(None, BASE_ADAPTER_HELP)
-    data: str = option("mmlu", "Training data: built-in name or file.")
-    split: str | None = option("train", "Split of a built-in training dataset (default train).")
-    train_limit: int | None = option(None, "Train on a seeded sample of N items.")
-    eval_data: str | None = option(None, "Held-out data (default: same dataset).")
-    eval_split: str | None = option("test", "Held-out split (default test).")
-    eval_limit: int | None = option(500, "Evaluate on a seeded sample of N items (default 500).")
     eval_seed: int | None = option(None, "Seed of the held-out sample (default: --seed); fix it "
                                          "to compare seeds on the same items.")
-    eval_before: bool = option(True, "Also score the held-out items before training (LoRA).")
-    num_fewshot: int = option(0, FEWSHOT_HELP + " Used by the evaluations and the E-step; "
-                                                "training examples stay zero-shot.")
-    fewshot_seed: int | None = option(None, FEWSHOT_SEED_HELP)
-    fewshot_data: str | None = option(None, FEWSHOT_DATA_HELP)
+    num_fewshot: int = inherit(Fewshot, "num_fewshot", 0, FEWSHOT_HELP + " Used by the "
+                               "evaluations and the E-step; training examples stay zero-shot.")
     load_in_4bit: bool = option(False, "QLoRA: NF4 4-bit frozen weights (needs bitsandbytes).")
-    dtype: str = option("float32", "float32 | bfloat16.")
-    out: str = option("runs/train", OUT_HELP)
+    out: str = inherit(Output, "out", "runs/train")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fewshot(self.num_fewshot)
         if self.load_in_4bit and not self.lora:
             raise ConfigError("--load-in-4bit trains a LoRA adapter on frozen 4-bit weights; "
                               "it cannot be combined with --full-finetune")
 
 
 @dataclass
-class CompareConfig:
-    """`calibtune report`: runs to overlay (given as arguments) and where to write."""
+class CompareConfig(Binned, Bootstrapped, Seeded, Output):
+    """`calibtune compare RUN...`: the runs to overlay and compare, and where to write."""
 
-    out: str = option("runs/compare", OUT_HELP)
-    n_bins: int = option(10, BINS_HELP, aliases=("--bins",))
+    runs: list[str] = option(help="Run folders (or scores.npz files) to compare; the first is "
+                                  "the reference.", factory=list, argument=True)
+    plane: bool = option(False, "Draw training runs in the accuracy-ECE plane with the bounds "
+                                "of docs/theory.md.")
+    intersect: bool = option(False, "Compare runs scored on different items on the items they "
+                                    "share.")
+    out: str = inherit(Output, "out", "runs/compare")
+
+
+@dataclass
+class PreferenceEvalConfig(Inference, Prompted, Preferences, Limited, Lenient, Seeded, Output):
+    """`calibtune eval --preferences FILE|hhh`: preference accuracy and margin of a model (and,
+    with an adapter, of the model with the adapter disabled, plus KL(base ‖ adapted)). With
+    `base_adapter`, merged first, the reference is the merged model."""
+
+    preferences: str = inherit(Preferences, "preferences", "hhh")
+    batch_size: int = inherit(Inference, "batch_size", 8, "Most pairs per forward pass "
+                                                          "(--preferences: default 8).")
+    out: str = inherit(Output, "out", "runs/preferences")
+
+
+@dataclass
+class DiagnoseConfig(Binned, Bootstrapped, Seeded):
+    """`calibtune diagnose SCORES`: what is read, and where the diagnosis is written."""
+
+    scores: str = option("", "An eval run folder, a train run folder or a scores.npz.",
+                         argument=True)
+    train_run: str | None = option(None, "The training run of this model: its training-item "
+                                         "measurements enter the bounds.")
+    keep_accuracy: bool = option(False, "Accuracy must not move (recommends post-hoc "
+                                        "temperature).")
+    out: str | None = inherit(Output, "out", None, "Where to write diagnosis.json/.md (default: "
+                              "beside the scores).")
+    # overrides what the training run's config.yaml says about its item sets (None: read it)
+    same_distribution: bool | None = option(
+        None, "Whether the training run's training and held-out items come from one "
+              "distribution (default: read from its config.yaml; without it, or a measured gap "
+              "before fine-tuning, no regime verdict is given).",
+        flag="--same-distribution/--different-distribution")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.scores:
+            raise ConfigError("give the scores to diagnose: an eval or train run folder, or a "
+                              "scores.npz")
+
+
+@dataclass
+class ReproduceCommand(Output):
+    """`calibtune reproduce`'s options (the comparison itself is the YAML file's)."""
+
+    config: str = option("", "A reproduce config (configs/smollm2-mmlu.yaml, ...).")
+    seeds: list[int] | None = option(None, "Seeds, e.g. --seeds 0 1 2 (default: the config's).")
+    out: str | None = inherit(Output, "out", None, "Run folder (default runs/<config name>); "
+                              "every step is cached there.")
+    dry_run: bool = option(False, "Check the config and print the plan; load no model.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.config:
+            raise ConfigError("give --config, a reproduce config (e.g. configs/smollm2-mmlu.yaml)")
+
+
+@dataclass
+class ImportConfig(Limited, Binned, Bootstrapped, Seeded, Output):
+    """`calibtune eval --from SOURCE PATH`: another harness's saved per-option scores."""
+
+    source: str = option("table", "lm-eval | table.", cli=False)
+    path: str = option("", "The saved outputs: a file or folder.", cli=False)
+    kind: str = option("logprob", "--from table: the values are logprob (log-probabilities or "
+                                  "logits) or prob.")
+    renormalise: bool = option(False, "--from table: divide probabilities by their row sum "
+                                      "instead of refusing rows that do not sum to 1.")
+    norm: str = option("none", "--from lm-eval: none (raw sums) | char | byte (lm-eval's "
+                               "acc_norm / acc_bytes).")
+    tasks: list[str] | None = option(None, "lm-eval: only these tasks.", cli=False)
+    fields: dict | None = option(None, "table: id, answer (the label), options, subject, "
+                                       "answer_format columns.", cli=False)
+    out: str = inherit(Output, "out", "runs/import")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source != "table" and (self.kind != "logprob" or self.renormalise or self.fields):
+            raise ConfigError(f"--kind, --renormalise and the --*-field options read a table; "
+                              f"they do not apply to --from {self.source}")
+        if self.source != "lm-eval" and self.norm != "none":
+            raise ConfigError(f"--norm reads lm-eval outputs; it does not apply to --from "
+                              f"{self.source}")

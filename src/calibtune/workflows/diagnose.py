@@ -7,34 +7,21 @@ writes diagnosis.json and diagnosis.md. The rule is docs/theory.md §5.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from .config import DiagnoseConfig  # noqa: F401 - declared with the other workflow configs
 from ..calibrators import TemperatureScaling
 from ..data.builtin import EVALS_SETS
 from ..errors import ConfigError, SavedFileError
 from ..integrity import (atomic_write_json, atomic_write_text, read_json_file, read_json_records,
                          saved_number)
-from ..scores import OptionScores
+from ..option_scores import OptionScores
 from ..theory import Diagnosis, diagnose
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DiagnoseConfig:
-    scores: str  # a run folder or a scores.npz
-    train_run: str | None = None  # a `calibtune train` folder: its training-item measurements
-    keep_accuracy: bool = False
-    out: str | None = None  # default: the run folder (or the scores file's folder)
-    n_bins: int = 10
-    n_boot: int = 1000
-    seed: int = 0
-    # overrides what the training run's config.yaml says about its item sets (None: read it)
-    same_distribution: bool | None = None
 
 
 def scores_path(spec: str | Path) -> Path:

@@ -172,21 +172,28 @@ def _claimed_by_rank0(cfg: EvalConfig, processes: Processes, resume: bool, overw
         yield folder
 
 
+def load_scorer(cfg: EvalConfig, device: str | None, progress: bool, fewshot: Fewshot | None
+                ) -> Any:
+    """The model of `cfg.model` loaded and the scorer that reads its option scores: the one
+    place where a model spec becomes a scorer (another kind of model spec branches here)."""
+    model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, base_adapter=cfg.base_adapter,
+                                  dtype=cfg.dtype, device=device,
+                                  trust_remote_code=cfg.trust_remote_code,
+                                  device_map=cfg.device_map, max_memory=cfg.max_memory)
+    return make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt,
+                       cloze_norm=cfg.cloze_norm, batch_size=cfg.batch_size,
+                       max_batch_tokens=cfg.max_batch_tokens, progress=progress,
+                       fewshot=fewshot)
+
+
 def _eval_into(folder: RunFolder | None, cfg: EvalConfig, resume: bool, progress: bool,
                processes: Processes) -> RunOutputs:
     items, rejected, fewshot = load_eval_items(cfg)  # bad data fails here, before any writing
     if processes.world > 1 and cfg.device_map:
         raise ConfigError("--device-map places one model over all the devices; it cannot be "
                           "combined with accelerate launch's one model per process")
-    model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, base_adapter=cfg.base_adapter,
-                                  dtype=cfg.dtype, device=cfg.device or processes.device,
-                                  trust_remote_code=cfg.trust_remote_code,
-                                  device_map=cfg.device_map, max_memory=cfg.max_memory)
     main = processes.is_main
-    scorer = make_scorer(model, tokenizer, cfg.scoring, prompt=cfg.prompt,
-                         cloze_norm=cfg.cloze_norm, batch_size=cfg.batch_size,
-                         max_batch_tokens=cfg.max_batch_tokens, progress=progress and main,
-                         fewshot=fewshot)
+    scorer = load_scorer(cfg, cfg.device or processes.device, progress and main, fewshot)
     try:  # letters and context lengths are checked before anything is written
         encoded = scorer.encode(items)
     except DataError:
@@ -214,7 +221,7 @@ def _eval_into(folder: RunFolder | None, cfg: EvalConfig, resume: bool, progress
     scores = scores_from(items, logits, meta)
     write_fewshot(out, fewshot)
     result = write_run(out, scores, title=f"calibtune eval — {cfg.model} on {cfg.data}",
-                       context={k: v for k, v in meta.items() if v is not None}, n_bins=cfg.bins,
+                       context={k: v for k, v in meta.items() if v is not None}, n_bins=cfg.n_bins,
                        n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.model)
     shutil.rmtree(partial, ignore_errors=True)
     return result

@@ -6,43 +6,43 @@ metrics.json, diagrams, report.md, report.html), with where the scores came from
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
+
+from .config import ImportConfig  # noqa: F401 - declared with the other workflow configs
 from ..errors import ConfigError
 from ..interop import load_lm_eval_samples, load_option_table
+from ..option_scores import OptionScores
 from ..run_guard import RunFolder
 from .run_folder import RunOutputs, write_run
 
-SOURCES = ("lm-eval", "table")
+def _lm_eval(cfg: ImportConfig) -> OptionScores:
+    return load_lm_eval_samples(cfg.path, tasks=cfg.tasks, norm=cfg.norm)
 
 
-@dataclass
-class ImportConfig:
-    source: str
-    path: str
-    out: str = "runs/import"
-    kind: str = "logprob"  # table: logprob | prob
-    renormalise: bool = False  # table: divide probabilities by their row sum
-    norm: str = "none"  # lm-eval: none | char | byte (acc_norm / acc_bytes style)
-    tasks: list[str] | None = None  # lm-eval: only these tasks
-    n_bins: int = 10
-    n_boot: int = 1000
-    seed: int = 0
-    fields: dict | None = None  # table: id, answer (the label), options, subject, answer_format
+def _table(cfg: ImportConfig) -> OptionScores:
+    fields = cfg.fields or {}
+    return load_option_table(cfg.path, kind=cfg.kind, renormalise=cfg.renormalise,
+                             id_col=fields.get("id", "id"), label_col=fields.get("answer", "label"),
+                             options=fields.get("options"),
+                             label_format=fields.get("answer_format", "auto"),
+                             group_col=fields.get("subject", "subject"))
 
 
-def load_imported(cfg: ImportConfig):
-    if cfg.source == "lm-eval":
-        return load_lm_eval_samples(cfg.path, tasks=cfg.tasks, norm=cfg.norm)
-    if cfg.source == "table":
-        fields = cfg.fields or {}
-        return load_option_table(cfg.path, kind=cfg.kind, renormalise=cfg.renormalise,
-                                 id_col=fields.get("id", "id"),
-                                 label_col=fields.get("answer", "label"),
-                                 options=fields.get("options"),
-                                 label_format=fields.get("answer_format", "auto"),
-                                 group_col=fields.get("subject", "subject"))
-    raise ConfigError(f"--from must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
+#: The sources `--from` reads: name → loader of `OptionScores` (add a source here).
+LOADERS: dict[str, Callable[[ImportConfig], OptionScores]] = {"lm-eval": _lm_eval, "table": _table}
+SOURCES = tuple(LOADERS)
+
+
+def load_imported(cfg: ImportConfig) -> OptionScores:
+    """The source's scores; with `limit`, its first `limit` items (in the file's order)."""
+    if cfg.source not in LOADERS:
+        raise ConfigError(f"--from must be one of {', '.join(LOADERS)}, got {cfg.source!r}")
+    scores = LOADERS[cfg.source](cfg)
+    if cfg.limit is not None and cfg.limit < len(scores):
+        scores = scores.subset(np.arange(cfg.limit))
+    return scores
 
 
 def run_import(cfg: ImportConfig, *, resume: bool = False, overwrite: bool = False

@@ -13,7 +13,7 @@ from ..integrity import atomic_write_json, atomic_write_text
 from ..report.html import Figure, Heading, Paragraph, Table
 from ..report.plots import prepare_reliability, save_overlay
 from ..run_guard import RunFolder
-from ..scores import OptionScores, evaluate
+from ..option_scores import OptionScores, evaluate
 from .config import PosthocConfig
 from .run_folder import RunOutputs, write_page, write_run
 
@@ -100,7 +100,7 @@ def _posthoc_into(folder: RunFolder, cfg: PosthocConfig) -> RunOutputs:
         cal = make_calibrator(cfg.method).fit(fit.logits, fit.labels, fit.mask)
     after = calibrated_scores(report, cal.transform(report.logits, report.mask),
                               {"calibrator": cfg.method})
-    before = evaluate(report, n_bins=cfg.bins, n_boot=cfg.n_boot, seed=cfg.seed)
+    before = evaluate(report, n_bins=cfg.n_bins, n_boot=cfg.n_boot, seed=cfg.seed)
     out = folder.open()
     cal.save(out / "calibrator.json")
     atomic_write_json(out / "before_metrics.json", before)
@@ -118,11 +118,11 @@ def _posthoc_into(folder: RunFolder, cfg: PosthocConfig) -> RunOutputs:
         context["few-shot"] = n_fewshot(scores)
     result = write_run(out, after, title=f"calibtune posthoc — {cfg.method}",
                        context=context,
-                       n_bins=cfg.bins, n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.method,
+                       n_bins=cfg.n_bins, n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.method,
                        extra_metrics=extra)
-    save_overlay([prepare_reliability(report.probs(), report.labels, report.mask, cfg.bins,
+    save_overlay([prepare_reliability(report.probs(), report.labels, report.mask, cfg.n_bins,
                                       "before"),
-                  prepare_reliability(after.probs(), after.labels, after.mask, cfg.bins,
+                  prepare_reliability(after.probs(), after.labels, after.mask, cfg.n_bins,
                                       cfg.method)], out / "before_after.png")
     rows = "\n".join(f"| {k} | {before[k]:.4f} | {result.metrics[k]:.4f} |"
                      for k in ("accuracy", "mean_confidence", "ece", "cw_ece", "nll", "brier"))

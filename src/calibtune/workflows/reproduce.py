@@ -1,409 +1,52 @@
-"""`calibtune reproduce`: the paper's comparison as one command, every step cached in DIR.
+"""`calibtune reproduce`: the whole comparison into one resumable folder.
 
-The aligned model as released, temperature scaling, label smoothing, CFT and RCFT (and plain
-SFT when asked), on the same items, in-domain and out-of-domain, over several seeds. Each step
-(score the aligned model on a split, fit a temperature, train a method for a seed, score its
-adapter on a split) writes its own folder under DIR/steps/ and a `step.json` marker last; the
-marker holds a digest of exactly the settings the step depends on. A rerun skips every step whose
-marker matches, resumes a training step from its last checkpoint, and reruns only the steps a
-changed setting touches. Then DIR/table.md, table.csv, results.json and report.html are written
-from the steps' scores (`reproduce_report.py`).
+The steps (what is trained and scored, cached by their settings) are `reproduce_steps`; the
+tables, figures and page made from them are `reproduce_tables`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import yaml
-
-from ..data import load_dataset, sample_items
-from ..data.items import MCQItem
-from ..errors import ConfigError
+from .config import ReproduceCommand  # noqa: F401 - declared with the other workflow configs
 from ..integrity import atomic_write_json
-from ..scores import OptionScores
-from .config import check_fewshot
-
-log = logging.getLogger(__name__)
-
-TRAINED = ("sft", "label_smoothing", "cft", "rcft")
-METHODS = ("aligned", "temperature") + TRAINED
-EVAL_SEED = 0  # evaluation items are the same for every seed and method: paired comparisons
-
-
-@dataclass
-class DataSpec:
-    """Items of one split: a built-in dataset or a file, a split, a seeded sample size."""
-
-    data: str
-    split: str | None = None
-    limit: int | None = None
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        self.name = self.name or self.data.split("/")[-1].split(".")[0]
-
-    def items(self, seed: int) -> list[MCQItem]:
-        return sample_items(load_dataset(self.data, self.split).items, self.limit, seed)
-
-
-@dataclass
-class ReproduceConfig:
-    """A comparison: one model, one training set, an in-domain and out-of-domain splits."""
-
-    name: str
-    model: str
-    train: DataSpec
-    in_domain: DataSpec
-    out_of_domain: list[DataSpec] = field(default_factory=list)
-    methods: list[str] = field(default_factory=lambda: ["aligned", "temperature",
-                                                        "label_smoothing", "cft", "rcft"])
-    scoring: str = "letter"
-    prompt: str = "plain"
-    cloze_norm: str = "none"
-    num_fewshot: int = 0  # exemplars before every scored question (drawn with EVAL_SEED)
-    dtype: str = "float32"
-    training: dict = field(default_factory=dict)  # TrainConfig fields shared by every method
-    method_training: dict = field(default_factory=dict)  # per method: {rcft: {ece_lambda: 2}}
-    seeds: list[int] = field(default_factory=lambda: [0])
-    n_bins: int = 10
-    n_boot: int = 1000
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ConfigError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-        if "aligned" not in self.methods:
-            self.methods = ["aligned", *self.methods]  # every comparison is against it
-        if not self.seeds:
-            raise ConfigError("seeds: give at least one seed")
-        check_fewshot(self.num_fewshot)
-        from ..training.config import TrainConfig
-
-        names = {f.name for f in fields(TrainConfig)}
-        own = {"method", "seed", "model", "data", "split", "train_limit", "eval_data",
-               "eval_split", "eval_limit", "out", "scoring", "prompt", "cloze_norm",
-               "num_fewshot", "fewshot_seed", "fewshot_data"}
-        for where, values in [("training", self.training),
-                              *[(f"method_training.{m}", v) for m, v in
-                                self.method_training.items()]]:
-            unknown = sorted(set(values) - names)
-            clash = sorted(set(values) & own)
-            if unknown:
-                raise ConfigError(f"{where}: unknown training option(s) {unknown}")
-            if clash:
-                raise ConfigError(f"{where}: {clash} are set by reproduce itself")
-        for m in self.method_training:
-            if m not in TRAINED:
-                raise ConfigError(f"method_training.{m}: only {', '.join(TRAINED)} train")
-        names = [s.name for s in self.splits]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"evaluation splits need distinct names (give each a 'name'); got "
-                              f"{names}")
-        if any(n.startswith("train-s") or "/" in n for n in names):
-            raise ConfigError(f"split names may not start with 'train-s' or hold '/': {names}")
-
-    @property
-    def splits(self) -> list[DataSpec]:
-        return [self.in_domain, *self.out_of_domain]
-
-
-def _spec(value: Any, where: str) -> DataSpec:
-    if isinstance(value, str):
-        return DataSpec(value)
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: give a dataset name or {{data, split, limit, name}}")
-    unknown = set(value) - {"data", "split", "limit", "name"}
-    if unknown or "data" not in value:
-        raise ConfigError(f"{where}: needs 'data' (and optionally split, limit, name); got "
-                          f"{sorted(value)}")
-    return DataSpec(**value)
-
-
-def load_reproduce_config(path: str | Path, seeds: list[int] | None = None) -> ReproduceConfig:
-    """Read and validate a reproduce YAML file (`configs/*.yaml`); `seeds` overrides its own."""
-    from ..config import load_yaml
-
-    raw = load_yaml(path)
-    allowed = {f.name for f in fields(ReproduceConfig)}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
-    for key in ("name", "model", "train", "in_domain"):
-        if key not in raw:
-            raise ConfigError(f"{path}: missing '{key}'")
-    raw["train"] = _spec(raw["train"], "train")
-    raw["in_domain"] = _spec(raw["in_domain"], "in_domain")
-    raw["out_of_domain"] = [_spec(v, f"out_of_domain[{i}]")
-                            for i, v in enumerate(raw.get("out_of_domain") or [])]
-    if seeds:
-        raw["seeds"] = list(seeds)
-    try:
-        return ReproduceConfig(**raw)
-    except TypeError as err:
-        raise ConfigError(f"{path}: {err}") from None
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class Step:
-    """One cached unit of work: `run(folder)` fills the folder; `key` is what it depends on."""
-
-    id: str
-    key: dict
-    run: Callable[[Path], None]
-    items: int | None = 0  # items through the model (for the plan; None: file missing)
-    forward_passes: int | None = 0  # estimated item forward passes, training included
-
-    @property
-    def folder_name(self) -> str:
-        return self.id.replace("/", "__")
-
-
-def _model_key(cfg: ReproduceConfig) -> dict:
-    few = {"num_fewshot": cfg.num_fewshot} if cfg.num_fewshot else {}  # zero-shot keys as before
-    return {"model": cfg.model, "scoring": cfg.scoring, "prompt": cfg.prompt,
-            "cloze_norm": cfg.cloze_norm, "dtype": cfg.dtype, **few}
-
-
-def _train_config(cfg: ReproduceConfig, method: str, seed: int, out: Path):
-    from .config import TrainRunConfig
-
-    overrides = {**cfg.training, **cfg.method_training.get(method, {})}
-    return TrainRunConfig(model=cfg.model, data=cfg.train.data, split=cfg.train.split,
-                          train_limit=cfg.train.limit, eval_data=cfg.in_domain.data,
-                          eval_split=cfg.in_domain.split, eval_limit=cfg.in_domain.limit,
-                          eval_seed=EVAL_SEED, eval_before=False, method=method, seed=seed,
-                          scoring=cfg.scoring, prompt=cfg.prompt, cloze_norm=cfg.cloze_norm,
-                          num_fewshot=cfg.num_fewshot,
-                          fewshot_seed=EVAL_SEED if cfg.num_fewshot else None,
-                          dtype=cfg.dtype, out=str(out), **overrides)
-
-
-def _train_key(tcfg: Any) -> dict:
-    """What a training step depends on. Options added later are left out at their defaults
-    (few-shot at k = 0, no base adapter), so the steps of earlier runs stay cached;
-    `max_step_tokens` never enters (micro-batches give the batch's own gradient)."""
-    key = {k: v for k, v in asdict(tcfg).items() if k not in ("out", "max_step_tokens")}
-    if not tcfg.num_fewshot:
-        for name in ("num_fewshot", "fewshot_seed", "fewshot_data"):
-            key.pop(name)
-    if tcfg.base_adapter is None:
-        key.pop("base_adapter")
-    return key
-
-
-class ModelCache:
-    """The aligned model, loaded once per process and only when a step needs it."""
-
-    def __init__(self, cfg: ReproduceConfig) -> None:
-        self.cfg, self._model = cfg, None
-
-    def aligned(self):
-        if self._model is None:
-            from ..models import load_model
-
-            self._model = load_model(self.cfg.model, dtype=self.cfg.dtype)
-        return self._model
-
-    def score(self, model: Any, spec: DataSpec, seed: int) -> OptionScores:
-        """Scores of `spec`'s sample for `seed`, after exemplars drawn (with EVAL_SEED, as the
-        training runs' evaluations) from the split's other items when num_fewshot > 0."""
-        from ..scoring import score
-        from .fewshot import run_fewshot
-
-        items = spec.items(seed)
-        fewshot = run_fewshot(self.cfg.num_fewshot, EVAL_SEED, items,
-                              load_dataset(spec.data, spec.split).items,
-                              f"{spec.data} ({spec.split or 'all'})")
-        return score(model, items, scoring=self.cfg.scoring, prompt=self.cfg.prompt,
-                     cloze_norm=self.cfg.cloze_norm, progress=True, fewshot=fewshot)
-
-
-def plan(cfg: ReproduceConfig, models: ModelCache | None = None) -> list[Step]:
-    """Every step of the comparison, in the order they run. Builds nothing heavy."""
-    models = models or ModelCache(cfg)
-    mkey = _model_key(cfg)
-    steps: list[Step] = []
-    n_split = {s.name: _count(s, EVAL_SEED) for s in cfg.splits}
-    n_train = {seed: _count(cfg.train, seed) for seed in cfg.seeds}
-
-    def score_aligned(spec: DataSpec, seed: int) -> Callable[[Path], None]:
-        def run(folder: Path) -> None:
-            models.score(models.aligned(), spec, seed).save(folder / "scores.npz")
-        return run
-
-    for spec in cfg.splits:
-        steps.append(Step(f"score/aligned/{spec.name}", {**mkey, "items": asdict(spec),
-                                                         "seed": EVAL_SEED},
-                          score_aligned(spec, EVAL_SEED), n_split[spec.name],
-                          n_split[spec.name]))
-    for seed in cfg.seeds:
-        if "temperature" in cfg.methods:
-            fit_id = f"score/aligned/train-s{seed}"
-            steps.append(Step(fit_id, {**mkey, "items": asdict(cfg.train), "seed": seed},
-                              score_aligned(cfg.train, seed), n_train[seed], n_train[seed]))
-            steps.append(Step(f"posthoc/temperature/s{seed}",
-                              {"fit": fit_id, **mkey, "train": asdict(cfg.train), "seed": seed,
-                               "splits": [asdict(s) for s in cfg.splits]},
-                              _fit_temperature(cfg, seed)))
-        for method in [m for m in cfg.methods if m in TRAINED]:
-            train_id = f"train/{method}/s{seed}"
-            tcfg = _train_config(cfg, method, seed, Path("."))
-            tkey = _train_key(tcfg)
-            steps.append(Step(train_id, tkey, _train(cfg, method, seed), n_train[seed],
-                              _train_passes(tcfg, n_train[seed], n_split[cfg.in_domain.name])))
-            for spec in cfg.out_of_domain:
-                steps.append(Step(f"score/{method}/s{seed}/{spec.name}",
-                                  {"train": tkey, "items": asdict(spec), "seed": EVAL_SEED},
-                                  _score_adapter(cfg, models, train_id, spec),
-                                  n_split[spec.name], n_split[spec.name]))
-    return steps
-
-
-def _count(spec: DataSpec, seed: int) -> int | None:
-    """How many items a spec gives (None when its file is missing: reported in the plan)."""
-    try:
-        return len(spec.items(seed))
-    except Exception as err:  # a user's file not present yet: the plan says so
-        log.debug("cannot count %s: %s", spec.data, err)
-        return None
-
-
-def _train_passes(tcfg, n_train: int | None, n_eval: int | None) -> int:
-    """Item forward passes of one training run: steps × batch, E-steps, epoch checks, eval."""
-    if n_train is None:
-        return 0
-    epochs = tcfg.epochs if tcfg.max_steps <= 0 else tcfg.max_steps * tcfg.batch_size / n_train
-    passes = math.ceil(n_train * epochs)
-    if tcfg.method == "rcft":
-        passes += n_train * (math.ceil(epochs) + 1)  # E-step at the start and every epoch
-    passes += math.ceil(epochs) * (min(tcfg.epoch_eval_limit, n_eval or 0)
-                                   + min(getattr(tcfg, "epoch_train_limit", 0), n_train))
-    return passes + (n_eval or 0)
-
-
-def _fit_temperature(cfg: ReproduceConfig, seed: int) -> Callable[[Path], None]:
-    def run(folder: Path) -> None:
-        from ..calibrators import TemperatureScaling
-        from .posthoc import calibrated_scores
-
-        fit = OptionScores.load(folder.parent / f"score__aligned__train-s{seed}" / "scores.npz")
-        ts = TemperatureScaling().fit(fit.logits, fit.labels, fit.mask)
-        ts.save(folder / "calibrator.json")
-        for spec in cfg.splits:
-            raw = OptionScores.load(folder.parent / f"score__aligned__{spec.name}" / "scores.npz")
-            calibrated_scores(raw, ts.transform(raw.logits, raw.mask),
-                              {"calibrator": "temperature"}).save(folder / f"{spec.name}.npz")
-    return run
-
-
-def _train(cfg: ReproduceConfig, method: str, seed: int) -> Callable[[Path], None]:
-    def run(folder: Path) -> None:
-        from .train import run_training
-
-        resume = (folder / "checkpoints").exists()  # the step's key matched: same settings
-        run_training(_train_config(cfg, method, seed, folder), resume=resume, claim=False)
-    return run
-
-
-def _score_adapter(cfg: ReproduceConfig, models: ModelCache, train_id: str, spec: DataSpec
-                   ) -> Callable[[Path], None]:
-    def run(folder: Path) -> None:
-        from ..models import load_model
-
-        adapter = folder.parent / train_id.replace("/", "__") / "adapter"
-        model = load_model(cfg.model, adapter=str(adapter), dtype=cfg.dtype)
-        models.score(model, spec, EVAL_SEED).save(folder / "scores.npz")
-    return run
-
-
-def scores_of(cfg: ReproduceConfig, steps_dir: Path, method: str, seed: int, split: DataSpec
-              ) -> OptionScores:
-    """Where each (method, seed, split) result lives among the step folders."""
-    if method == "aligned":
-        return OptionScores.load(steps_dir / f"score__aligned__{split.name}" / "scores.npz")
-    if method == "temperature":
-        return OptionScores.load(steps_dir / f"posthoc__temperature__s{seed}" / f"{split.name}.npz")
-    if split is cfg.in_domain:
-        return OptionScores.load(steps_dir / f"train__{method}__s{seed}" / "eval" / "scores.npz")
-    return OptionScores.load(steps_dir / f"score__{method}__s{seed}__{split.name}" / "scores.npz")
-
-
-@dataclass
-class StepOutcome:
-    id: str
-    status: str  # "done" (cached), "ran", "resumed"
-    seconds: float
-
-
-def execute(cfg: ReproduceConfig, out: Path, *, say: Callable[[str], None] = log.info
-            ) -> list[StepOutcome]:
-    """Run every step not already done with the same key; return what happened to each."""
-    steps_dir = out / "steps"
-    steps_dir.mkdir(parents=True, exist_ok=True)
-    outcomes = []
-    all_steps = plan(cfg)
-    for i, step in enumerate(all_steps, 1):
-        folder = steps_dir / step.folder_name
-        marker, pending = folder / "step.json", folder / "step.pending.json"
-        key = digest(step.key)
-        if marker.exists() and json.loads(marker.read_text()).get("key") == key:
-            outcomes.append(StepOutcome(step.id, "done", 0.0))
-            say(f"[{i}/{len(all_steps)}] {step.id}: done before, kept")
-            continue
-        resumed = pending.exists() and json.loads(pending.read_text()).get("key") == key
-        if folder.exists() and not resumed:
-            shutil.rmtree(folder)  # a changed setting or a stale folder: start the step over
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(pending, {"key": key, "settings": step.key})
-        marker.unlink(missing_ok=True)
-        say(f"[{i}/{len(all_steps)}] {step.id}: {'resuming' if resumed else 'running'}")
-        start = time.perf_counter()
-        step.run(folder)
-        seconds = time.perf_counter() - start
-        atomic_write_json(marker, {"key": key, "settings": step.key, "seconds": round(seconds, 1)})
-        pending.unlink(missing_ok=True)
-        outcomes.append(StepOutcome(step.id, "resumed" if resumed else "ran", seconds))
-    return outcomes
-
-
-def describe_plan(cfg: ReproduceConfig) -> str:
-    """The plan as text: steps, items and estimated forward passes (nothing is loaded)."""
-    steps = plan(cfg)
-    lines = [f"reproduce {cfg.name}: model {cfg.model}, {cfg.scoring} scoring, prompt "
-             f"{cfg.prompt}{f', {cfg.num_fewshot}-shot' if cfg.num_fewshot else ''}, methods "
-             f"{', '.join(cfg.methods)}, seeds {cfg.seeds}"]
-    for spec, role in [(cfg.train, "train"), (cfg.in_domain, "in-domain"),
-                       *[(s, "out-of-domain") for s in cfg.out_of_domain]]:
-        n = _count(spec, EVAL_SEED)
-        size = f"{n} items" if n is not None else "FILE NOT FOUND (provide it before running)"
-        lines.append(f"  {role:14s} {spec.name}: {spec.data} split={spec.split} "
-                     f"limit={spec.limit} -> {size}")
-    lines.append(f"  {len(steps)} steps:")
-    for step in steps:
-        items = "     ?" if step.items is None else f"{step.items:6d}"
-        passes = "?" if step.forward_passes is None else f"{step.forward_passes:,}"
-        lines.append(f"    {step.id:40s} {items} items  ~{passes} item forward passes")
-    total = sum(s.forward_passes or 0 for s in steps)
-    lines.append(f"  total ~{total:,} item forward passes (training counts forward+backward "
-                 "as one; ? = a file not found, not counted)")
-    return "\n".join(lines)
-
-
-def save_config(cfg: ReproduceConfig, out: Path) -> None:
-    from ..integrity import atomic_write_text
-
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(asdict(cfg))),
-                                                          sort_keys=False))
-
+from ..run_guard import RunFolder, read_config
+from .reproduce_steps import (ARMS, ReproduceConfig, _train_key, describe_plan,  # noqa: F401
+                              execute, load_reproduce_config, plan, save_config)
+from .reproduce_tables import summarise, table_markdown, write_outputs
+
+
+def run_reproduce(config: str | Path, *, seeds: list[int] | None = None,
+                  out: str | Path | None = None, dry_run: bool = False, overwrite: bool = False,
+                  say: Callable[[str], None] = logging.getLogger(__name__).info) -> str:
+    """Plan (dry run) or run the whole comparison into OUT; returns the plan or the table.
+
+    A rerun into the folder of the same comparison (same `name`) goes on: finished steps are
+    kept, changed settings rerun the steps they touch. A folder holding anything else is
+    refused unless `overwrite`."""
+    cfg = load_reproduce_config(config, seeds)
+    if dry_run:
+        return describe_plan(cfg)
+    out = Path(out or f"runs/{cfg.name}")
+    saved = read_config(out)
+    same = bool(saved) and saved.get("name") == cfg.name and "methods" in saved
+    with RunFolder(out, None, command="reproduce", resume=same and not overwrite,
+                   overwrite=overwrite) as folder:
+        folder.open()
+        save_config(cfg, out)
+        return _reproduce_into(cfg, out, say)
+
+
+def _reproduce_into(cfg: ReproduceConfig, out: Path, say: Callable[[str], None]) -> str:
+    start = time.perf_counter()
+    outcomes = execute(cfg, out, say=say)
+    say("all steps done; summarising")
+    cells = summarise(cfg, out / "steps")
+    write_outputs(cfg, out, cells, outcomes)
+    total = time.perf_counter() - start
+    atomic_write_json(out / "timing.json", {"seconds_this_call": round(total, 1),
+                                            "steps": [o.__dict__ for o in outcomes]})
+    return table_markdown(cells, cfg) + f"\nwrote {out}/ (table.md, table.csv, results.json, " \
+                                        "report.html)"

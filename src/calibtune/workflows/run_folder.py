@@ -9,13 +9,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..defaults import N_BINS, N_BOOT
 from ..integrity import atomic_write_json, atomic_write_text
 from ..run_guard import write_config  # noqa: F401  (workflows import it from here)
 from ..report.markdown import render_report
 from ..report.reading import markdown_sections, run_page
 from ..report.plots import (prepare_classwise, prepare_reliability, save_classwise,
                             save_reliability)
-from ..scores import OptionScores, evaluate
+from ..option_scores import OptionScores, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class RunOutputs:
 
 
 def write_run(folder: str | Path, scores: OptionScores, *, title: str, context: dict,
-              n_bins: int = 10, n_boot: int = 1000, seed: int = 0, label: str = "model",
+              n_bins: int = N_BINS, n_boot: int = N_BOOT, seed: int = 0, label: str = "model",
               extra_metrics: dict | None = None) -> RunOutputs:
     """Write scores.npz, metrics.json, reliability.png/.svg, classwise.png and report.md."""
     folder = Path(folder)

@@ -83,6 +83,27 @@ def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainR
                      n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
 
 
+def resume_point(ckpt_dir: Path, resume: bool, identity: dict) -> str | None:
+    """The checkpoint a `--resume` run goes on from (None: from the beginning), refused with
+    one line, before anything is written, unless it is whole and was made by a run of
+    `identity` (`faults.check_resumable`). `calibtune train` and `calibtune align` both use it."""
+    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.exists() else None
+    if resume and last is None:
+        log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
+    if last is not None:  # refuse a broken or foreign checkpoint
+        check_resumable(last, identity)
+    return last
+
+
+def resume_guarded(cfg: Any, *, command: str, resume: bool, overwrite: bool, claim: bool = True
+                   ) -> RunFolder:
+    """The run folder of a fine-tuning run: settings compared on `resume` except those that only
+    monitor or place the work (`faults.resume_free`)."""
+    fields = asdict(cfg)
+    return RunFolder(cfg.out, fields, command=command, resume=resume, overwrite=overwrite,
+                     claim=claim, ignore=tuple(resume_free(fields)))
+
+
 def _launcher_rank0() -> bool:
     """Rank 0 of a launched run (or a single process), from the launcher's RANK: known before
     the process group exists, which `rank_and_world` needs."""
@@ -97,9 +118,8 @@ def run_training(cfg: TrainRunConfig, *, resume: bool = False, overwrite: bool =
     checkpoint of a run with the same settings. `claim=False`: the caller (reproduce) owns the
     folder, so no lock and no check; nor on ranks other than 0 of a multi-process run."""
     claim = claim and _launcher_rank0()
-    fields = asdict(cfg)
-    with RunFolder(cfg.out, fields, command="train", resume=resume, overwrite=overwrite,
-                   claim=claim, ignore=tuple(resume_free(fields))) as folder:
+    with resume_guarded(cfg, command="train", resume=resume, overwrite=overwrite,
+                        claim=claim) as folder:
         return _train_into(folder, cfg, resume, callbacks)
 
 
@@ -109,11 +129,7 @@ def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks:
     train_items, eval_items, fewshot = load_train_eval_items(cfg)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.exists() else None
-    if resume and last is None:
-        log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
-    if last is not None:  # refuse a broken or foreign checkpoint before loading the model
-        check_resumable(last, fingerprint(cfg, train_items))
+    last = resume_point(ckpt_dir, resume, fingerprint(cfg, train_items))
     torch.manual_seed(cfg.seed)
     # The Trainer places an unquantised model itself; a 4-bit one is placed as it loads.
     device = "cuda" if cfg.load_in_4bit and torch.cuda.is_available() else "cpu"
