@@ -1,7 +1,7 @@
 """The package's layering: one dependency direction, no import cycle, a light public import.
 
     errors ← config, integrity, packaged, interrupts ← run_guard ← data, metrics ← theory ← scores
-        ← models, report, interop ← scoring ← calibrators, training ← workflows ← cli ← __main__
+        ← models, report, interop ← scoring, inspect ← calibrators, training ← workflows ← cli ← __main__
 
 A module imports only from lower layers or from its own package; imports inside functions
 count too. `calibtune/__init__.py` (the public API) is exempt: it loads heavy names lazily.
@@ -26,6 +26,7 @@ LAYERS = {
     "scores": 3,
     "models": 4, "report": 4, "interop": 4,  # interop: other harnesses' outputs → OptionScores
     "scoring": 5,
+    "inspect": 5,  # Inspect scorer and metrics (optional inspect_ai) on interop and metrics
     "calibrators": 6, "training": 6, "align": 6,
     "workflows": 7,
     "cli": 8, "__main__": 9,

@@ -262,7 +262,8 @@ config_command("eval", EvalConfig, eval_cmd, extra=[
     resume_option("Reuse the saved chunks of an interrupted run in --out."), OVERWRITE,
     inspect.Parameter("from_source", KW, annotation=Optional[tuple[str, str]], default=typer.Option(
         None, "--from", help="Read saved outputs instead of running a model: lm-eval PATH "
-        "(--log_samples files or a results folder) or table PATH (CSV/JSONL/Parquet of per-option scores).")),
+        "(--log_samples files or a results folder), inspect PATH (an Inspect .eval/.json log or a folder "
+        "of them, run with logprobs) or table PATH (CSV/JSONL/Parquet of per-option scores).")),
     inspect.Parameter("kind", KW, annotation=str, default=typer.Option(
         "logprob", help="--from table: the values are logprob (log-probabilities or logits) or prob.")),
     inspect.Parameter("renormalise", KW, annotation=bool, default=typer.Option(
