@@ -198,6 +198,7 @@ def test_same_task_twice_is_refused(inspect_logs, tmp_path):
     (["ĠB", "ĠANSWER", ":", "ĠD", "."], (3, "marker")),  # the letter after the marker wins
     (["Let", " me", " think", ".", " B", " is"], (4, "letter")),
     (["▁Answer", "▁is", "▁A"], (2, "letter")),
+    (["A", "rist", "otle", " says", " B", ")"], (4, "letter")),  # a word's first token is no answer
     (["The", " answer"], (0, "first")),
     (["ANSWER", ":", " E"], (0, "first")),  # E is not an option of a 4-option item
 ])

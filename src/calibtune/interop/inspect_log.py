@@ -12,12 +12,14 @@ option probabilities are read at one position, the *answer position*:
    what a "reply with the letter only" prompt with ``max_tokens=1`` gives.
 
 A token is an option letter when, stripped of whitespace and of tokenizer space markers (Ġ, ▁,
-Ċ), it is one of the item's uppercase letters. At that position each letter's probability is the
-sum of exp(logprob) over its top-k variants ("A", " A", "ĠA"); the letters are renormalised over
-themselves. A letter outside the top-k gets probability 0 (floored at 1e-15): its true
-probability lies between 0 and the smallest top-k probability, and all such letters together
-hold at most the position's *unseen mass* 1 − Σ top-k probabilities, which is recorded per task
-(mean and max) with the count of items missing a letter and the mean letter mass covered.
+Ċ), it is one of the item's uppercase letters and the next token (if any) does not go on with a
+letter or digit (so the "A" of "A" + "rist" + "otle" is not an answer). At that position each
+letter's probability is the sum of exp(logprob) over its top-k variants ("A", " A", "ĠA"); the
+letters are renormalised over themselves. A letter outside the top-k gets probability 0
+(floored at 1e-15): its true probability lies between 0 and the smallest top-k probability, and
+all such letters together hold at most the position's *unseen mass* 1 − Σ top-k probabilities,
+which is recorded per task (mean and max) with the count of items missing a letter and the
+mean letter mass covered.
 
 Confidence (ours): calibtune's top-label confidence, the largest renormalised option
 probability. When the answer was decoded greedily and is a letter (rules 1–2) this is the
@@ -69,6 +71,14 @@ class LetterProbs:
         return [math.log(max(p, PROB_FLOOR)) for p in self.probs]
 
 
+def _is_letter(tokens: Sequence[str], i: int, letters: Sequence[str]) -> bool:
+    """Token i is an option letter standing alone: not the start of a word ("A" + "rist")."""
+    if letter_of(tokens[i]) not in letters:
+        return False
+    nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+    return not nxt or not nxt[0].isalnum()
+
+
 def answer_position(tokens: Sequence[str], letters: Sequence[str]) -> tuple[int, str] | None:
     """(index, rule) of the answer token among the generated `tokens` (rules in the module doc)."""
     if not tokens:
@@ -80,10 +90,10 @@ def answer_position(tokens: Sequence[str], letters: Sequence[str]) -> tuple[int,
             after = i
     if after is not None:
         for i in range(after + 1, len(tokens)):
-            if letter_of(tokens[i]) in letters:
+            if _is_letter(tokens, i, letters):
                 return i, "marker"
-    for i, tok in enumerate(tokens):
-        if letter_of(tok) in letters:
+    for i in range(len(tokens)):
+        if _is_letter(tokens, i, letters):
             return i, "letter"
     return 0, "first"
 

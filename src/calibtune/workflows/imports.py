@@ -40,7 +40,7 @@ def load_imported(cfg: ImportConfig):
     if cfg.source == "table":
         fields = cfg.fields or {}
         return load_option_table(cfg.path, kind=cfg.kind, renormalise=cfg.renormalise,
-                                 id_col=fields.get("id", "id"),
+                                 id_col=fields.get("id"),
                                  label_col=fields.get("answer", "label"),
                                  options=fields.get("options"),
                                  label_format=fields.get("answer_format", "auto"),
