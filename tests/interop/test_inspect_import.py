@@ -28,8 +28,9 @@ from calibtune.inspect import choice_probabilities  # noqa: E402
 from calibtune.interop.inspect_log import (answer_position, letter_probabilities,  # noqa: E402
                                            load_inspect_logs)
 from calibtune.metrics import brier, classwise_ece, ece  # noqa: E402
+from calibtune.scores import evaluate  # noqa: E402
 
-from conftest import build_tokenizer, make_items  # noqa: E402
+from conftest import build_model_folder, build_tokenizer, make_items  # noqa: E402
 
 TEMPLATE = "Question : {question}\n{choices}\nAnswer with the letter of correct option only"
 
@@ -43,12 +44,34 @@ def mc_task(name: str, n: int, k: int, seed: int) -> Task:
 
 
 @pytest.fixture(scope="module")
-def inspect_logs(tiny_llama, tmp_path_factory) -> Path:
+def letter_model(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 whose output layer is zero except for the letters A–D, with B's row
+    the negative of A's: one of A, B always has a positive logit, so greedy decoding answers
+    with a letter (A–D) and the letter distribution is the random model's own."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = build_model_folder(tmp_path_factory.mktemp("tiny-letters"), "qwen2", seed=3)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = build_tokenizer()
+    ids = [tok.convert_tokens_to_ids(letter) for letter in "ABCD"]
+    with torch.no_grad():
+        head = model.lm_head.weight
+        rows = head[ids].clone()
+        rows[1] = -rows[0]
+        head.zero_()
+        head[ids] = rows
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inspect_logs(letter_model, tmp_path_factory) -> Path:
     """Two multiple-choice tasks (4 and 3 options) run by Inspect on the tiny model, greedy, one
     token, with the whole vocabulary as top_logprobs (so no letter falls outside it)."""
     log_dir = tmp_path_factory.mktemp("inspect-logs")
     logs = inspect_eval([mc_task("tiny_four", 10, 4, 0), mc_task("tiny_three", 6, 3, 1)],
-                        model=f"hf/{tiny_llama}", model_args={"do_sample": False, "device": "cpu"},
+                        model=f"hf/{letter_model}", model_args={"do_sample": False, "device": "cpu"},
                         logprobs=True, top_logprobs=len(build_tokenizer()), max_tokens=1,
                         log_dir=str(log_dir), display="none")
     assert [log.status for log in logs] == ["success", "success"]
@@ -78,13 +101,13 @@ def forward_letter_probs(model_folder: Path, sample, k: int) -> np.ndarray:
     return torch.softmax(last[letter_ids].double(), dim=0).numpy()
 
 
-def test_imported_probabilities_match_the_models_forward_pass(inspect_logs, tiny_llama):
+def test_imported_probabilities_match_the_models_forward_pass(inspect_logs, letter_model):
     path = log_file(inspect_logs, "tiny_four")
     scores = load_inspect_logs(path)
     log = read_eval_log(str(path))
-    assert len(scores) == 10 and scores.meta["tasks"]["tiny_four"]["answer_position"]["first"] == 10
+    assert len(scores) == 10 and scores.meta["tasks"]["tiny_four"]["answer_position"]["letter"] == 10
     for i, sample in enumerate(log.samples[:4]):
-        want = forward_letter_probs(tiny_llama, sample, 4)
+        want = forward_letter_probs(letter_model, sample, 4)
         assert scores.ids[i] == f"tiny_four/{sample.id}"
         np.testing.assert_allclose(scores.probs()[i], want, atol=1e-4)
         assert scores.labels[i] == LETTERS.index(sample.target)
@@ -101,6 +124,21 @@ def test_probabilities_from_the_logged_top_logprobs(inspect_logs):
     info = scores.meta["tasks"]["tiny_three"]
     assert info["items_missing_letters"] == 0 and info["unseen_mass_max"] < 1e-4
     assert info["inspect_version"] == scores.meta["inspect_version"] and info["model"].startswith("hf/")
+
+
+def test_confidence_is_the_chosen_letters_probability_not_the_targets(inspect_logs):
+    """Greedy answers: the letter the model wrote is the most probable option, so calibtune's
+    confidence (largest option probability) is P(chosen letter); on wrong answers P(target) is
+    smaller. metrics.json's mean confidence is the mean P(chosen)."""
+    path = log_file(inspect_logs, "tiny_four")
+    scores = load_inspect_logs(path)
+    p = scores.probs()
+    chosen = [LETTERS.index(s.output.completion.strip()) for s in read_eval_log(str(path)).samples]
+    assert p.argmax(1).tolist() == chosen
+    p_chosen, p_target = p[np.arange(len(p)), chosen], p[np.arange(len(p)), scores.labels]
+    wrong = np.array(chosen) != scores.labels
+    assert wrong.any() and np.all(p_target[wrong] < p_chosen[wrong])
+    assert evaluate(scores, n_boot=0)["mean_confidence"] == pytest.approx(p_chosen.mean(), abs=1e-12)
 
 
 def test_letters_outside_a_truncated_top_k_get_probability_zero(inspect_logs):
