@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data.items import LETTERS
-from .interop.inspect_log import INSTALL_HINT, letter_probabilities, output_tokens
+from .interop.inspect_log import INSTALL_HINT, id_order, letter_probabilities, output_tokens
 from .metrics import brier as _brier
 from .metrics import classwise_ece, ece_noise_floor, top_label
 from .metrics import ece as _ece
@@ -42,7 +42,7 @@ __all__ = ["brier", "choice_probabilities", "cw_ece", "ece", "score_arrays"]
 def score_arrays(scores: list[SampleScore]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probs [n, K_max], labels [n], mask) of the scores that carry option probabilities."""
     rows, labels = [], []
-    for s in scores:
+    for s in sorted(scores, key=lambda s: id_order(s.sample_id)):  # the import's order
         data = (s.score.metadata or {}).get(KEY)
         if data and data.get("probs"):
             rows.append(data["probs"])

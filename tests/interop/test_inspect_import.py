@@ -38,7 +38,7 @@ TEMPLATE = "Question : {question}\n{choices}\nAnswer with the letter of correct 
 def mc_task(name: str, n: int, k: int, seed: int) -> Task:
     items = make_items(n, k, seed=seed)
     samples = [Sample(input=it.question, choices=list(it.options), target=LETTERS[it.answer],
-                      id=it.id) for it in items]
+                      id=it.id) for it in reversed(items)]  # not in id order
     return Task(dataset=MemoryDataset(samples), name=name, scorer=choice_probabilities(),
                 solver=multiple_choice(template=TEMPLATE, max_tokens=1))
 
@@ -156,6 +156,23 @@ def test_letters_outside_a_truncated_top_k_get_probability_zero(inspect_logs):
     for t, p in kept.items():
         assert lp.probs["ABC".index(t)] == pytest.approx(p / sum(kept.values()), rel=1e-12)
     assert lp.unseen_mass == pytest.approx(1 - sum(math.exp(v) for _, v in pairs[:cut]), abs=1e-12)
+
+
+def test_metrics_and_import_put_items_in_sample_id_order(inspect_logs):
+    """The noise floor's simulation depends on the items' order, so both sides sort by id."""
+    from inspect_ai.scorer import SampleScore
+
+    from calibtune.inspect import score_arrays
+
+    path = log_file(inspect_logs, "tiny_four")
+    scores = load_inspect_logs(path)
+    assert list(scores.ids) == sorted(scores.ids)
+    log = read_eval_log(str(path))
+    sample_scores = [SampleScore(score=s.scores["choice_probabilities"], sample_id=s.id)
+                     for s in log.samples]
+    probs, labels, _ = score_arrays(sample_scores[::-1])
+    np.testing.assert_allclose(probs, scores.probs(), atol=1e-12)
+    assert labels.tolist() == scores.labels.tolist()
 
 
 def test_inspect_reports_calibtunes_metrics(inspect_logs):

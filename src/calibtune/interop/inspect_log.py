@@ -28,8 +28,8 @@ letter, which some hand-written Inspect ECE scorers use (it measures something e
 is low exactly when the model is confidently wrong).
 
 Items whose answer position holds no option letter in its top-k, and samples that errored, are
-left out and listed in the task's meta. Ids are ``task/sample_id`` (``/epoch`` appended when a log
-ran several epochs); groups are the tasks.
+left out and listed in the task's meta. Items are in sample-id order; ids are
+``task/sample_id`` (``/epoch`` appended when a log ran several epochs); groups are the tasks.
 """
 from __future__ import annotations
 
@@ -77,6 +77,12 @@ def _is_letter(tokens: Sequence[str], i: int, letters: Sequence[str]) -> bool:
         return False
     nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
     return not nxt or not nxt[0].isalnum()
+
+
+def id_order(sample_id: int | str | None) -> tuple[bool, int | str]:
+    """Sort key of sample ids (numbers before text): the import and the Inspect metrics put
+    items in this order, so the noise floor's simulation (order-dependent draws) agrees."""
+    return (isinstance(sample_id, str), sample_id if sample_id is not None else "")
 
 
 def answer_position(tokens: Sequence[str], letters: Sequence[str]) -> tuple[int, str] | None:
@@ -197,7 +203,7 @@ def read_log(path: Path) -> tuple[str, list[str], list[int], list[list[float]], 
     errored, no_letter, missing_items = [], [], 0
     rules = {"marker": 0, "letter": 0, "first": 0}
     letter_mass, unseen = [], []
-    for s in log.samples:
+    for s in sorted(log.samples, key=lambda s: (s.epoch, id_order(s.id))):
         sid = f"{task}/{s.id}" + (f"/{s.epoch}" if epochs else "")
         if s.error is not None:
             errored.append(sid)
