@@ -268,3 +268,35 @@ def test_letter_variants_are_summed_and_duplicates_counted_once():
     assert lp.probs == pytest.approx([0.4 / 0.6, 0.2 / 0.6]) and lp.chosen == "A"
     assert lp.unseen_mass == pytest.approx(0.1) and lp.missing == []
     assert letter_probabilities(["x"], [[("x", 0.0)]], 2) is None
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("broken.eval", b"not a zip archive", "not a readable Inspect log"),
+    ("other.json", b'[{"id": 1}]', "not a readable Inspect log"),
+    ("samples.jsonl", b"{}", "not an Inspect log \\(expected a .eval or .json file\\)"),
+])
+def test_files_that_are_not_inspect_logs_are_one_line(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=match) as err:
+        load_inspect_logs(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_empty_folder_and_missing_path(tmp_path):
+    with pytest.raises(DataError, match="no Inspect logs"):
+        load_inspect_logs(tmp_path)
+    with pytest.raises(DataError, match="not found"):
+        load_inspect_logs(tmp_path / "nowhere.eval")
+
+
+def test_without_inspect_ai_the_message_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    for name in [m for m in sys.modules if m == "inspect_ai" or m.startswith("inspect_ai.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing any of them now fails
+    with pytest.raises(DataError, match=r"pip install 'calibtune\[inspect\]'"):
+        load_inspect_logs(tmp_path)
+    monkeypatch.delitem(sys.modules, "calibtune.inspect", raising=False)
+    with pytest.raises(ImportError, match=r"calibtune\[inspect\]"):
+        import calibtune.inspect  # noqa: F401
