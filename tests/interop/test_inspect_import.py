@@ -122,7 +122,8 @@ def test_probabilities_from_the_logged_top_logprobs(inspect_logs):
         p = np.exp([top[letter] for letter in "ABC"])
         np.testing.assert_allclose(scores.probs()[i], p / p.sum(), atol=1e-9)
     info = scores.meta["tasks"]["tiny_three"]
-    assert info["items_missing_letters"] == 0 and info["unseen_mass_max"] < 1e-4
+    assert info["items_missing_letters"] == 0 and info["missing_letter_samples"] == []
+    assert info["unseen_mass_max"] < 1e-4
     assert info["inspect_version"] == scores.meta["inspect_version"] and info["model"].startswith("hf/")
 
 
@@ -139,6 +140,29 @@ def test_confidence_is_the_chosen_letters_probability_not_the_targets(inspect_lo
     wrong = np.array(chosen) != scores.labels
     assert wrong.any() and np.all(p_target[wrong] < p_chosen[wrong])
     assert evaluate(scores, n_boot=0)["mean_confidence"] == pytest.approx(p_chosen.mean(), abs=1e-12)
+
+
+def test_a_real_top_3_leaves_letters_out(letter_model, tmp_path):
+    """Inspect run with top_logprobs=3 on 4 options: every item misses a letter. The import gives
+    it probability 0, renormalises the letters it has exactly as the model's forward pass does,
+    lists the items and records the mass outside the top-3, which bounds the missing letters."""
+    (log,) = inspect_eval(mc_task("tiny_top3", 4, 4, 2), model=f"hf/{letter_model}",
+                          model_args={"do_sample": False, "device": "cpu"}, logprobs=True,
+                          top_logprobs=3, max_tokens=1, log_dir=str(tmp_path), display="none")
+    scores = load_inspect_logs(log.location)
+    info = scores.meta["tasks"]["tiny_top3"]
+    assert info["items_missing_letters"] == 4 and sorted(info["missing_letter_samples"]) == \
+        sorted(scores.ids.tolist())
+    for i, sample in enumerate(read_eval_log(log.location).samples):
+        full = forward_letter_probs(letter_model, sample, 4)
+        kept = [LETTERS.index(t.token) for t in sample.output.choices[0].logprobs.content[0]
+                .top_logprobs if t.token in "ABCD"]
+        want = np.zeros(4)
+        want[kept] = full[kept] / full[kept].sum()
+        np.testing.assert_allclose(scores.probs()[i], want, atol=1e-4)
+        missing = [j for j in range(4) if j not in kept]
+        assert missing and np.all(scores.probs()[i, missing] < 1e-14)
+    assert 0 < info["unseen_mass_max"] < 1
 
 
 def test_letters_outside_a_truncated_top_k_get_probability_zero(inspect_logs):

@@ -18,8 +18,8 @@ letter's probability is the sum of exp(logprob) over its top-k variants ("A", " 
 letters are renormalised over themselves. A letter outside the top-k gets probability 0
 (floored at 1e-15): its true probability lies between 0 and the smallest top-k probability, and
 all such letters together hold at most the position's *unseen mass* 1 − Σ top-k probabilities,
-which is recorded per task (mean and max) with the count of items missing a letter and the
-mean letter mass covered.
+which is recorded per task (mean and max) with the items missing a letter and the mean letter
+mass covered.
 
 Confidence (ours): calibtune's top-label confidence, the largest renormalised option
 probability. When the answer was decoded greedily and is a letter (rules 1–2) this is the
@@ -200,7 +200,7 @@ def read_log(path: Path) -> tuple[str, list[str], list[int], list[list[float]], 
         raise DataError(f"the log holds no samples (status {log.status})", file=file)
     epochs = len({s.epoch for s in log.samples}) > 1
     ids, labels, rows = [], [], []
-    errored, no_letter, missing_items = [], [], 0
+    errored, no_letter, missing_items = [], [], []
     rules = {"marker": 0, "letter": 0, "first": 0}
     letter_mass, unseen = [], []
     for s in sorted(log.samples, key=lambda s: (s.epoch, id_order(s.id))):
@@ -224,7 +224,8 @@ def read_log(path: Path) -> tuple[str, list[str], list[int], list[list[float]], 
         rules[lp.rule] += 1
         letter_mass.append(lp.letter_mass)
         unseen.append(lp.unseen_mass)
-        missing_items += bool(lp.missing)
+        if lp.missing:
+            missing_items.append(sid)
         ids.append(sid)
         labels.append(gold)
         rows.append(lp.logits())
@@ -237,7 +238,8 @@ def read_log(path: Path) -> tuple[str, list[str], list[int], list[list[float]], 
         "top_logprobs": top_k, "n": len(ids), "answer_position": rules,
         "letter_mass_mean": float(np.mean(letter_mass)),
         "unseen_mass_mean": float(np.mean(unseen)), "unseen_mass_max": float(np.max(unseen)),
-        "items_missing_letters": missing_items, "missing_letters": "probability 0",
+        "items_missing_letters": len(missing_items), "missing_letter_samples": missing_items,
+        "missing_letters": "probability 0",
         "no_letter_samples": no_letter, "errored_samples": errored}
     return task, ids, labels, rows, info
 
