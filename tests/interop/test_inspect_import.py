@@ -257,6 +257,16 @@ def test_log_without_logprobs_is_one_line_error(inspect_logs, tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_log_without_top_logprobs_is_one_line_error(inspect_logs, tmp_path):
+    def drop_top(sample):
+        for entry in sample.output.choices[0].logprobs.content:
+            entry.top_logprobs = None
+
+    with pytest.raises(DataError, match="no top_logprobs; run the task with top_logprobs=K") as err:
+        load_inspect_logs(edited_log(inspect_logs, tmp_path, drop_top))
+    assert "\n" not in str(err.value)
+
+
 def test_log_without_choices_is_one_line_error(inspect_logs, tmp_path):
     path = edited_log(inspect_logs, tmp_path, lambda s: setattr(s, "choices", None))
     with pytest.raises(DataError, match="not a multiple-choice task") as err:

@@ -141,14 +141,13 @@ def output_tokens(output: Any, *, file: str, sample: str) -> tuple[list[str], li
         raise DataError("the model output has no log-probabilities; run the task with "
                         "logprobs=True and top_logprobs=K (K at least the number of options)",
                         file=file, row=None, field=f"sample {sample}")
-    tokens, top = [], []
-    for entry in logprobs.content:
-        if not entry.top_logprobs:
-            raise DataError("the model output has log-probabilities but no top_logprobs; run "
-                            "the task with top_logprobs=K (K at least the number of options)",
-                            file=file, field=f"sample {sample}")
-        tokens.append(entry.token)
-        top.append([(t.token, float(t.logprob)) for t in entry.top_logprobs])
+    if not any(entry.top_logprobs for entry in logprobs.content):
+        raise DataError("the model output has log-probabilities but no top_logprobs; run "
+                        "the task with top_logprobs=K (K at least the number of options)",
+                        file=file, field=f"sample {sample}")
+    tokens = [entry.token for entry in logprobs.content]
+    top = [[(t.token, float(t.logprob)) for t in entry.top_logprobs] if entry.top_logprobs
+           else [(entry.token, float(entry.logprob))] for entry in logprobs.content]
     return tokens, top
 
 
