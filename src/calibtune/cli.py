@@ -206,7 +206,7 @@ def eval_cmd(cfg: EvalConfig, resume: bool, overwrite: bool = False,
              kind: str = "logprob", renormalise: bool = False, norm: str = "none",
              preferences: str | None = None, **given: str | None) -> None:
     """Score a dataset with a model and report its calibration (or read another harness's saved
-    outputs with --from lm-eval PATH / --from table PATH: no model; or measure preference
+    outputs with --from lm-eval|inspect|table PATH: no model; or measure preference
     accuracy with --preferences FILE|hhh)."""
     from dataclasses import replace
 
