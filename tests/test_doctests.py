@@ -8,7 +8,7 @@ import pytest
 import calibtune as ct
 
 MODULES = ["calibtune.metrics.calibration", "calibtune.metrics.summary", "calibtune.metrics.synthetic",
-           "calibtune.scores",
+           "calibtune.option_scores",
            "calibtune.scoring.factory", "calibtune.calibrators.simple",
            "calibtune.calibrators.top_label", "calibtune.calibrators.daca",
            "calibtune.theory.diagnosis"]

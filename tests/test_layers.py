@@ -1,8 +1,8 @@
 """The package's layering: one dependency direction, no import cycle, a light public import.
 
     errors, defaults ← config ← options, integrity, packaged, interrupts ← run_guard ← data,
-        metrics ← theory ← option_scores ← models, report, interop ← scoring ← calibrators, training,
-        align ← workflows ← cli ← __main__
+        metrics ← theory ← option_scores ← models, report, interop ← scoring, inspect ← calibrators,
+        training, align ← workflows ← cli ← __main__
 
 A module imports only from lower layers or from its own package; imports inside functions
 count too. `calibtune/__init__.py` (the public API) is exempt: it loads heavy names lazily.
@@ -27,6 +27,7 @@ LAYERS = {
     "option_scores": 3, "scores": 3.1,  # scores: the old name of option_scores, an alias
     "models": 4, "report": 4, "interop": 4,  # interop: other harnesses' outputs → OptionScores
     "scoring": 5,
+    "inspect": 5,  # Inspect scorer and metrics (optional inspect_ai) on interop and metrics
     "calibrators": 6, "training": 6, "align": 6,
     "workflows": 7,
     "cli": 8, "__main__": 9,

@@ -14,6 +14,7 @@ The library returns objects and writes nothing; the `calibtune` command's workfl
     ct.compare_scores(scores_a, scores_b)                     # paired Δ with intervals, McNemar
     ct.split_conformal(scores.probs(), scores.labels, scores.mask, alpha=0.1)
     ct.load_lm_eval_samples("lm_eval_out/")                   # another harness's outputs
+    ct.load_inspect_logs("logs/")                             # Inspect logs run with logprobs
 
 Names that need torch, transformers or scikit-learn (`load_model`, `score`, `train`,
 `calibrators`, ...) are imported on first use, so `import calibtune` stays quick.
@@ -60,6 +61,7 @@ _LAZY = {
     "theory": ("calibtune.theory", None),
     "load_lm_eval_samples": ("calibtune.interop", "load_lm_eval_samples"),
     "load_option_table": ("calibtune.interop", "load_option_table"),
+    "load_inspect_logs": ("calibtune.interop", "load_inspect_logs"),
     "compare_scores": ("calibtune.metrics.paired", "compare_scores"),
     "split_conformal": ("calibtune.metrics.conformal", "split_conformal"),
     "align": ("calibtune.align", None),

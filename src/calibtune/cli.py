@@ -272,7 +272,7 @@ def eval_fields(given: dict) -> dict:
 
 def eval_cmd(cfg: Any, resume: bool, overwrite: bool = False, **extra: Any) -> None:
     """Score a dataset with a model and report its calibration (or read another harness's saved
-    outputs with --from lm-eval PATH / --from table PATH: no model; or measure preference
+    outputs with --from lm-eval|inspect|table PATH: no model; or measure preference
     accuracy with --preferences FILE|hhh)."""
     from .workflows.config import ImportConfig, PreferenceEvalConfig
 
@@ -313,7 +313,8 @@ config_command("eval", EVAL_JOBS, eval_cmd, choose=eval_job, derive=eval_fields,
     resume_option("Reuse the saved chunks of an interrupted run in --out."), OVERWRITE,
     inspect.Parameter("from_source", KW, annotation=Optional[tuple[str, str]], default=typer.Option(
         None, "--from", help="Read saved outputs instead of running a model: lm-eval PATH "
-        "(--log_samples files or a results folder) or table PATH (CSV/JSONL/Parquet of per-option scores).")),
+        "(--log_samples files or a results folder), inspect PATH (an Inspect .eval/.json log or a folder "
+        "of them, run with logprobs) or table PATH (CSV/JSONL/Parquet of per-option scores).")),
     *[inspect.Parameter(name, KW, annotation=Optional[str], default=typer.Option(None, help=text))
       for name, (_, text) in FIELD_OPTIONS.items()]])
 

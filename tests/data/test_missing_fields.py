@@ -2,6 +2,7 @@
 the flag that maps them; following it, field by field, the file is read."""
 import json
 
+import numpy as np
 from typer.testing import CliRunner
 
 from calibtune.cli import app
@@ -57,13 +58,15 @@ def test_table_import_with_other_column_names(tmp_path):
     base = ["eval", "--from", "table", str(path), "--out", str(tmp_path / "out"), "--n-boot", "0"]
     has = "the row has: qid, gold, s0, s1, s2"
     refused(base, "no option columns found", has, "name them with --options-field")
-    base += ["--options-field", "s0,s1,s2"]
-    refused(base, "row 1, field 'id': missing field", has, "name the id field with --id-field")
-    base += ["--id-field", "qid"]
+    base += ["--options-field", "s0,s1,s2"]  # no id column needed: the row number is the id
     refused(base, "row 1, field 'label': missing field", has, "with --answer-field")
     assert not (tmp_path / "out").exists()
     code, text = invoke(*base, "--answer-field", "gold")
     assert code == 0, text
+    assert np.load(tmp_path / "out" / "scores.npz")["ids"].tolist()[:2] == ["1", "2"]
+    code, text = invoke(*base, "--answer-field", "gold", "--id-field", "qid", "--overwrite")
+    assert code == 0, text
+    assert np.load(tmp_path / "out" / "scores.npz")["ids"].tolist()[:2] == ["q0", "q1"]
 
 
 def test_preference_pairs_name_the_fields_the_row_has(tiny_llama, tmp_path):

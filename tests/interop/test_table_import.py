@@ -115,3 +115,53 @@ def test_file_level_errors(tmp_path):
     with pytest.raises(DataError, match="malformed JSON") as err:
         load_option_table(tmp_path / "m.jsonl", options="options")
     assert err.value.row == 2
+
+
+def test_without_an_id_column_the_row_number_is_the_id(tmp_path):
+    s = load_option_table(write_csv(tmp_path / "s.csv", ["label", "A", "B"],
+                                    [[0, -1, -2], [1, -3, -0.5], ["B", -2, -1]]))
+    assert s.ids.tolist() == ["1", "2", "3"] and s.meta["id"] == "row number"
+    j = load_option_table(write_jsonl(tmp_path / "s.jsonl", [{"label": 1, "scores": [0.1, 0.9]},
+                                                           {"label": 0, "scores": [0.6, 0.4]}]),
+                          options="scores", kind="prob")
+    assert j.ids.tolist() == ["1", "2"]
+    with pytest.raises(DataError, match="missing field") as err:  # a named id column must exist
+        load_option_table(tmp_path / "s.csv", id_col="qid")
+    assert err.value.field == "qid"
+
+
+def test_minus_inf_log_probability_means_probability_zero(tmp_path):
+    f = write_csv(tmp_path / "s.csv", ["id", "label", "A", "B", "C"],
+                  [["a", 0, -0.5, "-inf", -1.5], ["b", 2, "-inf", -400.0, -401.0]])
+    p = load_option_table(f).probs()
+    assert p[0, 1] <= 1e-14 and p[1, 0] <= 1e-14
+    q = np.exp([-0.5, -1.5])
+    np.testing.assert_allclose(p[0, [0, 2]], q / q.sum(), atol=1e-12)
+    q = np.exp([0.0, -1.0])  # logits far below 0: still relative to the row's best option
+    np.testing.assert_allclose(p[1, [1, 2]], q / q.sum(), atol=1e-12)
+
+
+@pytest.mark.parametrize("rows,kwargs,match,field", [
+    ([["a", 0, "-inf", "-inf"]], {}, "every option's log-probability is -inf", "option_0,option_1"),
+    ([["a", 0, "inf", -1]], {}, "score must be finite, got inf", "option_0"),
+    ([["a", 0, "-inf", 1]], {"kind": "prob"}, "score must be finite, got -inf", "option_0"),
+])
+def test_infinite_scores_that_mean_nothing_are_refused(tmp_path, rows, kwargs, match, field):
+    f = write_csv(tmp_path / "bad.csv", ["id", "label", "option_0", "option_1"], rows)
+    with pytest.raises(DataError, match=match) as err:
+        load_option_table(f, **kwargs)
+    assert (err.value.row, err.value.field) == (1, field) and "\n" not in str(err.value)
+
+
+def test_cli_reads_a_table_without_ids_and_with_minus_inf(tmp_path):
+    from typer.testing import CliRunner
+
+    from calibtune.cli import app
+
+    f = write_csv(tmp_path / "s.csv", ["label", "A", "B", "C"],
+                  [[0, -0.2, "-inf", -2.0], [2, -1.0, -2.0, -0.3], [1, -3.0, -0.1, "-inf"]])
+    res = CliRunner().invoke(app, ["eval", "--from", "table", str(f), "--out", str(tmp_path / "r"),
+                                   "--n-boot", "10"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["n"] == 3 and metrics["accuracy"] == pytest.approx(1.0)

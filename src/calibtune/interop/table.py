@@ -3,12 +3,16 @@
 Lets any evaluation pipeline hand its option scores to calibtune's metrics and calibrators
 without a model. One row per item: an id, the gold label (0-based index or letter) and the
 option scores, either one column per option (``option_0 .. option_k``, ``A, B, C, D`` or names
-you give) or one list column. Trailing empty option columns (or a shorter list) mean the item has
-fewer options; they are masked. `kind="logprob"` takes the values as log-probabilities (or any
-logits); `kind="prob"` takes probabilities, which must lie in [0, 1] and sum to 1 per row within
-`tol` unless `renormalise=True` (which divides each row by its sum, so any non-negative weights
-do). Every bad row raises a one-line `DataError` naming the file,
-the 1-based row and the field, like the item loaders.
+you give) or one list column. Without an ``id`` column (and no id column named) each item's id
+is its row number as errors name it (1-based data row; a JSONL file's line). Trailing empty
+option columns (or a shorter list) mean the item has fewer options; they are masked.
+
+`kind="logprob"` takes the values as log-probabilities (or any logits); ``-inf`` means
+probability 0 (stored as the row's largest score + log 1e-15, the floor `kind="prob"` gives a
+0) and a row whose options are all ``-inf`` is refused. `kind="prob"` takes probabilities,
+which must lie in [0, 1] and sum to 1 per row within `tol` unless `renormalise=True` (which
+divides each row by its sum, so any non-negative weights do). Every bad row raises a one-line
+`DataError` naming the file, the 1-based row and the field, like the item loaders.
 """
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ def _empty(value: Any) -> bool:
         (isinstance(value, str) and not value.strip())
 
 
-def _number(value: Any, *, file: str, row: int, fname: str) -> float:
+def _number(value: Any, *, file: str, row: int, fname: str, neg_inf: bool = False) -> float:
     if isinstance(value, bool) or isinstance(value, (list, dict, tuple)):
         raise DataError(f"expected a number, got {type(value).__name__}", file=file, row=row,
                         field=fname)
@@ -79,13 +83,13 @@ def _number(value: Any, *, file: str, row: int, fname: str) -> float:
     except (TypeError, ValueError):
         raise DataError(f"not a number: {str(value)[:40]!r}", file=file, row=row,
                         field=fname) from None
-    if not math.isfinite(x):
+    if not math.isfinite(x) and not (neg_inf and x == -math.inf):
         raise DataError(f"score must be finite, got {x}", file=file, row=row, field=fname)
     return x
 
 
-def _values(raw: dict, options: str | tuple[str, ...], *, file: str, row: int
-            ) -> tuple[list[float], list[str]]:
+def _values(raw: dict, options: str | tuple[str, ...], *, file: str, row: int,
+            neg_inf: bool = False) -> tuple[list[float], list[str]]:
     if isinstance(options, tuple):
         missing = [c for c in options if c not in raw]
         if missing:
@@ -118,7 +122,8 @@ def _values(raw: dict, options: str | tuple[str, ...], *, file: str, row: int
         fname = options if isinstance(options, str) else ",".join(options)
         raise DataError(f"{len(vals)} option scores; need {MIN_OPTIONS} to {MAX_OPTIONS}",
                         file=file, row=row, field=fname)
-    return [_number(v, file=file, row=row, fname=c) for v, c in zip(vals, names)], names
+    return [_number(v, file=file, row=row, fname=c, neg_inf=neg_inf) for v, c in zip(vals, names)], \
+        names
 
 
 def _label(value: Any, k: int, fmt: str, *, file: str, row: int, fname: str) -> int:
@@ -147,7 +152,12 @@ def _label(value: Any, k: int, fmt: str, *, file: str, row: int, fname: str) -> 
 def _logits(vals: list[float], kind: str, renormalise: bool, tol: float, *, file: str, row: int,
             names: list[str]) -> list[float]:
     if kind == "logprob":
-        return vals
+        finite = [v for v in vals if v != -math.inf]
+        if not finite:
+            raise DataError("every option's log-probability is -inf (probability 0); at least one "
+                            "option needs a finite score", file=file, row=row, field=",".join(names))
+        zero = max(finite) + math.log(PROB_FLOOR)  # probability 0, floored like kind="prob"
+        return [zero if v == -math.inf else v for v in vals]
     for v, c in zip(vals, names):
         if v < -tol or (v > 1 + tol and not renormalise):
             raise DataError(f"probability {v:.6g} outside [0, 1]", file=file, row=row, field=c)
@@ -162,7 +172,7 @@ def _logits(vals: list[float], kind: str, renormalise: bool, tol: float, *, file
     return np.log(np.maximum(p / total, PROB_FLOOR)).tolist()
 
 
-def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = "label",
+def load_option_table(path: str | Path, *, id_col: str | None = None, label_col: str = "label",
                       options: str | Sequence[str] | None = None, kind: str = "logprob",
                       label_format: str = "auto", renormalise: bool = False, tol: float = 1e-3,
                       group_col: str | None = "subject") -> OptionScores:
@@ -172,6 +182,8 @@ def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = 
     the name of one list column (JSON-encoded in CSV). With `kind="prob"` the stored logits are
     log p (p floored at 1e-15), so softmax gives back the (renormalised) probabilities.
     `group_col`: a column naming each item's group (default `subject`, used when present).
+    `id_col`: None uses an ``id`` column when the first row has one, else the row numbers; a
+    name given must be present in every row.
     """
     path = Path(path)
     file = str(path)
@@ -192,12 +204,17 @@ def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = 
             raise raw
         if opt is None:
             opt = _detect_option_columns(list(raw), file)
-        vals, names = _values(raw, opt, file=file, row=row)
-        if id_col not in raw:
+        vals, names = _values(raw, opt, file=file, row=row, neg_inf=kind == "logprob")
+        if id_col is None:
+            id_col = "id" if "id" in raw else ""
+        if not id_col:  # no id column: the row number is the id
+            item_id = str(row)
+        elif id_col not in raw:
             raise missing_field(raw, id_col, "id", file=file, row=row)
-        if _empty(raw[id_col]):
+        elif _empty(raw[id_col]):
             raise DataError("missing id", file=file, row=row, field=id_col)
-        item_id = str(raw[id_col]).strip()
+        else:
+            item_id = str(raw[id_col]).strip()
         if item_id in seen:
             raise DataError(f"duplicate id {item_id!r} (first seen in row {seen[item_id]})",
                             file=file, row=row, field=id_col)
@@ -214,6 +231,7 @@ def load_option_table(path: str | Path, *, id_col: str = "id", label_col: str = 
         raise DataError("file holds no rows", file=file)
     logits, mask = pad_option_rows(rows)
     meta = {"source": "table", "path": file, "kind": kind, "renormalised": bool(renormalise),
+            "id": id_col or "row number",
             "options": list(opt) if isinstance(opt, tuple) else opt}
     return OptionScores(logits, np.array(labels), mask, np.array(ids), meta,
                         np.array(groups) if any(groups) else None)
