@@ -13,6 +13,8 @@ from ..errors import ConfigError
 from ..training.config import PROMPT_HELP, SCORING_HELP, SEED_HELP, TrainConfig
 
 MODEL_HELP = "Built-in name, model folder or .gguf file."
+EVAL_MODEL_HELP = (MODEL_HELP[:-1] + ", or openai:BASE_URL/MODEL for a model behind an "
+                   "OpenAI-compatible server (key in $CALIBTUNE_API_KEY or $OPENAI_API_KEY).")
 BASE_ADAPTER_HELP = ("A PEFT adapter merged into the model first (e.g. a `calibtune align` "
                      "run's OUT/adapter: the DPO'd model).")
 OUT_HELP = "Output folder."
@@ -36,7 +38,7 @@ def check_fewshot(k: int) -> None:
 class EvalConfig:
     """Everything `calibtune eval` needs."""
 
-    model: str = option("smollm2-135m-instruct", MODEL_HELP)
+    model: str = option("smollm2-135m-instruct", EVAL_MODEL_HELP)
     data: str = option("mmlu", "Built-in dataset name or a .jsonl/.csv/.parquet file.")
     split: str | None = option(None, "Split of a built-in dataset (mmlu: all|train|test).")
     limit: int | None = option(None, "Score a seeded random sample of N items.")
@@ -59,6 +61,9 @@ class EvalConfig:
     bins: int = option(10, BINS_HELP, flag="--n-bins", aliases=("--bins",))
     n_boot: int = option(1000, "Bootstrap resamples for intervals (0: none).")
     chunk_size: int = option(512, "Items per saved chunk (what --resume reuses).")
+    concurrency: int = option(8, "With --model openai:URL/MODEL: most requests in flight.")
+    request_timeout: float = option(60.0, "With --model openai:…: seconds to wait for a "
+                                          "connection or an answer (then retried).")
     skip_invalid: bool = option(False, "Keep going past bad rows; list them in rejected.jsonl.")
     trust_remote_code: bool = option(False, "Allow a model folder's own code to run.")
     fields: dict = option(help="Field names of a data file (the --*-field options).",
