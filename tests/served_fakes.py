@@ -38,12 +38,15 @@ class LocalServer:
                 except ConnectionAbortedError:  # drop the connection without answering
                     self.close_connection = True
                     return
-                self.send_response(status)
-                for k, v in {"content-type": "application/json", **headers}.items():
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    for k, v in {"content-type": "application/json", **headers}.items():
+                        self.send_header(k, v)
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+                    self.close_connection = True
 
             def do_GET(self):
                 self._any("GET")
@@ -85,6 +88,13 @@ def fake_letter_logprobs(text: str, top: int, letters: str = "ABCD", prefix: str
     return {t: r - norm for t, r in ranked}
 
 
+def word_logprob(prefix: str, word: str) -> float:
+    """The fake model's log p(word | prefix): its letter distribution where that names the word
+    (so echoed and generated log-probabilities agree, as on a correct server), else a hash."""
+    known = fake_letter_logprobs(prefix, 6)
+    return known[word] if word in known else -(hashlib.sha256(word.encode()).digest()[0] / 64.0)
+
+
 def fake_model(name: str = "fake-model", top_cap: int = 20) -> Respond:
     """An OpenAI-compatible model: /models, completions (letters, or echo for cloze: one token
     per word, log-prob from the word's hash) and chat/completions."""
@@ -110,7 +120,8 @@ def fake_model(name: str = "fake-model", top_cap: int = 20) -> Respond:
                 words.append(w)
                 offsets.append(pos)
                 pos += len(w)
-            lps = [None] + [-(hashlib.sha256(w.encode()).digest()[0] / 64.0) for w in words[1:]]
+            lps = [None] + [word_logprob(prompt[:offsets[i]], w) for i, w in enumerate(words)
+                            if i > 0]
             return ok({"choices": [{"text": prompt + " x", "logprobs": {
                 "tokens": words + [" x"], "text_offset": offsets + [len(prompt)],
                 "token_logprobs": lps + [-1.0], "top_logprobs": None}}]})

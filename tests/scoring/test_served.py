@@ -17,7 +17,7 @@ from calibtune.scoring.served import letter_scores
 from calibtune.workflows.config import EvalConfig
 from calibtune.workflows.eval import run_eval
 from conftest import items_to_rows, make_items, write_jsonl
-from served_fakes import LocalServer, fake_letter_logprobs, fake_model, ok
+from served_fakes import LocalServer, fake_letter_logprobs, fake_model, ok, word_logprob
 
 
 @pytest.fixture(autouse=True)
@@ -86,20 +86,60 @@ def test_letter_scores_match_the_servers_logprobs(tmp_path, prompt):
 
 
 def test_cloze_sums_the_option_tokens(tmp_path):
-    import hashlib
-
     from calibtune.scoring.cloze import cloze_context
 
     with LocalServer(fake_model()) as server:
         result = run_eval(config(tmp_path, server.url, scoring="cloze"), progress=False)
     logits = np.load(result.folder / "scores.npz")["logits"]
-    it = make_items(12)[0]
-    want = []
-    for opt in it.options:  # the fake's tokens are words, each with its leading space
-        words = (" " + opt.strip()).replace(" ", "\x00 ").split("\x00")[1:]
-        want.append(sum(-(hashlib.sha256(w.encode()).digest()[0] / 64.0) for w in words))
-    assert cloze_context(it).endswith("Answer:")
-    assert logits[0] == pytest.approx(want, abs=1e-9)
+    for row, it in zip(logits, make_items(12)):
+        want = []
+        for opt in it.options:  # the fake's tokens are words, each with its leading space
+            text = cloze_context(it)
+            total = 0.0
+            for w in (" " + opt.strip()).replace(" ", "\x00 ").split("\x00")[1:]:
+                total += word_logprob(text, w)
+                text += w
+            want.append(total)
+        assert row == pytest.approx(want, abs=1e-9)
+
+
+def test_cloze_refuses_a_server_that_shifts_echoed_logprobs(tmp_path):
+    model = fake_model()
+
+    def shifted(method, path, body, n):
+        status, headers, content = model(method, path, body, n)
+        if body and body.get("echo"):  # each token gets the next position's log-prob
+            answer = json.loads(content)
+            lps = answer["choices"][0]["logprobs"]["token_logprobs"]
+            answer["choices"][0]["logprobs"]["token_logprobs"] = [None] + lps[2:] + [-0.5]
+            content = json.dumps(answer).encode()
+        return status, headers, content
+
+    with LocalServer(shifted) as server:
+        with pytest.raises(ModelError, match="shifted by one token"):
+            run_eval(config(tmp_path, server.url, scoring="cloze"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_answer_that_stops_at_once_is_asked_again_with_min_tokens(tmp_path):
+    model = fake_model()
+    asked = []
+
+    def stops(method, path, body, n):
+        if method == "POST" and not body.get("min_tokens") and len(asked) % 2 == 0:
+            asked.append(body)  # every other item: the model chose EOS, nothing comes back
+            return ok({"choices": [{"text": "", "finish_reason": "stop", "logprobs": {
+                "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}}]})
+        if method == "POST" and not body.get("min_tokens"):
+            asked.append(body)
+        return model(method, path, body, n)
+
+    with LocalServer(fake_model()) as plain:
+        calm = run_eval(config(tmp_path / "a", plain.url), progress=False)
+    with LocalServer(stops) as server:
+        stopped = run_eval(config(tmp_path / "b", server.url, concurrency=1), progress=False)
+    np.testing.assert_allclose(np.load(stopped.folder / "scores.npz")["logits"],
+                               np.load(calm.folder / "scores.npz")["logits"], atol=1e-12)
 
 
 def test_429_storm_is_retried_honouring_retry_after(tmp_path):

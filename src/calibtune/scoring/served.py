@@ -6,6 +6,10 @@ scoring), the chat-completions endpoint for `chat` (the question as `prompts.cha
 the server applies its own chat template). An option letter is found by the exact text the
 in-process scorer reads (`prompts.letter_prefix` + letter, e.g. " A" after the plain prompt).
 The softmax over the K letters' log-probabilities equals the in-process one over their logits.
+When the model's first token is its end-of-sequence token the server answers with no token and
+no log-probabilities; that item is asked again with `min_tokens: 1` (vLLM and llama.cpp honour
+it by masking EOS, which shifts every letter's log-probability by the same amount and leaves
+their softmax unchanged).
 
 Letters outside the top-k (ours): the server only says their log-probability is at most the
 smallest one it returned, so each missing letter is given that smallest log-probability (a
@@ -76,6 +80,14 @@ def first_token_top(answer: dict, chat: bool) -> dict[str, float]:
     return {t: v for t, v in pairs.items() if math.isfinite(v)}
 
 
+def _stopped(answer: dict) -> bool:
+    """Whether the server ended the answer before its first token (the model chose EOS)."""
+    try:
+        return answer["choices"][0].get("finish_reason") == "stop"
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return False
+
+
 def letter_scores(top: dict[str, float], k: int, style: str) -> tuple[np.ndarray, dict]:
     """The K letters' log-probabilities (missing ones floored) and the item's coverage record."""
     floor = min(top.values())
@@ -120,6 +132,8 @@ class ServedScorer:
         if prompt not in PROMPT_STYLES:
             raise ConfigError(f"unknown prompt style {prompt!r}; choose one of "
                               f"{', '.join(PROMPT_STYLES)}")
+        if top_logprobs < 1:
+            raise ConfigError(f"--top-logprobs must be at least 1, got {top_logprobs}")
         if cloze_norm not in CLOZE_NORMS:
             raise ConfigError(f"--cloze-norm must be one of {', '.join(CLOZE_NORMS)}, got "
                               f"{cloze_norm!r}")
@@ -128,6 +142,7 @@ class ServedScorer:
         self.top_logprobs = top_logprobs
         self.records: dict[str, dict] = {}  # item id → coverage record (letter scoring)
         self.record_dir: Path | None = None  # where each finished batch's records are saved
+        self._echo_checked = False
 
     def items_per_batch(self, k_max: int) -> int:
         return self.concurrency
@@ -143,6 +158,9 @@ class ServedScorer:
                 out.append([(endpoint, body, (0, 0))])
                 continue
             context = cloze_context(it, shots)
+            if not self._echo_checked:
+                self.check_echo(context)
+                self._echo_checked = True
             requests = []
             for opt in it.options:
                 text = " " + opt.strip()
@@ -155,10 +173,47 @@ class ServedScorer:
             out.append(requests)
         return out
 
+    def check_echo(self, context: str) -> None:
+        """Refuse a server whose echoed prompt log-probabilities are shifted by one token.
+
+        The same number is asked two ways: log p(g | context) of the token g the server
+        generates after `context` (completions, no echo), and the echoed log-probability of g
+        at the end of context + g. They differ when the server pairs each prompt token with
+        the distribution that follows it instead of the one that predicts it (llama-cpp-python
+        0.3.36 does so for models without a BOS token), which would make every cloze score
+        wrong."""
+        name = self.client.model.name
+        plain = self.client.post("completions", {"model": name, "prompt": context,
+                                                 "max_tokens": 1, "temperature": 0.0,
+                                                 "logprobs": 1})
+        try:
+            lp = plain["choices"][0]["logprobs"]
+            token, direct = lp["tokens"][0], float(lp["token_logprobs"][0])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ModelError(f"{self.client.where()} returned no log-probabilities for model "
+                             f"{name!r}; cloze scoring needs completions with logprobs and echo"
+                             ) from None
+        if not token:
+            return  # nothing to compare (an empty or special token)
+        echoed = self.client.post("completions", {"model": name, "prompt": context + token,
+                                                  "max_tokens": 1, "temperature": 0.0,
+                                                  "echo": True, "logprobs": 1})
+        total, n = continuation_logprob(echoed, len(context), len(context) + len(token))
+        if n == 1 and abs(total - direct) > 1e-3 * max(1.0, abs(direct)):
+            raise ModelError(f"{self.client.where()} echoes prompt log-probabilities shifted by "
+                             f"one token (log p({token!r} | context) is {direct:.4f} when "
+                             f"generated, {total:.4f} when echoed; llama-cpp-python does this "
+                             "for models without a BOS token): its cloze scores would be wrong; "
+                             "use --scoring letter or another server")
+
     def _score_item(self, item: MCQItem, requests: list) -> tuple[np.ndarray, dict | None]:
         if self.scoring == "letter":
             endpoint, body, _ = requests[0]
-            top = first_token_top(self.client.post(endpoint, body), endpoint.startswith("chat"))
+            chat = endpoint.startswith("chat")
+            answer = self.client.post(endpoint, body)
+            top = first_token_top(answer, chat)
+            if not top and _stopped(answer):  # the model ended at once: no token, no logprobs
+                top = first_token_top(self.client.post(endpoint, {**body, "min_tokens": 1}), chat)
             if not top:
                 raise ModelError(f"{self.client.where()} returned no log-probabilities for "
                                  f"model {self.client.model.name!r} (item {item.id}); letter "
@@ -256,13 +311,15 @@ class ServedScorer:
 
 def served_scorer(spec: str, scoring: str = "letter", *, prompt: str = "plain",
                   cloze_norm: str = "none", concurrency: int = 8, timeout: float = 60.0,
-                  progress: bool | str = True, fewshot: Any = None) -> ServedScorer:
+                  top_logprobs: int = TOP_LOGPROBS, progress: bool | str = True,
+                  fewshot: Any = None) -> ServedScorer:
     """The scorer of `--model openai:BASE_URL/MODEL`, after checking the server lists the model
     (so an unreachable server or an unknown name fails before anything is written)."""
     client = ServedClient(parse_served(spec), concurrency=concurrency, timeout=timeout)
     client.check_model()
     return ServedScorer(client, scoring, prompt=prompt, cloze_norm=cloze_norm,
-                        concurrency=concurrency, progress=progress, fewshot=fewshot)
+                        concurrency=concurrency, progress=progress, fewshot=fewshot,
+                        top_logprobs=top_logprobs)
 
 
 def _quantile(values: np.ndarray, q: float) -> float | None:

@@ -62,6 +62,9 @@ class EvalConfig:
     n_boot: int = option(1000, "Bootstrap resamples for intervals (0: none).")
     chunk_size: int = option(512, "Items per saved chunk (what --resume reuses).")
     concurrency: int = option(8, "With --model openai:URL/MODEL: most requests in flight.")
+    top_logprobs: int = option(20, "With --model openai:…: log-probabilities asked for the first "
+                                   "answer token (letters outside them are floored; OpenAI's chat "
+                                   "API allows 20, llama.cpp any number, vLLM its --max-logprobs).")
     request_timeout: float = option(60.0, "With --model openai:…: seconds to wait for a "
                                           "connection or an answer (then retried).")
     skip_invalid: bool = option(False, "Keep going past bad rows; list them in rejected.jsonl.")

@@ -190,7 +190,8 @@ def _eval_into(folder: RunFolder | None, cfg: EvalConfig, resume: bool, progress
 
         scorer = served_scorer(cfg.model, cfg.scoring, prompt=cfg.prompt,
                                cloze_norm=cfg.cloze_norm, concurrency=cfg.concurrency,
-                               timeout=cfg.request_timeout, progress=progress, fewshot=fewshot)
+                               timeout=cfg.request_timeout, top_logprobs=cfg.top_logprobs,
+                               progress=progress, fewshot=fewshot)
     else:
         model, tokenizer = load_model(cfg.model, adapter=cfg.adapter,
                                       base_adapter=cfg.base_adapter, dtype=cfg.dtype,
