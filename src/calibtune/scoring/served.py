@@ -47,6 +47,7 @@ from .prompts import PROMPT_STYLES, chat_turn, letter_prefix, render_prompt
 
 TOP_LOGPROBS = 20  # the most the OpenAI chat endpoint allows; vLLM and llama.cpp allow it too
 OUTSIDE_TOPK = "floor"  # what a letter outside the top-k gets: the smallest returned log-prob
+RECORDS = "topk"  # the folder (in the run's .partial) of each finished batch's top-k records
 
 
 def letter_request(item: MCQItem, style: str, model: str, top: int,
@@ -264,13 +265,16 @@ class ServedScorer:
         self.records.update(done)
         if self.record_dir is not None and done:
             key = hashlib.sha256("\x00".join(sorted(done)).encode()).hexdigest()[:16]
-            atomic_write_json(self.record_dir / f"served-{key}.json", done)
+            folder = self.record_dir / RECORDS
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(folder / f"{key}.json", done)
 
     def load_records(self) -> None:
         """The coverage records of batches scored before a resume (saved in `record_dir`)."""
-        if self.record_dir is None or not self.record_dir.is_dir():
+        folder = None if self.record_dir is None else self.record_dir / RECORDS
+        if folder is None or not folder.is_dir():
             return
-        for path in sorted(self.record_dir.glob("served-*.json")):
+        for path in sorted(p for p in folder.iterdir() if p.suffix == ".json"):
             for item_id, record in read_json_file(path).items():
                 self.records.setdefault(item_id, record)
 
