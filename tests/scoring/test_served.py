@@ -263,3 +263,22 @@ def test_resume_refuses_another_server_model(tmp_path):
         with pytest.raises(CalibtuneError, match="other settings"):
             run_eval(config(tmp_path, server.url, model=f"openai:{server.url}/x"), resume=True,
                      progress=False)
+
+
+def test_cli_scores_through_a_server_and_reports_a_dead_one_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from calibtune.cli import app
+
+    data = data_file(tmp_path)
+    with LocalServer(fake_model()) as server:
+        ok_run = CliRunner().invoke(app, ["eval", "--model", f"openai:{server.url}/fake-model",
+                                          "--data", str(data), "--n-boot", "0", "--concurrency",
+                                          "2", "--top-logprobs", "5", "--out",
+                                          str(tmp_path / "run")])
+    assert ok_run.exit_code == 0, ok_run.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["served"]["top_logprobs"] == 5
+    dead = CliRunner().invoke(app, ["eval", "--model", "openai:http://127.0.0.1:9/v1/m", "--data",
+                                    str(data), "--out", str(tmp_path / "dead")])
+    assert dead.exit_code != 0 and "could not be reached" in dead.output
+    assert "Traceback" not in dead.output and len(dead.output.strip().splitlines()) == 1
