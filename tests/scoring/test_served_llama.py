@@ -36,11 +36,11 @@ ALIAS = "smollm2"
 KEY = "sk-test-llama-2b61"
 N_ITEMS = 20
 TOP = 1000  # every letter inside the top-k, so only the arithmetic differs (docs/served.md)
-# Measured on 40 MMLU test items, plain prompt, top 1000: largest |p_server − p_in-process| over
-# all option probabilities 0.039, mean 0.005, predictions 40/40 the same (llama.cpp quantises
-# the activations to 8 bits for its Q4_1 matmuls; transformers multiplies in fp32). The
-# tolerances leave room for other CPUs' kernels.
-PROB_TOL = 0.06
+# Measured on 100 MMLU test items, plain prompt, top 1000 (bench/served_vs_local.py): largest
+# |p_server − p_in-process| over all option probabilities 0.090, mean 0.006, predictions 100/100
+# the same (llama.cpp quantises the activations to 8 bits for its Q4_1 matmuls; transformers
+# multiplies in fp32). The tolerances leave room for other CPUs' kernels.
+PROB_TOL = 0.1
 MEAN_TOL = 0.015
 AGREE_MIN = 0.9  # share of items whose predicted option is the same
 
