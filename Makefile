@@ -37,20 +37,28 @@ $(VENV)/.deepspeed: $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 	touch $@
 
+# llama-cpp-python's OpenAI-compatible server, for the tests that score a model through a real
+# server on 127.0.0.1 (-m server). Built from the PyPI sdist: llama.cpp is compiled for this CPU,
+# about 10 minutes on 2 cores (CMAKE_BUILD_PARALLEL_LEVEL uses them all).
+$(VENV)/.llama-server: $(VENV)/.installed
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet "llama-cpp-python[server]==0.3.36"
+	touch $@
+
 # --overwrite: `make demo` again replaces the previous demo run (any other folder is refused).
 demo: install-demo
 	$(VENV)/bin/calibtune eval --model smollm2-135m-instruct --data mmlu --split test \
 		--limit 500 --out runs/demo --overwrite
 
-# Everything: lint, the real-model tests and the multi-process engine tests.
-test: install $(VENV)/.deepspeed $(VENV)/.chromium
+# Everything: lint, the real-model tests, the multi-process engine tests and the served-model
+# tests (a llama.cpp server each test session starts on 127.0.0.1 and stops).
+test: install $(VENV)/.deepspeed $(VENV)/.chromium $(VENV)/.llama-server
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
 # Minutes, and nothing heavy to build: no real model, no multi-process runs, no DeepSpeed,
-# no browser.
+# no browser, no llama.cpp server.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not distributed and not browser"
+	$(PY) -m pytest -q -m "not slow and not distributed and not browser and not server"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -32,7 +32,8 @@ FEWSHOT = ["fewshot_data: null\n", "fewshot_seed: null\n", "num_fewshot: 0\n"]
 ADDED = {"train/config.yaml": ["eval_seed: null\n", "base_adapter: null\n",
                                "max_step_tokens: null\n", *FEWSHOT],
          "eval/config.yaml": ["base_adapter: null\n", "device_map: null\n", "max_memory: null\n",
-                              *FEWSHOT],
+                              *FEWSHOT, "concurrency: 8\n", "request_timeout: 60.0\n",
+                              "top_logprobs: 20\n"],
          "posthoc/config.yaml": ["num_fewshot: null\n"]}  # options added after the golden run
 
 

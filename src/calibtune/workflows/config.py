@@ -56,7 +56,16 @@ class EvalConfig(Inference, Reading, Fewshot, Limited, Lenient, Binned, Bootstra
     device_map: str | None = option(None, DEVICE_MAP_HELP)
     max_memory: str | None = option(None, MAX_MEMORY_HELP)
     max_batch_tokens: int | None = option(8192, "Most padded tokens per forward pass.")
+    model: str = inherit(ModelChoice, "model", "smollm2-135m-instruct", MODEL_HELP[:-1] + (
+        ", or openai:BASE_URL/MODEL for a model behind an OpenAI-compatible server (key in "
+        "$CALIBTUNE_API_KEY or $OPENAI_API_KEY)."))
     chunk_size: int = option(512, "Items per saved chunk (what --resume reuses).")
+    concurrency: int = option(8, "With --model openai:URL/MODEL: most requests in flight.")
+    top_logprobs: int = option(20, "With --model openai:…: log-probabilities asked for the first "
+                                   "answer token (letters outside them are floored; OpenAI's chat "
+                                   "API allows 20, llama.cpp any number, vLLM its --max-logprobs).")
+    request_timeout: float = option(60.0, "With --model openai:…: seconds to wait for a "
+                                          "connection or an answer (then retried).")
     fields: dict = option(help="Field names of a data file (the --*-field options).",
                           factory=dict, cli=False)
     out: str = inherit(Output, "out", "runs/eval")

@@ -18,6 +18,7 @@ from ..data.items import MCQItem
 from ..errors import CalibtuneError, ConfigError, DataError, RunFolderError
 from ..integrity import atomic_write, atomic_write_text
 from ..models import load_model
+from ..models.served import is_served
 from ..run_guard import RunFolder
 from ..scoring import collect_logits, make_scorer, scores_from
 from ..scoring.parallel import Processes, launched_processes
@@ -27,7 +28,8 @@ from .run_folder import RunOutputs, write_run
 
 log = logging.getLogger(__name__)
 # Settings that do not change an eval's results: --resume may change them.
-RUN_ONLY = ("out", "device", "batch_size", "max_batch_tokens", "device_map", "max_memory")
+RUN_ONLY = ("out", "device", "batch_size", "max_batch_tokens", "device_map", "max_memory",
+            "concurrency", "request_timeout")
 
 
 def load_eval_items(cfg: EvalConfig) -> tuple[list[MCQItem], list, Fewshot | None]:
@@ -175,7 +177,15 @@ def _claimed_by_rank0(cfg: EvalConfig, processes: Processes, resume: bool, overw
 def load_scorer(cfg: EvalConfig, device: str | None, progress: bool, fewshot: Fewshot | None
                 ) -> Any:
     """The model of `cfg.model` loaded and the scorer that reads its option scores: the one
-    place where a model spec becomes a scorer (another kind of model spec branches here)."""
+    place where a model spec becomes a scorer: `openai:BASE_URL/MODEL` is a model behind an
+    OpenAI-compatible server (no weights here), anything else is loaded in this process."""
+    if is_served(cfg.model):
+        from ..scoring.served import served_scorer
+
+        return served_scorer(cfg.model, cfg.scoring, prompt=cfg.prompt,
+                             cloze_norm=cfg.cloze_norm, concurrency=cfg.concurrency,
+                             timeout=cfg.request_timeout, top_logprobs=cfg.top_logprobs,
+                             progress=progress, fewshot=fewshot)
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, base_adapter=cfg.base_adapter,
                                   dtype=cfg.dtype, device=device,
                                   trust_remote_code=cfg.trust_remote_code,
@@ -193,6 +203,10 @@ def _eval_into(folder: RunFolder | None, cfg: EvalConfig, resume: bool, progress
         raise ConfigError("--device-map places one model over all the devices; it cannot be "
                           "combined with accelerate launch's one model per process")
     main = processes.is_main
+    served = is_served(cfg.model)
+    if served and (processes.world > 1 or cfg.adapter or cfg.base_adapter):
+        raise ConfigError("--model openai:… is scored by its server: no accelerate launch, "
+                          "--adapter or --base-adapter")
     scorer = load_scorer(cfg, cfg.device or processes.device, progress and main, fewshot)
     try:  # letters and context lengths are checked before anything is written
         encoded = scorer.encode(items)
@@ -209,6 +223,8 @@ def _eval_into(folder: RunFolder | None, cfg: EvalConfig, resume: bool, progress
             for e in rejected))
         log.warning("%d rows rejected; reasons in %s", len(rejected), out / "rejected.jsonl")
     partial = out / ".partial"
+    if served:
+        scorer.record_dir = partial  # top-k coverage of each finished batch, kept for --resume
     logits = score_resumable(scorer, items, encoded, partial, _fingerprint(cfg, items, fewshot),
                              cfg.chunk_size, resume, processes)
     if not main:
@@ -218,10 +234,14 @@ def _eval_into(folder: RunFolder | None, cfg: EvalConfig, resume: bool, progress
             "data": cfg.data, "split": cfg.split, "limit": cfg.limit, "seed": cfg.seed,
             **({"base_adapter": cfg.base_adapter} if cfg.base_adapter else {}),
             **fewshot_meta(fewshot)}
+    extra = scorer.summary(items) if served else None
+    if served and cfg.scoring == "letter":
+        meta["outside_topk"] = extra["served"]["outside_topk"]
+        atomic_write_text(out / "topk_coverage.csv", scorer.item_table(items))
     scores = scores_from(items, logits, meta)
     write_fewshot(out, fewshot)
     result = write_run(out, scores, title=f"calibtune eval — {cfg.model} on {cfg.data}",
                        context={k: v for k, v in meta.items() if v is not None}, n_bins=cfg.n_bins,
-                       n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.model)
+                       n_boot=cfg.n_boot, seed=cfg.seed, label=cfg.model, extra_metrics=extra)
     shutil.rmtree(partial, ignore_errors=True)
     return result
