@@ -13,7 +13,7 @@ from ..config import option
 from ..errors import ConfigError
 from ..options import (BASE_ADAPTER_HELP, MODEL_HELP, OUT_HELP, PROMPT_HELP,  # noqa: F401
                        SCORING_HELP, SEED_HELP, Binned, Bootstrapped, FinetuneRun, Inference,
-                       Lenient, Limited, Output, Preferences, Prompted, Reading,
+                       Lenient, Limited, ModelChoice, Output, Preferences, Prompted, Reading,
                        Seeded, inherit)
 from ..training.config import TrainConfig
 
