@@ -2,7 +2,7 @@
 
     errors, defaults ← config ← options, integrity, packaged, interrupts ← run_guard ← data,
         metrics ← theory ← option_scores ← models, report, interop ← scoring, inspect ← calibrators,
-        training, align ← workflows ← cli ← __main__
+        training ← align ← workflows ← cli ← __main__
 
 A module imports only from lower layers or from its own package; imports inside functions
 count too. `calibtune/__init__.py` (the public API) is exempt: it loads heavy names lazily.
@@ -28,7 +28,8 @@ LAYERS = {
     "models": 4, "report": 4, "interop": 4,  # interop: other harnesses' outputs → OptionScores
     "scoring": 5,
     "inspect": 5,  # Inspect scorer and metrics (optional inspect_ai) on interop and metrics
-    "calibrators": 6, "training": 6, "align": 6,
+    "calibrators": 6, "training": 6,
+    "align": 6.5,  # DPO / IPO; --calibration-weight reuses training's ECE term and E-step
     "workflows": 7,
     "cli": 8, "__main__": 9,
 }

@@ -198,6 +198,31 @@ class Finetuning(Reading, Binned, Seeded):
             raise ConfigError("--save-steps and --logging-steps must be >= 1")
 
 
+#: `--ece-targets` / `--ece-reduction` choices (RCFT's M-step; `align --calibration-weight`).
+ECE_TARGETS = ("live", "frozen")
+ECE_REDUCTIONS = ("item", "bin")
+
+
+@dataclass
+class EceTerm(Options):
+    """How RCFT's ECE term L_ECE reads its E-step targets: `calibtune train --method rcft` and
+    `calibtune align --calibration-weight` share it."""
+
+    ece_targets: str = option("live", "M-step targets: live (re-binned from current "
+                                      "probabilities, default) | frozen (fixed at the E-step).")
+    ece_reduction: str = option("item", "L_ECE over a batch: item (mean, default) | bin (every "
+                                        "bin the same weight, as the reference).")
+    estep_every_steps: int | None = option(None, "Run the E-step every N steps (default: at the "
+                                                 "start and every epoch).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("--ece-targets", self.ece_targets, ECE_TARGETS)
+        check_choice("--ece-reduction", self.ece_reduction, ECE_REDUCTIONS)
+        if self.estep_every_steps is not None and self.estep_every_steps < 1:
+            raise ConfigError("--estep-every-steps must be >= 1")
+
+
 @dataclass
 class FinetuneRun(ModelChoice, Output):
     """The data and held-out evaluation of a fine-tuning run (`train`, `align`)."""

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 from ..config import option
 from ..errors import ConfigError
-from ..options import Finetuning, FinetuneRun, Lenient, Output, Preferences, inherit
+from ..options import EceTerm, Finetuning, FinetuneRun, Lenient, Output, Preferences, inherit
 
 #: calibtune's loss names and TRL's `DPOConfig.loss_type` for each.
 LOSSES = {"dpo": "sigmoid", "ipo": "ipo"}
 
 
 @dataclass
-class AlignConfig(FinetuneRun, Preferences, Lenient, Finetuning):
+class AlignConfig(FinetuneRun, Preferences, Lenient, EceTerm, Finetuning):
     """Preference optimisation (DPO / IPO) of a LoRA adapter through TRL's `DPOTrainer`.
 
     Training pairs come from `preferences` (a JSONL file of prompt/chosen/rejected, or ``hhh``)
@@ -41,6 +41,9 @@ class AlignConfig(FinetuneRun, Preferences, Lenient, Finetuning):
     retention_limit: int | None = option(200, "Held-out pairs the retention check reads (200).")
     loss: str = option("dpo", "dpo (TRL's sigmoid loss) | ipo.")
     beta: float = option(0.1, "β of DPO / IPO (default 0.1).", hf="beta")
+    calibration_weight: float = option(0.0, "λ of RCFT's ECE term on each pair's option "
+                                            "distribution, added to the preference loss (default "
+                                            "0: plain DPO / IPO; MCQ pairs only).")
     epochs: float = inherit(Finetuning, "epochs", 1.0, "Epochs (default 1).")
     batch_size: int = inherit(Finetuning, "batch_size", 2, "Pairs per device step (each a "
                                                            "chosen and a rejected sequence).")
@@ -64,5 +67,13 @@ class AlignConfig(FinetuneRun, Preferences, Lenient, Finetuning):
             raise ConfigError(f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.retention_limit is not None and self.retention_limit < 1:
             raise ConfigError(f"--retention-limit must be >= 1, got {self.retention_limit}")
+        if isinstance(self.calibration_weight, bool) \
+                or not isinstance(self.calibration_weight, (int, float)) \
+                or not (0 <= self.calibration_weight < math.inf):
+            raise ConfigError("--calibration-weight must be a finite number >= 0, got "
+                              f"{self.calibration_weight!r}")
+        if self.calibration_weight > 0 and self.preferences is not None:
+            raise ConfigError("--calibration-weight needs MCQ pairs (--data): the term reads each "
+                              "pair's item's options, which a --preferences source does not have")
         if self.preferences is None and not self.data:
             raise ConfigError("give --data (MCQ items to build pairs from) or --preferences")

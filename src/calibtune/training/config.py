@@ -11,20 +11,18 @@ from dataclasses import dataclass
 
 from ..config import option
 from ..defaults import N_BINS, TRAIN_METHODS
-from ..options import (PROMPT_HELP, SCORING_HELP, SEED_HELP, Finetuning,  # noqa: F401
-                       inherit)
+from ..options import (ECE_REDUCTIONS, ECE_TARGETS, PROMPT_HELP, SCORING_HELP,  # noqa: F401
+                       SEED_HELP, EceTerm, Finetuning, inherit)
 from ..errors import ConfigError
 
 #: `calibtune train --method` choices (one home: `calibtune.defaults.TRAIN_METHODS`).
 METHODS = TRAIN_METHODS
 SFT_LOSSES = ("full", "completion")
 SFT_NORMALISATIONS = ("token", "sequence")
-ECE_TARGETS = ("live", "frozen")
-ECE_REDUCTIONS = ("item", "bin")
 
 
 @dataclass
-class TrainConfig(Finetuning):
+class TrainConfig(EceTerm, Finetuning):
     """The options shared with `calibtune align` (`options.Finetuning`: LoRA r 128, α 64,
     dropout 0.05, all linear layers, 5 epochs, cosine schedule with 10% warm-up, AdamW, as the
     reference code, docs/method.md §5) and the calibration methods' own; the learning rate and λ
@@ -44,12 +42,6 @@ class TrainConfig(Finetuning):
     sft_normalise: str = option("token", "L_SFT: token (mean over tokens, default) | sequence "
                                          "(per-sequence sum).")
     ece_lambda: float = option(1.0, "Weight λ of the ECE regulariser.", flag="--lambda")
-    ece_targets: str = option("live", "M-step targets: live (re-binned from current "
-                                      "probabilities, default) | frozen (fixed at the E-step).")
-    ece_reduction: str = option("item", "L_ECE over a batch: item (mean, default) | bin (every "
-                                        "bin the same weight, as the reference).")
-    estep_every_steps: int | None = option(None, "Run the E-step every N steps (default: at the "
-                                                 "start and every epoch).")
     label_smoothing: float = option(0.1, "ε of the label_smoothing baseline.")
     lora: bool = option(True, "Train all weights instead of a LoRA adapter.",
                         flag="--full-finetune", invert=True)
@@ -79,16 +71,12 @@ class TrainConfig(Finetuning):
             raise ConfigError(f"--method {self.method} is a completion-only loss; with "
                               "--sft-loss full it would train exactly as --method sft (drop "
                               "--sft-loss, or use --method sft or rcft)")
-        for name, value, allowed in (("--sft-normalise", self.sft_normalise, SFT_NORMALISATIONS),
-                                     ("--ece-targets", self.ece_targets, ECE_TARGETS),
-                                     ("--ece-reduction", self.ece_reduction, ECE_REDUCTIONS)):
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.sft_normalise not in SFT_NORMALISATIONS:
+            raise ConfigError(f"--sft-normalise must be one of {', '.join(SFT_NORMALISATIONS)}, "
+                              f"got {self.sft_normalise!r}")
         if self.ece_lambda < 0 or self.sft_weight < 0:
             raise ConfigError("--lambda and --sft-weight must be >= 0")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.max_step_tokens is not None and self.max_step_tokens < 1:
             raise ConfigError(f"--max-step-tokens must be >= 1, got {self.max_step_tokens}")
-        if self.estep_every_steps is not None and self.estep_every_steps < 1:
-            raise ConfigError("--estep-every-steps must be >= 1")

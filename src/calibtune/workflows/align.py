@@ -18,7 +18,7 @@ from ..data import load_dataset, sample_items
 from ..data.items import MCQItem
 from ..errors import ConfigError, DataError
 from ..align.config import AlignConfig
-from ..align.dpo import encode_pairs, make_dpo_trainer
+from ..align.dpo import calibration_setup, encode_pairs, make_dpo_trainer
 from ..align.pairs import (PreferenceLoadResult, PreferencePair, load_preferences, pairs_from_items,
                     pairs_to_jsonl, split_pairs)
 from ..align.retention import retention_report
@@ -159,14 +159,22 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
         log.warning("%d preference rows rejected; reasons in %s", len(rejected),
                     out / "rejected.jsonl")
 
+    calibration = None
+    if cfg.calibration_weight > 0:
+        calibration = calibration_setup(tokenizer, encoded, train_pairs, data.train_items, cfg)
     trainer = make_dpo_trainer(model, tokenizer, encoded, cfg, str(ckpt_dir),
-                               callbacks=[sealing_callback(identity), *(callbacks or [])])
+                               callbacks=[sealing_callback(identity), *(callbacks or [])],
+                               calibration=calibration,
+                               resume_from=str(last) if last else None)
     finish_saves_first(trainer)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     train_seconds = time.perf_counter() - start
     save_adapter(trainer, out / "adapter")
     atomic_write_json(out / "train_log.json", trainer.state.log_history)
+    reg_state = getattr(trainer, "reg_state", None)
+    if reg_state is not None:  # the E-steps of --calibration-weight: bins, train accuracy/ECE
+        atomic_write_json(out / "estep_history.json", reg_state.history)
 
     model = trainer.model.eval()
     before = None
@@ -183,7 +191,8 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
         atomic_write_json(out / "retention.json", retention)
 
     keys = ("accuracy", "mean_confidence", "ece", "cw_ece")
-    summary = {"method": cfg.loss, "beta": cfg.beta, "train_pairs": len(encoded),
+    summary = {"method": cfg.loss, "beta": cfg.beta,
+               "calibration_weight": cfg.calibration_weight, "train_pairs": len(encoded),
                "dropped_pairs": len(dropped), "rejected_rows": len(rejected),
                "heldout_pairs": len(held_pairs), "eval_items": len(eval_items),
                "train_seconds": round(train_seconds, 1), "steps": trainer.state.global_step,
@@ -293,7 +302,10 @@ def write_align_page(out: Path, cfg: AlignConfig, summary: dict, retention: dict
                     Table(["", *keys], rows)]
     if retention:
         blocks += preference_blocks(retention)
-    context = {"model": cfg.model, "loss": f"{cfg.loss} (β {cfg.beta})",
+    loss = f"{cfg.loss} (β {cfg.beta})"
+    if cfg.calibration_weight:
+        loss += f" + {cfg.calibration_weight:g} × L_ECE (calibration term)"
+    context = {"model": cfg.model, "loss": loss,
                "training pairs": summary["train_pairs"], "steps": summary["steps"]}
     atomic_write_text(out / "report.html", render_html(f"calibtune align: {cfg.model}", blocks,
                                                        context=context))
