@@ -54,7 +54,7 @@ def forward_batch(model, tok, items, cfg, tmp_path, style="plain"):
     """(the trainer's collated batch of every pair, the policy's final hidden states of it, the
     output head, the calibration setup): what the calibrated trainer's loss reads."""
     pairs = pairs_from_items(items, scoring=cfg.scoring, style=style, tokenizer=tok)
-    encoded, _ = encode_pairs(tok, pairs)
+    encoded, _ = encode_pairs(tok, pairs, append_eos=cfg.append_eos)
     setup = calibration_setup(tok, encoded, pairs, items, cfg)
     trainer = make_dpo_trainer(model, tok, encoded, cfg, str(tmp_path / "t"),
                                save_checkpoints=False, progress=False, calibration=setup)
@@ -83,15 +83,18 @@ def test_letter_option_scores_are_the_letter_scorers_logits(tiny_llama, tmp_path
                                atol=1e-4)
 
 
-@pytest.mark.parametrize("norm", ["none", "token", "char"])
-def test_cloze_option_scores_are_the_cloze_scorers_scores(tiny_llama, tmp_path, norm):
+@pytest.mark.parametrize("norm, eos", [("none", False), ("token", False), ("char", False),
+                                       ("token", True)])
+def test_cloze_option_scores_are_the_cloze_scorers_scores(tiny_llama, tmp_path, norm, eos):
+    """With --append-eos each completion ends in EOS, which the cloze scorer does not read."""
     model, tok = load_model(str(tiny_llama), device="cpu")
     items = make_items(6, k=[4, 3], seed=3)
     cfg = AlignConfig(calibration_weight=1.0, scoring="cloze", cloze_norm=norm, lora_r=4,
-                      lora_alpha=8, lora_dropout=0.0)
+                      lora_alpha=8, lora_dropout=0.0, append_eos=eos)
     batch, hidden, head, setup, policy = forward_batch(model, tok, items, cfg, tmp_path)
     assert all(it.n_options == 2 and it.answer == 0 for it in setup.items)
-    option = cloze_option_scores(head, hidden, batch, norm)
+    assert bool((batch["input_ids"] == tok.eos_token_id).any()) == eos
+    option = cloze_option_scores(head, hidden, batch, norm, appended_eos=eos)
     expected = make_scorer(policy, tok, "cloze", cloze_norm=norm, progress=False).score(setup.items)
     assert option.scores.shape == (6, 2) and bool(option.mask.all())
     assert option.label.tolist() == [0] * 6
@@ -230,7 +233,7 @@ def test_a_calibrated_run_logs_the_term_its_first_estep_gives(tiny_llama, data, 
     from calibtune.training.targets import estep_targets
 
     cfg = config(tiny_llama, data, tmp_path / "run", calibration_weight=2.0, scoring=scoring,
-                 cloze_norm="token")
+                 cloze_norm="token", append_eos=scoring == "cloze")  # the EOS is not scored
     result = run_alignment(cfg)
     out = result.out
     terms = log_of(out, "calibration/ece_term")
