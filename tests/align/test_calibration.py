@@ -204,6 +204,19 @@ def test_a_zero_weight_returns_the_preference_loss_itself_and_builds_the_plain_t
     assert type(plain).__name__ == "PreferenceTrainer" and not hasattr(plain, "reg_state")
 
 
+def test_dpo_train_takes_the_weight_with_the_items(tiny_llama):
+    from calibtune.align.dpo import dpo_train
+
+    model, tok = load_model(str(tiny_llama), device="cpu")
+    items = make_items(4, k=[4, 3])
+    cfg = AlignConfig(lora_r=4, lora_alpha=8, max_steps=1, batch_size=4, learning_rate=1e-2,
+                      calibration_weight=1.0)
+    with pytest.raises(ConfigError, match="needs the pairs' MCQ items"):
+        dpo_train(model, tok, pairs_from_items(items), cfg)
+    trained = dpo_train(model, tok, pairs_from_items(items), cfg, items=items)
+    assert not trained.training and hasattr(trained, "disable_adapter")
+
+
 def adapter(out):
     return load_file(out / "adapter" / "adapter_model.safetensors")
 
@@ -319,3 +332,7 @@ def test_align_help_lists_the_weight():
     assert res.exit_code == 0 and "--calibration-weight" in res.output
     bad = CliRunner().invoke(app, ["align", "--calibration-weight", "-1", "--out", "/nonexistent"])
     assert bad.exit_code != 0 and "--calibration-weight must be a finite number" in bad.output
+    bad = CliRunner().invoke(app, ["align", "--calibration-weight", "1", "--preferences", "hhh",
+                                   "--out", "/nonexistent"])
+    assert bad.exit_code != 0 and "--calibration-weight needs MCQ pairs" in bad.output
+    assert "Traceback" not in bad.output
