@@ -103,11 +103,25 @@ def letter_option_scores(head: Head, hidden: torch.Tensor, batch: dict[str, torc
     return PairOptionScores(scores, mask, batch["gold_option"])
 
 
+def without_last_completion_token(completion_mask: torch.Tensor) -> torch.Tensor:
+    """The mask less each row's last completion token: the EOS `--append-eos` appends, which
+    the cloze scorer does not read."""
+    t = torch.arange(completion_mask.shape[1], device=completion_mask.device)
+    last = torch.where(completion_mask.bool(), t, -1).max(dim=1).values
+    out = completion_mask.clone()
+    out[torch.arange(out.shape[0], device=out.device), last] = 0
+    return out
+
+
 def cloze_option_scores(head: Head, hidden: torch.Tensor, batch: dict[str, torch.Tensor],
-                        cloze_norm: str) -> PairOptionScores:
-    """[chosen, rejected] completion scores per pair, as the cloze scorer scores options."""
+                        cloze_norm: str, appended_eos: bool = False) -> PairOptionScores:
+    """[chosen, rejected] completion scores per pair, as the cloze scorer scores options
+    (`appended_eos`: each completion ends in an EOS token, left out)."""
     n_pairs = batch["item_index"].shape[0]
-    select = batch["completion_mask"][:, 1:].bool()
+    completion = batch["completion_mask"]
+    if appended_eos:
+        completion = without_last_completion_token(completion)
+    select = completion[:, 1:].bool()
     loglik = selected_logliks(head, hidden[:, :-1], batch["input_ids"][:, 1:], select)  # [2B]
     if cloze_norm == "token":
         loglik = loglik / select.sum(1).clamp(min=1)
@@ -122,13 +136,13 @@ def cloze_option_scores(head: Head, hidden: torch.Tensor, batch: dict[str, torch
 
 def pair_option_scores(head: Head, hidden: torch.Tensor, batch: dict[str, torch.Tensor],
                        scoring: str, *, letter_ids: torch.Tensor | None = None,
-                       cloze_norm: str = "none") -> PairOptionScores:
+                       cloze_norm: str = "none", appended_eos: bool = False) -> PairOptionScores:
     """The option scores of scoring mode `scoring` (see the module docstring)."""
     if scoring == "letter":
         if letter_ids is None:
             raise ConfigError("letter mode needs the option letters' token ids")
         return letter_option_scores(head, hidden, batch, letter_ids)
-    return cloze_option_scores(head, hidden, batch, cloze_norm)
+    return cloze_option_scores(head, hidden, batch, cloze_norm, appended_eos)
 
 
 def calibration_term(option: PairOptionScores, targets: torch.Tensor,

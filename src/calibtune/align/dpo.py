@@ -229,8 +229,10 @@ def _calibrated_trainer_class() -> type:
                         getattr(inner.config, "final_logit_softcapping", None))
             batch = {**extra, "input_ids": inputs["input_ids"],
                      "completion_mask": inputs["completion_mask"]}
+            eos = cfg.append_eos and self.processing_class.eos_token_id is not None
             option = pair_option_scores(head, captured.hidden, batch, cfg.scoring,
-                                        letter_ids=self.letter_ids, cloze_norm=cfg.cloze_norm)
+                                        letter_ids=self.letter_ids, cloze_norm=cfg.cloze_norm,
+                                        appended_eos=eos)
             targets, weights = self.reg_state.batch_targets(
                 option.scores, option.mask, extra["item_index"], cfg.ece_targets,
                 cfg.ece_reduction)

@@ -119,11 +119,13 @@ def build_pairs(cfg: AlignConfig, tokenizer: Any, data: AlignData | None = None
 
 
 def run_alignment(cfg: AlignConfig, *, resume: bool = False, overwrite: bool = False,
-                  callbacks: list | None = None) -> AlignResult:
+                  callbacks: list | None = None, claim: bool = True) -> AlignResult:
     """Align with DPO/IPO, save the adapter to OUT/adapter, evaluate the held-out MCQ items
     before/after and measure retention on held-out pairs. A folder holding another run is
-    refused unless `overwrite`; `resume` continues a run of the same settings."""
-    with resume_guarded(cfg, command="align", resume=resume, overwrite=overwrite) as folder:
+    refused unless `overwrite`; `resume` continues a run of the same settings. `claim=False`:
+    the caller (reproduce) owns the folder, so no lock and no check."""
+    with resume_guarded(cfg, command="align", resume=resume, overwrite=overwrite,
+                        claim=claim) as folder:
         return _align_into(folder, cfg, resume, callbacks)
 
 

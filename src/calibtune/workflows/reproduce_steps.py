@@ -72,6 +72,8 @@ class ReproduceConfig:
     dtype: str = "float32"
     training: dict = field(default_factory=dict)  # TrainConfig fields shared by every method
     method_training: dict = field(default_factory=dict)  # per method: {rcft: {ece_lambda: 2}}
+    calibration_weights: list[float] = field(default_factory=list)  # align rows: DPO, DPO + λ·ECE
+    alignment: dict = field(default_factory=dict)  # AlignConfig fields of the align rows
     seeds: list[int] = field(default_factory=lambda: [0])
     n_bins: int = N_BINS
     n_boot: int = N_BOOT
@@ -104,12 +106,52 @@ class ReproduceConfig:
         for m in self.method_training:
             if m not in TRAIN_METHODS:
                 raise ConfigError(f"method_training.{m}: only {', '.join(TRAIN_METHODS)} train")
+        self._check_alignment()
         names = [s.name for s in self.splits]
         if len(set(names)) != len(names):
             raise ConfigError(f"evaluation splits need distinct names (give each a 'name'); got "
                               f"{names}")
         if any(n.startswith("train-s") or "/" in n for n in names):
             raise ConfigError(f"split names may not start with 'train-s' or hold '/': {names}")
+
+    def _check_alignment(self) -> None:
+        from ..align.config import AlignConfig
+
+        weights = self.calibration_weights
+        if not isinstance(weights, list) or any(
+                isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf
+                for w in weights):
+            raise ConfigError(f"calibration_weights: give a list of finite numbers >= 0, got "
+                              f"{weights!r}")
+        if self.alignment and not weights:
+            raise ConfigError("alignment: set calibration_weights too (the align rows run only "
+                              "with it)")
+        if weights and self.num_fewshot:
+            raise ConfigError("calibration_weights: align trains zero-shot; set num_fewshot: 0")
+        own = {"model", "data", "split", "train_limit", "eval_data", "eval_split", "eval_limit",
+               "eval_before", "out", "scoring", "prompt", "cloze_norm", "seed", "dtype",
+               "calibration_weight", "preferences"}
+        unknown = sorted(set(self.alignment) - {f.name for f in fields(AlignConfig)})
+        if unknown:
+            raise ConfigError(f"alignment: unknown align option(s) {unknown}")
+        if set(self.alignment) & own:
+            raise ConfigError(f"alignment: {sorted(set(self.alignment) & own)} are set by "
+                              "reproduce itself")
+
+    @property
+    def align_rows(self) -> dict[str, float]:
+        """Row name → λ of the align rows: plain DPO / IPO (λ = 0) first, then one per λ > 0."""
+        if not self.calibration_weights:
+            return {}
+        loss = self.alignment.get("loss", "dpo")
+        rows = {loss: 0.0}
+        rows.update({f"{loss}_ece{w:g}": float(w) for w in self.calibration_weights if w > 0})
+        return rows
+
+    @property
+    def rows(self) -> list[str]:
+        """Every row of the tables: the methods, then the align rows."""
+        return [*self.methods, *self.align_rows]
 
     @property
     def splits(self) -> list[DataSpec]:
@@ -191,6 +233,20 @@ def _train_config(cfg: ReproduceConfig, method: str, seed: int, out: Path):
                           dtype=cfg.dtype, out=str(out), **overrides)
 
 
+def _align_config(cfg: ReproduceConfig, row: str, seed: int, out: Path):
+    """The `calibtune align` run of an align row: the config's model and training items (so
+    every align row of a seed trains on the same pairs), λ of the row."""
+    from ..align.config import AlignConfig
+
+    return AlignConfig(model=cfg.model, data=cfg.train.data, split=cfg.train.split,
+                       train_limit=cfg.train.limit, eval_data=cfg.in_domain.data,
+                       eval_split=cfg.in_domain.split, eval_limit=cfg.in_domain.limit,
+                       eval_before=False, seed=seed, scoring=cfg.scoring, prompt=cfg.prompt,
+                       cloze_norm=cfg.cloze_norm, dtype=cfg.dtype,
+                       **(dict(retention=False) | cfg.alignment),
+                       calibration_weight=cfg.align_rows[row], out=str(out))
+
+
 def _train_key(tcfg: Any) -> dict:
     """What a training step depends on. Options added later are left out at their defaults
     (few-shot at k = 0, no base adapter), so the steps of earlier runs stay cached;
@@ -259,17 +315,34 @@ def plan(cfg: ReproduceConfig, models: ModelCache | None = None) -> list[Step]:
                                "splits": [asdict(s) for s in cfg.splits]},
                               _fit_temperature(cfg, seed)))
         for method in [m for m in cfg.methods if m in TRAIN_METHODS]:
-            train_id = f"train/{method}/s{seed}"
             tcfg = _train_config(cfg, method, seed, Path("."))
-            tkey = _train_key(tcfg)
-            steps.append(Step(train_id, tkey, _train(cfg, method, seed), n_train[seed],
-                              _train_passes(tcfg, n_train[seed], n_split[cfg.in_domain.name])))
-            for spec in cfg.out_of_domain:
-                steps.append(Step(f"score/{method}/s{seed}/{spec.name}",
-                                  {"train": tkey, "items": asdict(spec), "seed": EVAL_SEED},
-                                  _score_adapter(cfg, models, train_id, spec),
-                                  n_split[spec.name], n_split[spec.name]))
+            steps += _adapter_steps(cfg, models, f"train/{method}/s{seed}", _train_key(tcfg),
+                                    _train(cfg, method, seed),
+                                    _train_passes(tcfg, n_train[seed], n_split[cfg.in_domain.name]),
+                                    cfg.out_of_domain, n_train[seed], n_split)
+        for row in cfg.align_rows:
+            acfg = _align_config(cfg, row, seed, Path("."))
+            # every split, the in-domain one too: align samples its held-out items with its
+            # seed, the table reads every row on the same (EVAL_SEED) items
+            steps += _adapter_steps(cfg, models, f"align/{row}/s{seed}",
+                                    {k: v for k, v in asdict(acfg).items() if k != "out"},
+                                    _align(cfg, row, seed),
+                                    _align_passes(acfg, n_train[seed], n_split[cfg.in_domain.name]),
+                                    cfg.splits, n_train[seed], n_split)
     return steps
+
+
+def _adapter_steps(cfg: ReproduceConfig, models: ModelCache, train_id: str, key: dict,
+                   run: Callable[[Path], None], passes: int, specs: list[DataSpec],
+                   n_train: int | None, n_split: dict) -> list[Step]:
+    """A step that trains an adapter (`train/<method>/s<seed>`, `align/<row>/s<seed>`), then one
+    scoring its adapter on each of `specs` (`score/<method>/s<seed>/<split>`)."""
+    _, method, seed = train_id.split("/")
+    return [Step(train_id, key, run, n_train, passes)] + [
+        Step(f"score/{method}/{seed}/{spec.name}",
+             {"train": key, "items": asdict(spec), "seed": EVAL_SEED},
+             _score_adapter(cfg, models, train_id, spec), n_split[spec.name], n_split[spec.name])
+        for spec in specs]
 
 
 def _count(spec: DataSpec, seed: int) -> int | None:
@@ -291,6 +364,18 @@ def _train_passes(tcfg, n_train: int | None, n_eval: int | None) -> int:
         passes += n_train * (math.ceil(epochs) + 1)  # E-step at the start and every epoch
     passes += math.ceil(epochs) * (min(tcfg.epoch_eval_limit, n_eval or 0)
                                    + min(getattr(tcfg, "epoch_train_limit", 0), n_train))
+    return passes + (n_eval or 0)
+
+
+def _align_passes(acfg, n_train: int | None, n_eval: int | None) -> int:
+    """Sequence forward passes of one align run: two per pair and step (chosen, rejected; the
+    reference forward counted in), E-steps when λ > 0, the held-out evaluation."""
+    if n_train is None:
+        return 0
+    epochs = acfg.epochs if acfg.max_steps <= 0 else acfg.max_steps * acfg.batch_size / n_train
+    passes = 2 * math.ceil(n_train * epochs)
+    if acfg.calibration_weight > 0:
+        passes += n_train * (math.ceil(epochs) + 1)
     return passes + (n_eval or 0)
 
 
@@ -318,6 +403,15 @@ def _train(cfg: ReproduceConfig, method: str, seed: int) -> Callable[[Path], Non
     return run
 
 
+def _align(cfg: ReproduceConfig, row: str, seed: int) -> Callable[[Path], None]:
+    def run(folder: Path) -> None:
+        from .align import run_alignment
+
+        resume = (folder / "checkpoints").exists()  # the step's key matched: same settings
+        run_alignment(_align_config(cfg, row, seed, folder), resume=resume, claim=False)
+    return run
+
+
 def _score_adapter(cfg: ReproduceConfig, models: ModelCache, train_id: str, spec: DataSpec
                    ) -> Callable[[Path], None]:
     def run(folder: Path) -> None:
@@ -336,7 +430,7 @@ def scores_of(cfg: ReproduceConfig, steps_dir: Path, method: str, seed: int, spl
         return OptionScores.load(steps_dir / f"score__aligned__{split.name}" / "scores.npz")
     if method == "temperature":
         return OptionScores.load(steps_dir / f"posthoc__temperature__s{seed}" / f"{split.name}.npz")
-    if split is cfg.in_domain:
+    if split is cfg.in_domain and method not in cfg.align_rows:
         return OptionScores.load(steps_dir / f"train__{method}__s{seed}" / "eval" / "scores.npz")
     return OptionScores.load(steps_dir / f"score__{method}__s{seed}__{split.name}" / "scores.npz")
 
@@ -384,7 +478,7 @@ def describe_plan(cfg: ReproduceConfig) -> str:
     steps = plan(cfg)
     lines = [f"reproduce {cfg.name}: model {cfg.model}, {cfg.scoring} scoring, prompt "
              f"{cfg.prompt}{f', {cfg.num_fewshot}-shot' if cfg.num_fewshot else ''}, methods "
-             f"{', '.join(cfg.methods)}, seeds {cfg.seeds}"]
+             f"{', '.join(cfg.rows)}, seeds {cfg.seeds}"]
     for spec, role in [(cfg.train, "train"), (cfg.in_domain, "in-domain"),
                        *[(s, "out-of-domain") for s in cfg.out_of_domain]]:
         n = _count(spec, EVAL_SEED)

@@ -60,7 +60,7 @@ def summarise(cfg: ReproduceConfig, steps_dir: Path, n_boot: int | None = None, 
         resamples = [np.arange(n)] + [rng.integers(0, n, n) for _ in range(n_boot)]
         base = np.array([[_values(aligned, idx, cfg.n_bins)[k] for k in METRICS]
                          for idx in resamples])
-        for method in cfg.methods:
+        for method in cfg.rows:
             runs = ([aligned] if method == "aligned" else
                     [scores_of(cfg, steps_dir, method, s, split) for s in cfg.seeds])
             for r in runs:
@@ -148,9 +148,9 @@ def reliability_grid(cfg: ReproduceConfig, steps_dir: Path, path: Path) -> None:
 
     from ..report.plots import draw_reliability, prepare_reliability
 
-    rows, cols = len(cfg.methods), len(cfg.splits)
+    rows, cols = len(cfg.rows), len(cfg.splits)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), squeeze=False)
-    for i, method in enumerate(cfg.methods):
+    for i, method in enumerate(cfg.rows):
         for j, split in enumerate(cfg.splits):
             s = scores_of(cfg, steps_dir, method, cfg.seeds[0], split)
             data = prepare_reliability(s.probs(), s.labels, s.mask, cfg.n_bins,
