@@ -127,3 +127,44 @@ def test_real_smollm2_conversion_scores_like_transformers_gguf_load(tmp_path):
                                                        dtype=torch.float32)):
         scores.append(LetterScorer(model.eval(), tok, prompt="chat", progress=False).score(items))
     np.testing.assert_allclose(scores[0].logits, scores[1].logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["qwen2moe", "lfm2"])
+def test_architectures_loaded_another_way_are_left_to_transformers(tmp_path, arch):
+    """Mixture-of-experts files (expert tensors merged across the file) and those of
+    transformers' packed path are refused, so the caller takes transformers' whole load."""
+    import gguf
+
+    from calibtune.models.gguf_convert import Unsupported, _legacy_processor
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(Unsupported, match=arch):
+        _legacy_processor(path, gguf.GGUFReader(path))
+
+
+def test_convert_gguf_falls_back_to_the_whole_load_and_keeps_no_partial_shards(tmp_path,
+                                                                               monkeypatch):
+    from calibtune.models import builtin
+    from calibtune.models.gguf_convert import Unsupported
+
+    def streamed(gguf, out):
+        (out / "model-00001-of-00002.safetensors").write_bytes(b"half")
+        raise Unsupported("the tensor processor renames x")
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            (Path(folder) / "tokenizer.json").write_text("{}")
+
+    monkeypatch.setattr(builtin, "convert_streamed", streamed)
+    monkeypatch.setattr(builtin, "_convert_whole",
+                        lambda gguf, out: (out / "model.safetensors").write_bytes(b"whole"))
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: Tokenizer())
+    out = builtin.convert_gguf(tmp_path / "m.gguf", tmp_path / "cache" / "m")
+    assert sorted(p.name for p in out.iterdir()) == ["calibtune-manifest.json",
+                                                     "model.safetensors", "tokenizer.json"]
+    assert [p.name for p in out.parent.iterdir()] == ["m"]

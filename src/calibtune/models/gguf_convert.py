@@ -25,21 +25,27 @@ class Unsupported(Exception):
     """This GGUF needs transformers' whole-model loader (new-style or mixture-of-experts archs)."""
 
 
-def _legacy_processor(gguf: Path, config: Any) -> Any:
+def _packed_path(arch: str) -> bool:
+    """Whether transformers loads `arch` through its packed-weights GGUF path (5.2x and later)."""
+    try:
+        from transformers.integrations.gguf.utils import is_gguf_arch_supported
+    except ImportError:  # an older transformers: every architecture takes the legacy loader
+        return False
+    return is_gguf_arch_supported(arch)
+
+
+def _legacy_processor(gguf: Path, reader: Any) -> Any:
     """transformers' tensor processor for the file's architecture (llama: q/k un-permutation,
     gemma2/3: norm −1, ...), or `Unsupported` where its loader takes another route."""
-    from transformers.integrations.gguf import read_gguf_metadata
-    from transformers.integrations.gguf.utils import is_gguf_arch_supported
-    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
+    from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
+                                                          load_gguf_checkpoint, read_field)
 
-    arch = read_gguf_metadata(str(gguf))[0]["general.architecture"]
-    if is_gguf_arch_supported(arch):  # the new packed-weights loader with its own conversions
+    arch = read_field(reader, "general.architecture")[0]
+    if _packed_path(arch):
         raise Unsupported(f"architecture {arch} is loaded by transformers' packed GGUF path")
     processor_class = TENSOR_PROCESSORS.get(arch, TensorProcessor)
     if processor_class.perform_fallback_tensor_mapping is not TensorProcessor.perform_fallback_tensor_mapping:
         raise Unsupported(f"architecture {arch} merges expert tensors across the file")
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
     parsed = load_gguf_checkpoint(str(gguf), return_tensors=False)["config"]
     return processor_class(config=parsed)
 
@@ -72,11 +78,11 @@ def convert_streamed(gguf: Path, out: Path, shard_bytes: int = SHARD_BYTES) -> N
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    processor = _legacy_processor(gguf, config)
+    reader = GGUFReader(gguf)  # memory-mapped: a tensor's bytes are read when it is de-quantised
+    processor = _legacy_processor(gguf, reader)
     with torch.device("meta"):  # names and shapes only, no memory
         skeleton = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     names = get_gguf_hf_weights_map(skeleton, processor)
-    reader = GGUFReader(gguf)  # memory-mapped: a tensor's bytes are read when it is de-quantised
     mapped = [(t, names[t.name]) for t in reader.tensors if t.name in names]
     expected = set(skeleton.state_dict())
     if getattr(config, "tie_word_embeddings", False):
