@@ -27,12 +27,7 @@ from conftest import make_items, write_train_eval
 from .test_align_run import Crash, CrashAfterSave
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/align/conftest.py
 
 
 @pytest.fixture(scope="module")

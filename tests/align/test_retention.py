@@ -19,13 +19,7 @@ from calibtune.models import load_model
 from conftest import make_items
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread (and do not thrash a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/align/conftest.py
 
 
 @pytest.fixture(scope="module")
