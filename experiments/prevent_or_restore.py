@@ -174,6 +174,15 @@ def seconds(arm_run: Path, dpo: Path) -> float | None:
     return t + (own(dpo) or 0.0)
 
 
+def metrics_fields(folder: Path) -> dict:
+    """The table's calibration and collapse fields of a run folder's metrics.json."""
+    m = json.loads((folder / "metrics.json").read_text())
+    return {"n": m["n"], "accuracy": m["accuracy"], "ece": m["ece"], "cw_ece": m["cw_ece"],
+            "mean_confidence": m["mean_confidence"],
+            "option_entropy": m["collapse"].get("option_entropy"),
+            "top_pred_share": m["collapse"]["top_pred_share"]}
+
+
 def arm_row(base: Path, name: str, arm: dict, ood: bool) -> dict | None:
     dpo = base / f"dpo-b{BETA:g}"
     folder = arm["eval"]
@@ -182,11 +191,7 @@ def arm_row(base: Path, name: str, arm: dict, ood: bool) -> dict | None:
                          else "ood-temperature")
     if not (folder / "metrics.json").exists():
         return None
-    m = json.loads((folder / "metrics.json").read_text())
-    row = {"arm": name, "n": m["n"], "accuracy": m["accuracy"], "ece": m["ece"],
-           "cw_ece": m["cw_ece"], "mean_confidence": m["mean_confidence"],
-           "option_entropy": m["collapse"].get("option_entropy"),
-           "top_pred_share": m["collapse"]["top_pred_share"]}
+    row = {"arm": name, **metrics_fields(folder)}
     ref = base / (f"ood-dpo-b{BETA:g}" if ood else f"dpo-b{BETA:g}/eval")
     if name != "DPO" and (ref / "scores.npz").exists():
         c = compare_scores(OptionScores.load(ref / "scores.npz"),
@@ -209,11 +214,7 @@ def start_row(base: Path, ood: bool) -> dict | None:
     folder = base / ("ood-start" if ood else f"dpo-b{BETA:g}/eval_before")
     if not (folder / "metrics.json").exists():
         return None
-    m = json.loads((folder / "metrics.json").read_text())
-    row = {"arm": "start", "n": m["n"], "accuracy": m["accuracy"], "ece": m["ece"],
-           "cw_ece": m["cw_ece"], "mean_confidence": m["mean_confidence"],
-           "option_entropy": m["collapse"].get("option_entropy"),
-           "top_pred_share": m["collapse"]["top_pred_share"]}
+    row = {"arm": "start", **metrics_fields(folder)}
     ret = base / f"dpo-b{BETA:g}" / "retention.json"
     if not ood and ret.exists():
         t = read_preferences(ret)["preference_reference"]
