@@ -171,6 +171,9 @@ class Finetuning(Reading, Binned, Seeded):
     lora_alpha: int = option(64, "LoRA alpha (default 64).")
     lora_dropout: float = option(0.05, "LoRA dropout (default 0.05).")
     lora_targets: str = option("all-linear", "all-linear or comma-separated module names.")
+    lora_layers: int | None = option(None, "Adapt only the top N decoder layers (default: all). "
+                                           "The frozen layers below need no backward pass: "
+                                           "a cheaper step on a large model on CPU.")
     max_length: int = option(1024, "Longer training examples (prompt + response tokens) are "
                                    "dropped with a warning, not truncated.", hf="max_length")
     bf16: bool = option(False, "Mixed precision in bfloat16.", hf="bf16")
@@ -192,6 +195,8 @@ class Finetuning(Reading, Binned, Seeded):
             raise ConfigError("--lora-r must be >= 1 and --lora-alpha > 0")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_layers is not None and self.lora_layers < 1:
+            raise ConfigError(f"--lora-layers must be >= 1, got {self.lora_layers}")
         if self.max_length < 2:
             raise ConfigError(f"--max-length must be >= 2, got {self.max_length}")
         if self.save_steps < 1 or self.logging_steps < 1:

@@ -1,4 +1,5 @@
 """`calibtune reproduce`: the whole comparison on a tiny model, cached steps, kill and resume."""
+import dataclasses
 import json
 import os
 import signal
@@ -118,7 +119,8 @@ def test_every_shipped_config_dry_runs_without_a_model(monkeypatch):
     configs = sorted((ROOT / "configs").glob("*.yaml"))
     shipped = [c for c in configs if "in_domain" in yaml.safe_load(c.read_text())]
     assert {c.name for c in shipped} >= {"smollm2-mmlu.yaml", "smollm2-socialiqa-cloze.yaml",
-                                         "paper-tulu3-8b.yaml", "paper-olmo2-7b.yaml"}
+                                         "paper-tulu3-8b.yaml", "paper-olmo2-7b.yaml",
+                                         "qwen-1.5b-mmlu.yaml", "qwen-1.5b-socialiqa-cloze.yaml"}
     for c in shipped:
         res = CliRunner().invoke(app, ["reproduce", "--config", str(c), "--dry-run", "--seeds",
                                        "0", "1", "2"])
@@ -154,3 +156,18 @@ def test_options_added_later_leave_zero_shot_training_keys_unchanged():
     assert _train_key(replace(cfg, max_step_tokens=512)) == _train_key(cfg)
     assert _train_key(replace(cfg, base_adapter="a"))["base_adapter"] == "a"
     assert _train_key(replace(cfg, num_fewshot=2))["num_fewshot"] == 2
+
+
+def test_the_plan_says_when_the_model_is_not_at_hand(monkeypatch, tmp_path):
+    """An optional built-in not fetched, or a model path that does not exist, is named in the
+    dry-run's plan with what to do; a model at hand adds no line."""
+    from calibtune.workflows.reproduce_steps import describe_plan
+
+    monkeypatch.setenv("CALIBTUNE_CACHE", str(tmp_path / "empty-cache"))
+    qwen = load_reproduce_config(ROOT / "configs" / "qwen-1.5b-mmlu.yaml")
+    assert "NOT FETCHED (optional built-in): run `calibtune models --fetch " \
+           "qwen2.5-coder-1.5b-instruct` first" in describe_plan(qwen)
+    smollm2 = load_reproduce_config(ROOT / "configs" / "smollm2-mmlu.yaml")
+    assert "  model " not in describe_plan(smollm2)
+    missing = dataclasses.replace(smollm2, model=str(tmp_path / "no-such-model"))
+    assert "model          NOT FOUND" in describe_plan(missing)

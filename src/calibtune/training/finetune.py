@@ -21,7 +21,7 @@ from ..data.items import MCQItem
 from ..interrupts import finish_first
 from ..errors import TrainingError
 from ..models import LoadedModel
-from ..models.lora import wrap_lora
+from ..models.lora import top_layers_callback, wrap_lora
 from ..scoring import make_scorer
 from ..scoring.base import Scorer, unpack_model
 from ..scoring.prompts import PromptEncoder
@@ -160,6 +160,8 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
                               steps_per_epoch(len(dataset), cfg.batch_size, world, cfg.grad_accum),
                               cfg.estep_every_steps, resume_from=resume_from)
         extra.insert(0, estep)
+    if cfg.lora_layers is not None and cfg.gradient_checkpointing:
+        extra.append(top_layers_callback())
     if cfg.epoch_eval_limit > 0 and eval_items:
         extra.append(EpochEvalCallback(list(eval_items)[: cfg.epoch_eval_limit],
                                        labelled("epoch check"), cfg.n_bins,

@@ -473,12 +473,29 @@ def execute(cfg: ReproduceConfig, out: Path, *, say: Callable[[str], None] = log
     return outcomes
 
 
+def model_missing(model: str) -> str | None:
+    """What the plan must say when `model` is not at hand: an optional built-in not fetched, or
+    a path that does not exist (None when it can be loaded as named)."""
+    from ..models.builtin import BUILTIN_MODELS
+
+    builtin = BUILTIN_MODELS.get(model)
+    if builtin is not None:
+        return None if builtin.fetched() else \
+            f"NOT FETCHED (optional built-in): run `calibtune models --fetch {model}` first"
+    looks_like_path = model.startswith((".", "/", "~")) or model.endswith(".gguf")
+    return "NOT FOUND (provide it before running)" \
+        if looks_like_path and not Path(model).expanduser().exists() else None
+
+
 def describe_plan(cfg: ReproduceConfig) -> str:
     """The plan as text: steps, items and estimated forward passes (nothing is loaded)."""
     steps = plan(cfg)
     lines = [f"reproduce {cfg.name}: model {cfg.model}, {cfg.scoring} scoring, prompt "
              f"{cfg.prompt}{f', {cfg.num_fewshot}-shot' if cfg.num_fewshot else ''}, methods "
              f"{', '.join(cfg.rows)}, seeds {cfg.seeds}"]
+    missing = model_missing(cfg.model)
+    if missing:
+        lines.append(f"  model          {missing}")
     for spec, role in [(cfg.train, "train"), (cfg.in_domain, "in-domain"),
                        *[(s, "out-of-domain") for s in cfg.out_of_domain]]:
         n = _count(spec, EVAL_SEED)
