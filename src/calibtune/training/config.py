@@ -49,6 +49,9 @@ class TrainConfig(EceTerm, Finetuning):
                                          "training step: a longer batch runs as micro-batches "
                                          "with the same gradient (less activation memory; one "
                                          "process only). Default: the whole batch.")
+    frozen_cache_mb: float = option(2048.0, "With --lora-layers: memory (MB) for the frozen "
+                                            "layers' output, computed once per sequence and "
+                                            "reused by later epochs and E-steps (0: off).")
     group_by_length: bool = option(True, "Batch items of similar length: far less padding.")
     epoch_eval_limit: int = option(100, "Held-out items scored at each epoch end (default 100; "
                                         "0: off).")
@@ -57,6 +60,8 @@ class TrainConfig(EceTerm, Finetuning):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.frozen_cache_mb < 0:
+            raise ConfigError(f"--frozen-cache-mb must be >= 0, got {self.frozen_cache_mb}")
         if self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.sft_loss is None:

@@ -12,16 +12,17 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..config import hf_arguments
 from ..data.items import MCQItem
 from ..interrupts import finish_first
 from ..errors import TrainingError
-from ..models import LoadedModel
-from ..models.lora import top_layers_callback, wrap_lora
+from ..models import LoadedModel, frozen_prefix
+from ..models.lora import decoder_layer_count, top_layers_callback, wrap_lora
 from ..scoring import make_scorer
 from ..scoring.base import Scorer, unpack_model
 from ..scoring.prompts import PromptEncoder
@@ -113,6 +114,27 @@ def prepare_model(model: Any, cfg: TrainConfig) -> Any:
     return wrap_lora(model, cfg) if cfg.lora else model
 
 
+@contextmanager
+def frozen_layers_kept(model: Any, cfg: TrainConfig) -> Iterator[Any]:
+    """With `--lora-layers` in one process, the frozen layers' output kept per sequence while
+    the block runs (`models.frozen_prefix`), then dropped; nothing otherwise (sharded ranks
+    gather layers as they go; a 4-bit model is left as it is)."""
+    skip = (not cfg.lora or cfg.lora_layers is None or cfg.frozen_cache_mb == 0
+            or int(os.environ.get("WORLD_SIZE", "1")) > 1 or sharding_engine() is not None
+            or getattr(model, "is_loaded_in_4bit", False))
+    start = 0 if skip else decoder_layer_count(model) - cfg.lora_layers
+    if start <= 0:
+        yield None
+        return
+    cache = frozen_prefix.install(model, start, cfg.frozen_cache_mb)
+    try:
+        yield cache
+    finally:
+        log.info("frozen layers run for %d sequences, reused for %d (%.0f MB kept)",
+                 cache.stats.misses, cache.stats.hits, cache.stats.bytes / 2**20)
+        frozen_prefix.uninstall(cache)
+
+
 def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = None, *,
           eval_items: Sequence[MCQItem] = (), output_dir: str | Path | None = None,
           resume_from: str | None = None, callbacks: list | None = None,
@@ -174,7 +196,8 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
                                reg_state=reg_state, fingerprint=identity)
         finish_saves_first(trainer)
         start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume_from)
+        with frozen_layers_kept(inner, cfg):
+            trainer.train(resume_from_checkpoint=resume_from)
         seconds = time.perf_counter() - start
     finally:
         if scratch:

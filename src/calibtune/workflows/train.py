@@ -26,7 +26,7 @@ from ..models import load_model
 from ..run_guard import RunFolder
 from ..training.distributed import check_engine, sharding_engine
 from ..training.faults import check_resumable, fingerprint, resume_free
-from ..training.finetune import config_scorer, save_adapter, train
+from ..training.finetune import config_scorer, frozen_layers_kept, save_adapter, train
 from .config import TrainRunConfig
 from .fewshot import fewshot_meta, run_fewshot, write_fewshot
 from .run_folder import write_run
@@ -158,13 +158,14 @@ def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks:
 
     trained, tokenizer = outcome.model
     before = None
-    if cfg.eval_before and cfg.lora:
-        with trained.disable_adapter():
-            before = evaluate_items(trained, tokenizer, eval_items, cfg, out / "eval_before",
-                                    f"{cfg.model} before {cfg.method}", write=main,
-                                    fewshot=fewshot)
-    after = evaluate_items(trained, tokenizer, eval_items, cfg, out / "eval",
-                           f"{cfg.model} after {cfg.method}", write=main, fewshot=fewshot)
+    with frozen_layers_kept(trained, cfg):  # before and after read the same frozen layers
+        if cfg.eval_before and cfg.lora:
+            with trained.disable_adapter():
+                before = evaluate_items(trained, tokenizer, eval_items, cfg,
+                                        out / "eval_before", f"{cfg.model} before {cfg.method}",
+                                        write=main, fewshot=fewshot)
+        after = evaluate_items(trained, tokenizer, eval_items, cfg, out / "eval",
+                               f"{cfg.model} after {cfg.method}", write=main, fewshot=fewshot)
     if not main:
         return no_result
     summary = {"method": cfg.method, "train_items": len(train_items),
