@@ -5,7 +5,9 @@ of them; the forward pass still runs through every layer (its share is reported:
 the loss's forward alone, backward and optimiser excluded). This measures what that buys on the
 machine it runs on: seconds per optimiser step (median of `--steps` after one warm-up step) and
 peak RSS, at batch 8, LoRA r 16 / α 32 (the studies' adapter), on MMLU letter items and on
-SocialIQA cloze items (the training lengths of the two settings). Every configuration runs in
+SocialIQA cloze items (the training lengths of the two settings). With N < all, the same
+batches are also timed with the frozen layers' output read from the cache (`--frozen-cache-mb`:
+what every epoch after the first costs). Every configuration runs in
 its own process; ratios are against all layers adapted, measured in the same run.
 
 Usage: python bench/lora_step_cost.py [--model qwen2.5-coder-1.5b-instruct] [--layers all 4]
@@ -67,7 +69,25 @@ for i in range(steps + 1):
     loss.backward(); opt.step(); opt.zero_grad()
     times.append(time.perf_counter() - t)
     tokens.append(int(batch["attention_mask"].sum()))
-print(json.dumps({"step_s": float(np.median(times[1:])), "step_s_each": times,
+cached = {}
+if cfg.lora_layers is not None:  # the same batches again, frozen layers read from the cache
+    from calibtune.models import frozen_prefix
+    from calibtune.models.lora import decoder_layer_count
+    batches = [collator([ds[j] for j in range(i * bs, (i + 1) * bs)]) for i in range(steps + 1)]
+    frozen_prefix.install(model, decoder_layer_count(model) - cfg.lora_layers, 8192)
+    with torch.no_grad():
+        for b in batches:
+            loss_terms(model, b, cfg)
+    c_times, c_forward = [], []
+    for b in batches[1:]:
+        t = time.perf_counter()
+        loss = total_loss(loss_terms(model, b, cfg), b, cfg, state)[0]
+        c_forward.append(time.perf_counter() - t)
+        loss.backward(); opt.step(); opt.zero_grad()
+        c_times.append(time.perf_counter() - t)
+    cached = {"cached_step_s": float(np.median(c_times)),
+              "cached_forward_s": float(np.median(c_forward))}
+print(json.dumps({**cached, "step_s": float(np.median(times[1:])), "step_s_each": times,
                   "forward_s": float(np.median(forward[1:])),
                   "tokens_per_step": float(np.mean(tokens[1:])), "load_s": load_s,
                   "trainable_params": int(sum(p.numel() for p in trainable))}))
@@ -99,9 +119,10 @@ def main() -> None:
         for layers in args.layers:
             r = results[f"{setting} layers={layers}"]
             rows.append([setting, layers, r["step_s"], r["step_s"] / full["step_s"] if full else "",
-                         r["forward_s"], r["tokens_per_step"], r["trainable_params"], r["peak_rss_mb"]])
-    print(table(rows, ["setting", "layers", "s/step", "× all layers", "forward s", "tokens/step",
-                       "trainable", "peak RSS MB"]))
+                         r["forward_s"], r.get("cached_step_s", ""), r["tokens_per_step"],
+                         r["trainable_params"], r["peak_rss_mb"]])
+    print(table(rows, ["setting", "layers", "s/step", "× all layers", "forward s",
+                       "s/step, frozen layers cached", "tokens/step", "trainable", "peak RSS MB"]))
     summary = {"model": args.model, "method": args.method, "batch_size": args.batch_size,
                "checkpointing": args.checkpointing, "steps": args.steps, "results": results}
     print("wrote", save(args.name, summary))
