@@ -113,7 +113,7 @@ def test_training_with_the_cache_ends_with_the_adapter_of_training_without(tiny_
 
     from calibtune.models import load_model
     from calibtune.training import train
-    from tests.conftest import make_items
+    from conftest import make_items
 
     adapters = []
     for mb in (0.0, 64.0):
@@ -140,7 +140,7 @@ def test_the_run_scores_its_held_out_items_through_the_frozen_layers_once(tiny_l
     import numpy as np
 
     from calibtune.workflows.train import run_training
-    from tests.conftest import make_items, tiny_train_config, write_train_eval
+    from conftest import make_items, tiny_train_config, write_train_eval
 
     data = write_train_eval(tmp_path, make_items(4), make_items(6, seed=1))
     scores = []

@@ -8,7 +8,7 @@ from calibtune.errors import ConfigError
 from calibtune.models import load_model
 from calibtune.models.lora import decoder_layer_count, stop_backward_below_adapters, wrap_lora
 from calibtune.training.config import TrainConfig
-from tests.conftest import build_model_folder
+from conftest import build_model_folder
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_training_with_checkpointing_runs_backward_through_the_top_layers_only(t
     from transformers import TrainerCallback
 
     from calibtune.training import train
-    from tests.conftest import make_items
+    from conftest import make_items
 
     visited: list[int] = []
 
