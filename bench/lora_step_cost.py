@@ -60,9 +60,9 @@ if method == "rcft":  # targets of a uniform model: the step's cost does not dep
     state.update(res, 0, 0)
 trainable = [p for p in model.parameters() if p.requires_grad]
 opt = torch.optim.AdamW(trainable, lr=1e-5)
+batches = [collator([ds[j] for j in range(i * bs, (i + 1) * bs)]) for i in range(steps + 1)]
 times, forward, tokens = [], [], []
-for i in range(steps + 1):
-    batch = collator([ds[j] for j in range(i * bs, (i + 1) * bs)])
+for batch in batches:
     t = time.perf_counter()
     loss = total_loss(loss_terms(model, batch, cfg), batch, cfg, state)[0]
     forward.append(time.perf_counter() - t)
@@ -73,7 +73,6 @@ cached = {}
 if cfg.lora_layers is not None:  # the same batches again, frozen layers read from the cache
     from calibtune.models import frozen_prefix
     from calibtune.models.lora import decoder_layer_count
-    batches = [collator([ds[j] for j in range(i * bs, (i + 1) * bs)]) for i in range(steps + 1)]
     frozen_prefix.install(model, decoder_layer_count(model) - cfg.lora_layers, 8192)
     with torch.no_grad():
         for b in batches:

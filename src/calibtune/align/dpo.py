@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from ..config import hf_arguments
 from ..data.items import MCQItem
 from ..errors import ConfigError, DataError
-from ..models.lora import lora_config, top_layers_callback
+from ..models.lora import lora_config, top_layers_callbacks
 from .calibration import EXTRA_COLUMNS, calibration_items, pair_columns
 from .config import LOSSES, AlignConfig
 from .pairs import PreferencePair
@@ -266,8 +266,7 @@ def make_dpo_trainer(model: Any, tokenizer: Any, encoded: Sequence[EncodedPair],
     model.config.use_cache = False
     peft = None if isinstance(model, PeftModel) else lora_config(cfg, model)
     args = dpo_arguments(cfg, output_dir, save_checkpoints=save_checkpoints, progress=progress)
-    if cfg.lora_layers is not None and cfg.gradient_checkpointing:
-        callbacks = [*(callbacks or []), top_layers_callback()]
+    callbacks = [*(callbacks or []), *top_layers_callbacks(cfg)]
     common = dict(model=model, args=args, processing_class=tokenizer, peft_config=peft)
     if cfg.calibration_weight == 0:
         return _trainer_class()(train_dataset=preference_dataset(encoded), callbacks=callbacks,
@@ -278,7 +277,7 @@ def make_dpo_trainer(model: Any, tokenizer: Any, encoded: Sequence[EncodedPair],
                                        resume_from)
     return _calibrated_trainer_class()(
         train_dataset=preference_dataset(encoded, pair_columns(calibration.items)),
-        callbacks=[estep, *(callbacks or [])], align_config=cfg, reg_state=reg_state,
+        callbacks=[estep, *callbacks], align_config=cfg, reg_state=reg_state,
         letter_ids=calibration.letter_ids, **common)
 
 

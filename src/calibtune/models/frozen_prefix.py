@@ -64,10 +64,13 @@ class FrozenPrefixCache:
             if self.layer_types is not None:
                 config.layer_types = self.layer_types
 
-    def _keys(self, input_ids: torch.Tensor, mask: torch.Tensor,
-              positions: torch.Tensor) -> list[bytes]:
-        return [input_ids[b][mask[b]].cpu().numpy().tobytes() + b"|"
-                + positions[b][mask[b]].cpu().numpy().tobytes() for b in range(len(input_ids))]
+    @staticmethod
+    def _keys(input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+              ) -> list[bytes]:
+        """Each row's real tokens and their positions, as bytes (one copy to the host)."""
+        ids, mask, positions = input_ids.cpu(), mask.cpu(), positions.cpu()
+        return [ids[b][mask[b]].numpy().tobytes() + b"|" + positions[b][mask[b]].numpy().tobytes()
+                for b in range(len(ids))]
 
     def _frozen_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        position_ids: torch.Tensor) -> torch.Tensor:
@@ -100,26 +103,27 @@ class FrozenPrefixCache:
         positions = position_ids if position_ids is not None else \
             torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         keys = self._keys(input_ids, mask, positions)
-        missing = [b for b, k in enumerate(keys) if k not in self.entries]
-        fresh: dict[int, torch.Tensor] = {}
+        states: list[torch.Tensor | None] = [self.entries.get(k) for k in keys]
+        missing = [b for b, state in enumerate(states) if state is None]
         if missing:
             rows = torch.tensor(missing, device=input_ids.device)
             out = self._frozen_output(input_ids[rows], mask[rows].long(), positions[rows])
             for j, b in enumerate(missing):
-                fresh[b] = out[j][mask[b]].detach()
-                self._store(keys[b], fresh[b])
+                states[b] = out[j][mask[b]].detach()
+                self._store(keys[b], states[b])
         self.stats.hits += len(keys) - len(missing)
         self.stats.misses += len(missing)
-        first = fresh[missing[0]] if missing else self.entries[keys[0]]
-        hidden = torch.zeros(*input_ids.shape, first.shape[-1], dtype=first.dtype,
+        hidden = torch.zeros(*input_ids.shape, states[0].shape[-1], dtype=states[0].dtype,
                              device=input_ids.device)
-        for b, k in enumerate(keys):
-            hidden[b][mask[b]] = fresh[b] if b in fresh else self.entries[k]
+        for b, state in enumerate(states):
+            hidden[b][mask[b]] = state
         with self._only(self.start, len(self.layers)):
             return self._plain(input_ids=None, attention_mask=attention_mask,
                                position_ids=position_ids, inputs_embeds=hidden, **kwargs)
 
     def _store(self, key: bytes, value: torch.Tensor) -> None:
+        if key in self.entries:  # the same sequence twice in one batch
+            return
         size = value.numel() * value.element_size()
         if self.stats.bytes + size > self.max_bytes:
             if not self.stats.full:

@@ -66,9 +66,12 @@ def stop_backward_below_adapters(model: Any) -> None:
     model.disable_input_require_grads()
 
 
-def top_layers_callback() -> Any:
-    """A `TrainerCallback` that calls `stop_backward_below_adapters` once the Trainer has turned
-    activation checkpointing on (it does so inside `train()`, before `on_train_begin`)."""
+def top_layers_callbacks(cfg: Any) -> list:
+    """With `--lora-layers` and `--gradient-checkpointing`: a `TrainerCallback` that calls
+    `stop_backward_below_adapters` once the Trainer has turned activation checkpointing on (it
+    does so inside `train()`, before `on_train_begin`). No callback otherwise."""
+    if cfg.lora_layers is None or not cfg.gradient_checkpointing:
+        return []
     from transformers import TrainerCallback
 
     class StopBackwardBelowAdapters(TrainerCallback):
@@ -76,4 +79,4 @@ def top_layers_callback() -> Any:
             if model is not None:
                 stop_backward_below_adapters(model)
 
-    return StopBackwardBelowAdapters()
+    return [StopBackwardBelowAdapters()]

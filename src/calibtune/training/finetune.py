@@ -22,7 +22,7 @@ from ..data.items import MCQItem
 from ..interrupts import finish_first
 from ..errors import TrainingError
 from ..models import LoadedModel, frozen_prefix
-from ..models.lora import decoder_layer_count, top_layers_callback, wrap_lora
+from ..models.lora import decoder_layer_count, top_layers_callbacks, wrap_lora
 from ..scoring import make_scorer
 from ..scoring.base import Scorer, unpack_model
 from ..scoring.prompts import PromptEncoder
@@ -182,8 +182,7 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
                               steps_per_epoch(len(dataset), cfg.batch_size, world, cfg.grad_accum),
                               cfg.estep_every_steps, resume_from=resume_from)
         extra.insert(0, estep)
-    if cfg.lora_layers is not None and cfg.gradient_checkpointing:
-        extra.append(top_layers_callback())
+    extra += top_layers_callbacks(cfg)
     if cfg.epoch_eval_limit > 0 and eval_items:
         extra.append(EpochEvalCallback(list(eval_items)[: cfg.epoch_eval_limit],
                                        labelled("epoch check"), cfg.n_bins,

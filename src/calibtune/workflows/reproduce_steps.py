@@ -475,16 +475,16 @@ def execute(cfg: ReproduceConfig, out: Path, *, say: Callable[[str], None] = log
 
 def model_missing(model: str) -> str | None:
     """What the plan must say when `model` is not at hand: an optional built-in not fetched, or
-    a path that does not exist (None when it can be loaded as named)."""
+    a local path (what any other name must be: models never come from a hub) that does not
+    exist. None otherwise; installed built-ins are not opened."""
     from ..models.builtin import BUILTIN_MODELS
 
     builtin = BUILTIN_MODELS.get(model)
-    if builtin is not None:
-        return None if builtin.fetched() else \
-            f"NOT FETCHED (optional built-in): run `calibtune models --fetch {model}` first"
-    looks_like_path = model.startswith((".", "/", "~")) or model.endswith(".gguf")
-    return "NOT FOUND (provide it before running)" \
-        if looks_like_path and not Path(model).expanduser().exists() else None
+    if builtin is None:
+        return None if Path(model).exists() else "NOT FOUND (provide it before running)"
+    if builtin.optional and not builtin.fetched():
+        return f"NOT FETCHED (optional built-in): run `calibtune models --fetch {model}` first"
+    return None
 
 
 def describe_plan(cfg: ReproduceConfig) -> str:
