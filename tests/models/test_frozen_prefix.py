@@ -2,6 +2,7 @@
 once, and refuses a model whose lower layers train."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,13 +15,13 @@ from calibtune.training.config import TrainConfig
 TOL = 1e-5  # the frozen layers may run in another batch: float reassociation only
 
 
-def tiny(arch: str):
+def tiny(arch: str, vocab_size: int = 64):
     """A 4-layer model; gemma3's mixes sliding (window 3) and full attention so that the top two
     layers' types differ from the first two's: a layer run with another's type would show."""
     from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig,
                               Qwen2Config)
 
-    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     config = {"llama": lambda: LlamaConfig(**common),
               "qwen2": lambda: Qwen2Config(**common),
@@ -153,3 +154,22 @@ def test_the_run_scores_its_held_out_items_through_the_frozen_layers_once(tiny_l
     messages = [r.getMessage() for r in caplog.records if "frozen layers run for" in r.getMessage()]
     assert messages[-1].startswith("frozen layers run for 6 sequences, reused for 6 ")
     np.testing.assert_allclose(scores[1], scores[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_cloze_scoring_with_a_shared_context_gives_the_plain_scores(arch):
+    """Cloze scoring computes each context once with `use_cache=True`, then its continuations
+    on those keys and values: every layer's must be there, so such a forward is not served
+    from the cache (the continuations would otherwise read the top layers' keys as layer 0's)."""
+    from calibtune.scoring.cloze import ClozeScorer
+    from conftest import build_tokenizer, make_items
+
+    tokenizer = build_tokenizer()
+    model = tiny(arch, vocab_size=len(tokenizer))
+    items = make_items(4)
+    plain = ClozeScorer(model, tokenizer, progress=False).score(items).logits
+    cache = frozen_prefix.install(model, 2, 64)
+    for _ in range(2):
+        got = ClozeScorer(model, tokenizer, progress=False).score(items).logits
+        np.testing.assert_allclose(got, plain, atol=TOL)
+    frozen_prefix.uninstall(cache)

@@ -109,6 +109,37 @@ def test_a_config_change_reruns_only_the_steps_it_touches(setup, tmp_path):
     assert all(s == "done" for i, s in status.items() if "rcft" not in i)
 
 
+def test_steps_share_the_frozen_layers_states_and_give_the_numbers_computed_without(
+        setup, tmp_path, caplog):
+    """With `lora_layers`, the aligned model's scoring leaves the frozen layers' output on
+    disk; the training steps (their steps, E-steps and evaluation) and the adapters' scoring
+    read it. Every table number equals that of a run that keeps nothing."""
+    import logging
+
+    import numpy as np
+
+    path, config = setup
+    results = {}
+    for mb in (0.0, 64.0):
+        changed = dict(config, seeds=[0], methods=["aligned", "cft", "rcft"],
+                       training=dict(config["training"], lora_layers=1, frozen_cache_mb=mb))
+        cfg_path = tmp_path / f"mb{mb:g}.yaml"
+        cfg_path.write_text(yaml.safe_dump(changed))
+        out = tmp_path / f"rep{mb:g}"
+        with caplog.at_level(logging.INFO, logger="calibtune.training.finetune"):
+            execute(load_reproduce_config(cfg_path), out)
+        results[mb] = {p.relative_to(out / "steps"): np.load(p)["logits"]
+                       for p in sorted((out / "steps").rglob("scores.npz"))}
+    states = list((tmp_path / "rep64" / "frozen-states").rglob("*.safetensors"))
+    assert len(states) > 0 and not (tmp_path / "rep0" / "frozen-states").exists()
+    lines = [r.getMessage() for r in caplog.records if "frozen layers run for" in r.getMessage()]
+    # the CFT run's evaluation: every held-out sequence read from disk, none computed
+    assert any("run for 0 sequences" in m and "12 read from and 0 written" in m for m in lines), lines
+    assert results[0].keys() == results[64.0].keys() and len(results[0]) >= 4
+    for name, logits in results[0].items():
+        np.testing.assert_allclose(results[64.0][name], logits, atol=1e-4, err_msg=str(name))
+
+
 def test_every_shipped_config_dry_runs_without_a_model(monkeypatch):
     import calibtune.models
 

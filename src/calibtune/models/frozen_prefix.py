@@ -10,19 +10,23 @@ may have run in another batch); tested against it on llama, qwen2 and gemma3 lay
 layers alternate sliding and full attention, so the layer types travel with the layers).
 
 The cache is only valid while the frozen layers stay frozen: `install` refuses a model with a
-trainable parameter below `start`. A forward with a KV cache (`past_key_values`, prefix
-sharing) or without `input_ids` goes through the plain forward untouched.
+trainable parameter below `start`. A forward that reads or returns a KV cache (prefix sharing,
+cloze scoring's shared contexts: the keys and values of every layer are needed) or that has no
+`input_ids` goes through the plain forward untouched.
 """
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from ..errors import ConfigError
+from . import frozen_states
+from .frozen_states import FrozenStateStore
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,9 @@ class CacheStats:
 class FrozenPrefixCache:
     """The decoder's forward, with the output of layers [0, start) kept per sequence."""
 
-    def __init__(self, decoder: Any, start: int, max_bytes: int) -> None:
-        self.decoder, self.start, self.max_bytes = decoder, start, max_bytes
+    def __init__(self, decoder: Any, start: int, max_bytes: int,
+                 store: FrozenStateStore | None = None) -> None:
+        self.decoder, self.start, self.max_bytes, self.store = decoder, start, max_bytes, store
         self.layers = decoder.layers
         self.layer_types = getattr(decoder.config, "layer_types", None)
         self.entries: dict[bytes, torch.Tensor] = {}
@@ -92,18 +97,23 @@ class FrozenPrefixCache:
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: Any = None,
                 position_ids: torch.Tensor | None = None, past_key_values: Any = None,
                 inputs_embeds: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        wants_cache = kwargs.get("use_cache")
+        if wants_cache is None:
+            wants_cache = getattr(self.decoder.config, "use_cache", False)
         plain = (input_ids is None or inputs_embeds is not None or past_key_values is not None
-                 or (attention_mask is not None and attention_mask.dim() != 2))
+                 or kwargs.get("cache") is not None or wants_cache
+                 or (attention_mask is not None and attention_mask.shape != input_ids.shape))
         if plain:
+            if past_key_values is not None:  # the older name of transformers' `cache`
+                kwargs["past_key_values"] = past_key_values
             return self._plain(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids, past_key_values=past_key_values,
-                               inputs_embeds=inputs_embeds, **kwargs)
+                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None \
             else attention_mask.bool()
         positions = position_ids if position_ids is not None else \
             torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         keys = self._keys(input_ids, mask, positions)
-        states: list[torch.Tensor | None] = [self.entries.get(k) for k in keys]
+        states: list[torch.Tensor | None] = [self._lookup(k, input_ids.device) for k in keys]
         missing = [b for b, state in enumerate(states) if state is None]
         if missing:
             rows = torch.tensor(missing, device=input_ids.device)
@@ -111,6 +121,8 @@ class FrozenPrefixCache:
             for j, b in enumerate(missing):
                 states[b] = out[j][mask[b]].detach()
                 self._store(keys[b], states[b])
+                if self.store is not None:
+                    self.store.put(keys[b], states[b])
         self.stats.hits += len(keys) - len(missing)
         self.stats.misses += len(missing)
         hidden = torch.zeros(*input_ids.shape, states[0].shape[-1], dtype=states[0].dtype,
@@ -119,7 +131,17 @@ class FrozenPrefixCache:
             hidden[b][mask[b]] = state
         with self._only(self.start, len(self.layers)):
             return self._plain(input_ids=None, attention_mask=attention_mask,
-                               position_ids=position_ids, inputs_embeds=hidden, **kwargs)
+                               position_ids=position_ids, inputs_embeds=hidden,
+                               **{**kwargs, "use_cache": False})
+
+    def _lookup(self, key: bytes, device: Any) -> torch.Tensor | None:
+        """The state kept in memory, else the one on disk (then kept in memory too)."""
+        state = self.entries.get(key)
+        if state is None and self.store is not None:
+            state = self.store.get(key, device)
+            if state is not None:
+                self._store(key, state)
+        return state
 
     def _store(self, key: bytes, value: torch.Tensor) -> None:
         if key in self.entries:  # the same sequence twice in one batch
@@ -135,9 +157,12 @@ class FrozenPrefixCache:
         self.stats.bytes += size
 
 
-def install(model: Any, start: int, max_mb: float) -> FrozenPrefixCache:
+def install(model: Any, start: int, max_mb: float, store_root: str | Path | None = None
+            ) -> FrozenPrefixCache:
     """Put a `FrozenPrefixCache` on `model`'s decoder (a transformers model, or one inside a
-    PEFT wrapper); layers below `start` must have no trainable parameter."""
+    PEFT wrapper); layers below `start` must have no trainable parameter. With `store_root`,
+    states are also read from and written to disk there (`models.frozen_states`), shared
+    with any other run over the same frozen weights."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = inner.get_decoder()
     if not 0 < start < len(decoder.layers):
@@ -147,7 +172,8 @@ def install(model: Any, start: int, max_mb: float) -> FrozenPrefixCache:
     if any(p.requires_grad for p in frozen):
         raise ConfigError("frozen-layer cache: a layer below the adapted ones is trainable, so "
                           "its output would change during the run")
-    cache = FrozenPrefixCache(decoder, start, int(max_mb * 2**20))
+    store = None if store_root is None else frozen_states.open_store(store_root, decoder, start)
+    cache = FrozenPrefixCache(decoder, start, int(max_mb * 2**20), store)
     decoder.forward = cache.forward
     return cache
 

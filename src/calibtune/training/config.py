@@ -52,6 +52,10 @@ class TrainConfig(EceTerm, Finetuning):
     frozen_cache_mb: float = option(2048.0, "With --lora-layers: memory (MB) for the frozen "
                                             "layers' output, computed once per sequence and "
                                             "reused by later epochs and E-steps (0: off).")
+    frozen_cache_dir: str | None = option(None, "With --lora-layers: also keep the frozen "
+                                          "layers' output on disk here, shared by every run "
+                                          "over the same frozen weights (reproduce uses "
+                                          "OUT/frozen-states). Default: memory only.")
     group_by_length: bool = option(True, "Batch items of similar length: far less padding.")
     epoch_eval_limit: int = option(100, "Held-out items scored at each epoch end (default 100; "
                                         "0: off).")

@@ -32,7 +32,7 @@ EVAL_SAMPLE = frozenset({"eval_data", "eval_split", "eval_limit", "eval_seed"})
 RESUME_FREE = frozenset({"out", "logging_steps", "save_steps", "report_to", "eval_before",
                          "epoch_eval_limit", "epoch_train_limit", "data", "split", "train_limit",
                          "max_step_tokens", "gradient_checkpointing",
-                         "frozen_cache_mb"}) | EVAL_SAMPLE
+                         "frozen_cache_mb", "frozen_cache_dir"}) | EVAL_SAMPLE
 
 
 def resume_free(fields: dict) -> frozenset:

@@ -117,8 +117,9 @@ def prepare_model(model: Any, cfg: TrainConfig) -> Any:
 @contextmanager
 def frozen_layers_kept(model: Any, cfg: TrainConfig) -> Iterator[Any]:
     """With `--lora-layers` in one process, the frozen layers' output kept per sequence while
-    the block runs (`models.frozen_prefix`), then dropped; nothing otherwise (sharded ranks
-    gather layers as they go; a 4-bit model is left as it is)."""
+    the block runs (`models.frozen_prefix`), then dropped, and on disk in
+    `--frozen-cache-dir` when given; nothing otherwise (sharded ranks gather layers as they
+    go; a 4-bit model is left as it is)."""
     skip = (not cfg.lora or cfg.lora_layers is None or cfg.frozen_cache_mb == 0
             or int(os.environ.get("WORLD_SIZE", "1")) > 1 or sharding_engine() is not None
             or getattr(model, "is_loaded_in_4bit", False))
@@ -126,12 +127,14 @@ def frozen_layers_kept(model: Any, cfg: TrainConfig) -> Iterator[Any]:
     if start <= 0:
         yield None
         return
-    cache = frozen_prefix.install(model, start, cfg.frozen_cache_mb)
+    cache = frozen_prefix.install(model, start, cfg.frozen_cache_mb, cfg.frozen_cache_dir)
     try:
         yield cache
     finally:
-        log.info("frozen layers run for %d sequences, reused for %d (%.0f MB kept)",
-                 cache.stats.misses, cache.stats.hits, cache.stats.bytes / 2**20)
+        disk = "" if cache.store is None else \
+            f"; {cache.store.loaded} read from and {cache.store.written} written to disk"
+        log.info("frozen layers run for %d sequences, reused for %d (%.0f MB kept%s)",
+                 cache.stats.misses, cache.stats.hits, cache.stats.bytes / 2**20, disk)
         frozen_prefix.uninstall(cache)
 
 

@@ -219,10 +219,12 @@ def _model_key(cfg: ReproduceConfig) -> dict:
             "cloze_norm": cfg.cloze_norm, "dtype": cfg.dtype, **few}
 
 
-def _train_config(cfg: ReproduceConfig, method: str, seed: int, out: Path):
+def _train_config(cfg: ReproduceConfig, method: str, seed: int, out: Path,
+                  states: Path | None = None):
     from .config import TrainRunConfig
 
-    overrides = {**cfg.training, **cfg.method_training.get(method, {})}
+    overrides = {**({"frozen_cache_dir": str(states)} if states else {}), **cfg.training,
+                 **cfg.method_training.get(method, {})}
     return TrainRunConfig(model=cfg.model, data=cfg.train.data, split=cfg.train.split,
                           train_limit=cfg.train.limit, eval_data=cfg.in_domain.data,
                           eval_split=cfg.in_domain.split, eval_limit=cfg.in_domain.limit,
@@ -250,8 +252,10 @@ def _align_config(cfg: ReproduceConfig, row: str, seed: int, out: Path):
 def _train_key(tcfg: Any) -> dict:
     """What a training step depends on. Options added later are left out at their defaults
     (few-shot at k = 0, no base adapter), so the steps of earlier runs stay cached;
-    `max_step_tokens` never enters (micro-batches give the batch's own gradient)."""
-    key = {k: v for k, v in asdict(tcfg).items() if k not in ("out", "max_step_tokens")}
+    `max_step_tokens` and `frozen_cache_dir` never enter (micro-batches give the batch's own
+    gradient; kept states give the numbers computed without them)."""
+    key = {k: v for k, v in asdict(tcfg).items()
+           if k not in ("out", "max_step_tokens", "frozen_cache_dir")}
     if not tcfg.num_fewshot:
         for name in ("num_fewshot", "fewshot_seed", "fewshot_data"):
             key.pop(name)
@@ -261,10 +265,15 @@ def _train_key(tcfg: Any) -> dict:
 
 
 class ModelCache:
-    """The aligned model, loaded once per process and only when a step needs it."""
+    """The aligned model, loaded once per process and only when a step needs it.
 
-    def __init__(self, cfg: ReproduceConfig) -> None:
-        self.cfg, self._model = cfg, None
+    With `states` (a folder) and `lora_layers` in the training settings, every scoring runs
+    through the frozen-layer cache backed by that folder (`models.frozen_states`): the aligned
+    model's scoring leaves the frozen layers' output for each sequence there, and the training
+    and adapter-scoring steps over the same items read it instead of computing it again."""
+
+    def __init__(self, cfg: ReproduceConfig, states: Path | None = None) -> None:
+        self.cfg, self.states, self._model = cfg, states, None
 
     def aligned(self):
         if self._model is None:
@@ -273,18 +282,42 @@ class ModelCache:
             self._model = load_model(self.cfg.model, dtype=self.cfg.dtype)
         return self._model
 
-    def score(self, model: Any, spec: DataSpec, seed: int) -> OptionScores:
+    def score(self, model: Any, spec: DataSpec, seed: int, frozen: Any = None
+              ) -> OptionScores:
         """Scores of `spec`'s sample for `seed`, after exemplars drawn (with EVAL_SEED, as the
-        training runs' evaluations) from the split's other items when num_fewshot > 0."""
+        training runs' evaluations) from the split's other items when num_fewshot > 0.
+        `frozen`: the training settings that place the frozen-layer boundary (from
+        `frozen_settings`), or None to score the plain way."""
         from ..scoring import score
+        from ..training.finetune import frozen_layers_kept
         from .fewshot import run_fewshot
 
         items = spec.items(seed)
         fewshot = run_fewshot(self.cfg.num_fewshot, EVAL_SEED, items,
                               load_dataset(spec.data, spec.split).items,
                               f"{spec.data} ({spec.split or 'all'})")
-        return score(model, items, scoring=self.cfg.scoring, prompt=self.cfg.prompt,
-                     cloze_norm=self.cfg.cloze_norm, progress=True, fewshot=fewshot)
+        if frozen is None:
+            return score(model, items, scoring=self.cfg.scoring, prompt=self.cfg.prompt,
+                         cloze_norm=self.cfg.cloze_norm, progress=True, fewshot=fewshot)
+        inner = model.model if hasattr(model, "tokenizer") else model  # a LoadedModel
+        inner.requires_grad_(False)  # only scored here
+        with frozen_layers_kept(inner, frozen):
+            return score(model, items, scoring=self.cfg.scoring, prompt=self.cfg.prompt,
+                         cloze_norm=self.cfg.cloze_norm, progress=True, fewshot=fewshot)
+
+    def frozen_settings(self, method: str | None) -> Any:
+        """The training settings whose `lora_layers` place the frozen boundary when scoring
+        the adapter of training method `method`, or (None) the aligned model: the shared
+        `training` settings'. None when no states are kept or no boundary is set."""
+        if self.states is None:
+            return None
+        shared = next((m for m in self.cfg.methods if m in TRAIN_METHODS), None)
+        if method not in TRAIN_METHODS and not (method is None and shared):
+            return None
+        tcfg = _train_config(self.cfg, method or shared, 0, Path("."), self.states)
+        if method is None:
+            tcfg.lora_layers = self.cfg.training.get("lora_layers")
+        return tcfg if tcfg.lora_layers else None
 
 
 def plan(cfg: ReproduceConfig, models: ModelCache | None = None) -> list[Step]:
@@ -297,7 +330,8 @@ def plan(cfg: ReproduceConfig, models: ModelCache | None = None) -> list[Step]:
 
     def score_aligned(spec: DataSpec, seed: int) -> Callable[[Path], None]:
         def run(folder: Path) -> None:
-            models.score(models.aligned(), spec, seed).save(folder / "scores.npz")
+            models.score(models.aligned(), spec, seed, models.frozen_settings(None)
+                         ).save(folder / "scores.npz")
         return run
 
     for spec in cfg.splits:
@@ -317,7 +351,7 @@ def plan(cfg: ReproduceConfig, models: ModelCache | None = None) -> list[Step]:
         for method in [m for m in cfg.methods if m in TRAIN_METHODS]:
             tcfg = _train_config(cfg, method, seed, Path("."))
             steps += _adapter_steps(cfg, models, f"train/{method}/s{seed}", _train_key(tcfg),
-                                    _train(cfg, method, seed),
+                                    _train(cfg, method, seed, models.states),
                                     _train_passes(tcfg, n_train[seed], n_split[cfg.in_domain.name]),
                                     cfg.out_of_domain, n_train[seed], n_split)
         for row in cfg.align_rows:
@@ -394,12 +428,14 @@ def _fit_temperature(cfg: ReproduceConfig, seed: int) -> Callable[[Path], None]:
     return run
 
 
-def _train(cfg: ReproduceConfig, method: str, seed: int) -> Callable[[Path], None]:
+def _train(cfg: ReproduceConfig, method: str, seed: int, states: Path | None
+           ) -> Callable[[Path], None]:
     def run(folder: Path) -> None:
         from .train import run_training
 
         resume = (folder / "checkpoints").exists()  # the step's key matched: same settings
-        run_training(_train_config(cfg, method, seed, folder), resume=resume, claim=False)
+        run_training(_train_config(cfg, method, seed, folder, states), resume=resume,
+                     claim=False)
     return run
 
 
@@ -419,7 +455,9 @@ def _score_adapter(cfg: ReproduceConfig, models: ModelCache, train_id: str, spec
 
         adapter = folder.parent / train_id.replace("/", "__") / "adapter"
         model = load_model(cfg.model, adapter=str(adapter), dtype=cfg.dtype)
-        models.score(model, spec, EVAL_SEED).save(folder / "scores.npz")
+        method = train_id.split("/")[1]  # an align row's adapter: no TRAIN_METHODS boundary
+        models.score(model, spec, EVAL_SEED, models.frozen_settings(method)
+                     ).save(folder / "scores.npz")
     return run
 
 
@@ -448,7 +486,7 @@ def execute(cfg: ReproduceConfig, out: Path, *, say: Callable[[str], None] = log
     steps_dir = out / "steps"
     steps_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
-    all_steps = plan(cfg)
+    all_steps = plan(cfg, ModelCache(cfg, out / "frozen-states"))
     for i, step in enumerate(all_steps, 1):
         folder = steps_dir / step.folder_name
         marker, pending = folder / "step.json", folder / "step.pending.json"
