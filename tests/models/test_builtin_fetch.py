@@ -165,3 +165,11 @@ def test_a_fetched_gguf_damaged_on_disk_is_deleted_and_refetch_named(qwen_cache)
                                              "qwen2.5-coder-1.5b-instruct$"):
         builtin.builtin_model_folder(spec.name)
     assert not path.exists()
+
+
+def test_a_built_in_that_comes_with_its_package_is_fetched_without_being_located():
+    def locate():
+        raise AssertionError("located: Gemma's file would be assembled as a side effect")
+
+    spec = builtin.BuiltinModel("installed", "comes with its package", "0" * 64, locate)
+    assert not spec.optional and spec.fetched()

@@ -41,7 +41,11 @@ class BuiltinModel:
         return self.fetch is not None
 
     def fetched(self) -> bool:
-        """Whether the GGUF is at hand (always, for a built-in installed with its package)."""
+        """Whether an optional built-in's GGUF has been fetched (`calibtune models --fetch`).
+        The others come with their package: True without looking (locating Gemma's file
+        assembles it from its parts)."""
+        if not self.optional:
+            return True
         try:
             self.locate()
         except AssetError:
