@@ -140,6 +140,36 @@ def test_steps_share_the_frozen_layers_states_and_give_the_numbers_computed_with
         np.testing.assert_allclose(results[64.0][name], logits, atol=1e-4, err_msg=str(name))
 
 
+def test_training_and_adapter_steps_run_without_the_aligned_model_held(setup, tmp_path,
+                                                                       monkeypatch):
+    """The aligned model is dropped before a step that loads its own (a training run, an
+    adapter's scoring), and loaded again when a later seed's step scores it."""
+    from calibtune.workflows import reproduce_steps, train
+
+    path, config = setup
+    held, events = [], []
+    real_aligned, real_train = reproduce_steps.ModelCache.aligned, train.run_training
+
+    def aligned(self):
+        held.append(self)
+        events.append("load" if self._model is None else "reuse")
+        return real_aligned(self)
+
+    def run_training(cfg, **kwargs):
+        events.append("train with the aligned model held" if any(m._model is not None
+                                                                   for m in held) else "train")
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(reproduce_steps.ModelCache, "aligned", aligned)
+    monkeypatch.setattr(train, "run_training", run_training)
+    changed = dict(config, methods=["aligned", "temperature", "cft"],
+                   training=dict(config["training"], max_steps=1))
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(changed))
+    execute(load_reproduce_config(cfg_path), tmp_path / "rep")
+    assert events == ["load", "reuse", "reuse", "train", "load", "train"]
+
+
 def test_every_shipped_config_dry_runs_without_a_model(monkeypatch):
     import calibtune.models
 
