@@ -71,7 +71,37 @@ def test_a_damaged_or_foreign_file_is_a_miss(tmp_path, caplog):
     path = next(tmp_path.glob("*.safetensors"))
     path.write_bytes(path.read_bytes()[:20])  # cut short, as by a full disk
     assert store.get(b"abc") is None and "unreadable" in caplog.text
+    assert not path.exists()  # removed, so that the next put writes it again
+    store.put(b"abc", state)
+    torch.testing.assert_close(store.get(b"abc"), state)
     path.unlink()
     store.put(b"abc", state)
     path.rename(store._path(b"abd"))  # a file whose name does not match its key
     assert store.get(b"abd") is None
+
+
+def test_a_failing_disk_turns_the_store_off_and_the_forward_goes_on(tmp_path, monkeypatch,
+                                                                     caplog):
+    model = tiny("llama")
+    plain = answer_logits(model, *batch(ROWS), LETTERS)
+    cache = frozen_prefix.install(model, 2, 64, tmp_path)
+
+    def full(key, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache.store, "put", full)
+    torch.testing.assert_close(answer_logits(model, *batch(ROWS), LETTERS), plain, atol=TOL,
+                               rtol=0)
+    assert cache.store is None and "going on without the disk" in caplog.text
+
+
+def test_states_computed_under_autocast_are_kept_apart():
+    """bf16 autocast (training with --bf16) and fp32 scoring give different frozen-layer
+    outputs: neither is served for the other."""
+    model = tiny("llama")
+    cache = frozen_prefix.install(model, 2, 64)
+    answer_logits(model, *batch(ROWS[:1]), LETTERS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        answer_logits(model, *batch(ROWS[:1]), LETTERS)
+    answer_logits(model, *batch(ROWS[:1]), LETTERS)
+    assert (cache.stats.misses, cache.stats.hits) == (2, 1)

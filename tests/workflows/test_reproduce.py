@@ -211,10 +211,12 @@ def test_options_added_later_leave_zero_shot_training_keys_unchanged():
     from calibtune.workflows.config import TrainRunConfig
     from calibtune.workflows.reproduce import _train_key
 
-    later = {"num_fewshot", "fewshot_seed", "fewshot_data", "base_adapter", "max_step_tokens"}
+    later = {"num_fewshot", "fewshot_seed", "fewshot_data", "base_adapter", "max_step_tokens",
+             "frozen_cache_dir"}
     cfg = TrainRunConfig()
     assert not later & set(_train_key(cfg))
     assert _train_key(replace(cfg, max_step_tokens=512)) == _train_key(cfg)
+    assert _train_key(replace(cfg, frozen_cache_dir="states")) == _train_key(cfg)
     assert _train_key(replace(cfg, base_adapter="a"))["base_adapter"] == "a"
     assert _train_key(replace(cfg, num_fewshot=2))["num_fewshot"] == 2
 

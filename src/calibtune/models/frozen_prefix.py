@@ -72,10 +72,14 @@ class FrozenPrefixCache:
     @staticmethod
     def _keys(input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
               ) -> list[bytes]:
-        """Each row's real tokens and their positions, as bytes (one copy to the host)."""
+        """Each row's real tokens and their positions, as bytes (one copy to the host), and
+        the autocast dtype the frozen layers would run in (bf16 training, fp32 scoring)."""
+        device = input_ids.device.type
+        precision = str(torch.get_autocast_dtype(device)).encode() \
+            if torch.is_autocast_enabled(device) else b"off"
         ids, mask, positions = input_ids.cpu(), mask.cpu(), positions.cpu()
         return [ids[b][mask[b]].numpy().tobytes() + b"|" + positions[b][mask[b]].numpy().tobytes()
-                for b in range(len(ids))]
+                + b"|" + precision for b in range(len(ids))]
 
     def _frozen_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        position_ids: torch.Tensor) -> torch.Tensor:
@@ -121,8 +125,7 @@ class FrozenPrefixCache:
             for j, b in enumerate(missing):
                 states[b] = out[j][mask[b]].detach()
                 self._store(keys[b], states[b])
-                if self.store is not None:
-                    self.store.put(keys[b], states[b])
+                self._put_on_disk(keys[b], states[b])
         self.stats.hits += len(keys) - len(missing)
         self.stats.misses += len(missing)
         hidden = torch.zeros(*input_ids.shape, states[0].shape[-1], dtype=states[0].dtype,
@@ -133,6 +136,18 @@ class FrozenPrefixCache:
             return self._plain(input_ids=None, attention_mask=attention_mask,
                                position_ids=position_ids, inputs_embeds=hidden,
                                **{**kwargs, "use_cache": False})
+
+    def _put_on_disk(self, key: bytes, state: torch.Tensor) -> None:
+        """Write a state to the store; a full or failing disk turns the store off (it only
+        saves time), the run goes on."""
+        if self.store is None:
+            return
+        try:
+            self.store.put(key, state)
+        except OSError as err:
+            log.warning("frozen-layer states: writing to %s failed (%s); going on without the "
+                        "disk", self.store.folder, err)
+            self.store = None
 
     def _lookup(self, key: bytes, device: Any) -> torch.Tensor | None:
         """The state kept in memory, else the one on disk (then kept in memory too)."""

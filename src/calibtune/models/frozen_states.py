@@ -26,6 +26,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
+FORMAT = 1  # how states are computed and stored: raise it when that changes
+
 # Configuration fields that do not change what the frozen layers compute.
 _VOLATILE = {"use_cache", "_name_or_path", "transformers_version", "architectures",
              "num_hidden_layers", "layer_types", "id2label", "label2id", "auto_map"}
@@ -34,8 +36,13 @@ _VOLATILE = {"use_cache", "_name_or_path", "transformers_version", "architecture
 def fingerprint(decoder: Any, start: int) -> str:
     """A digest of what layers [0, start) of `decoder` compute from token ids: the class,
     the configuration, the layer types below `start`, and every parameter and buffer of the
-    embeddings, the rotary embedding and those layers (LoRA weights on them included)."""
+    embeddings, the rotary embedding and those layers (LoRA weights on them included), with
+    the torch and transformers versions and the store's format (kernels and fixes change
+    numbers)."""
+    import transformers
+
     digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{FORMAT}|{torch.__version__}|{transformers.__version__}".encode())
     config = {k: v for k, v in decoder.config.to_dict().items() if k not in _VOLATILE}
     types = getattr(decoder.config, "layer_types", None)
     digest.update(json.dumps([type(decoder).__name__, start, config,
@@ -72,14 +79,16 @@ class FrozenStateStore:
             return None
         try:
             saved = load_file(str(path), device=str(device))
-        except Exception as err:  # a damaged file is a miss, not a failure
+            stored_key, state = saved["key"].cpu().numpy().tobytes(), saved["state"]
+        except Exception as err:  # a damaged file is a miss, not a failure: written again
             log.warning("frozen-layer state %s unreadable (%s): computing it again", path.name,
                         err)
+            path.unlink(missing_ok=True)
             return None
-        if saved["key"].cpu().numpy().tobytes() != key:
+        if stored_key != key:
             return None
         self.loaded += 1
-        return saved["state"]
+        return state
 
     def put(self, key: bytes, state: torch.Tensor) -> None:
         from safetensors.torch import save_file

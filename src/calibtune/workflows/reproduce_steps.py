@@ -318,8 +318,8 @@ class ModelCache:
         """The training settings whose `lora_layers` place the frozen boundary when scoring
         the adapter of training method `method`, or (None) the aligned model: the shared
         `training` settings'. None when no states are kept or no boundary is set."""
-        if self.states is None:
-            return None
+        if self.states is None or self.cfg.scoring == "cloze":
+            return None  # cloze scoring reads each context's KV cache: no frozen-layer reuse
         shared = next((m for m in self.cfg.methods if m in TRAIN_METHODS), None)
         if method not in TRAIN_METHODS and not (method is None and shared):
             return None
@@ -512,8 +512,9 @@ def execute(cfg: ReproduceConfig, out: Path, *, say: Callable[[str], None] = log
         atomic_write_json(pending, {"key": key, "settings": step.key})
         marker.unlink(missing_ok=True)
         say(f"[{i}/{len(all_steps)}] {step.id}: {'resuming' if resumed else 'running'}")
-        if not step.id.startswith("score/aligned/"):
-            models.release()
+        if step.id.startswith(("train/", "align/")) or (
+                step.id.startswith("score/") and not step.id.startswith("score/aligned/")):
+            models.release()  # the step loads its own model
         start = time.perf_counter()
         step.run(folder)
         seconds = time.perf_counter() - start
