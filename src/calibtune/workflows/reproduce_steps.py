@@ -18,6 +18,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -208,6 +209,7 @@ class Step:
     run: Callable[[Path], None]
     items: int | None = 0  # items through the model (for the plan; None: file missing)
     forward_passes: int | None = 0  # estimated item forward passes, training included
+    own_model: bool = False  # loads its own model (training, an adapter's scoring)
 
     @property
     def folder_name(self) -> str:
@@ -298,6 +300,7 @@ class ModelCache:
         `frozen`: the training settings that place the frozen-layer boundary (from
         `frozen_settings`), or None to score the plain way."""
         from ..scoring import score
+        from ..scoring.base import unpack_model
         from ..training.finetune import frozen_layers_kept
         from .fewshot import run_fewshot
 
@@ -305,12 +308,11 @@ class ModelCache:
         fewshot = run_fewshot(self.cfg.num_fewshot, EVAL_SEED, items,
                               load_dataset(spec.data, spec.split).items,
                               f"{spec.data} ({spec.split or 'all'})")
-        if frozen is None:
-            return score(model, items, scoring=self.cfg.scoring, prompt=self.cfg.prompt,
-                         cloze_norm=self.cfg.cloze_norm, progress=True, fewshot=fewshot)
-        inner = model.model if hasattr(model, "tokenizer") else model  # a LoadedModel
-        inner.requires_grad_(False)  # only scored here
-        with frozen_layers_kept(inner, frozen):
+        kept = nullcontext()
+        if frozen is not None:
+            inner = unpack_model(model)[0].requires_grad_(False)  # only scored here
+            kept = frozen_layers_kept(inner, frozen)
+        with kept:
             return score(model, items, scoring=self.cfg.scoring, prompt=self.cfg.prompt,
                          cloze_norm=self.cfg.cloze_norm, progress=True, fewshot=fewshot)
 
@@ -320,11 +322,13 @@ class ModelCache:
         `training` settings'. None when no states are kept or no boundary is set."""
         if self.states is None or self.cfg.scoring == "cloze":
             return None  # cloze scoring reads each context's KV cache: no frozen-layer reuse
-        shared = next((m for m in self.cfg.methods if m in TRAIN_METHODS), None)
-        if method not in TRAIN_METHODS and not (method is None and shared):
+        aligned = method is None
+        if aligned:
+            method = next((m for m in self.cfg.methods if m in TRAIN_METHODS), None)
+        if method not in TRAIN_METHODS:  # no training method, or an align row's adapter
             return None
-        tcfg = _train_config(self.cfg, method or shared, 0, Path("."), self.states)
-        if method is None:
+        tcfg = _train_config(self.cfg, method, 0, Path("."), self.states)
+        if aligned:
             tcfg.lora_layers = self.cfg.training.get("lora_layers")
         return tcfg if tcfg.lora_layers else None
 
@@ -381,10 +385,11 @@ def _adapter_steps(cfg: ReproduceConfig, models: ModelCache, train_id: str, key:
     """A step that trains an adapter (`train/<method>/s<seed>`, `align/<row>/s<seed>`), then one
     scoring its adapter on each of `specs` (`score/<method>/s<seed>/<split>`)."""
     _, method, seed = train_id.split("/")
-    return [Step(train_id, key, run, n_train, passes)] + [
+    return [Step(train_id, key, run, n_train, passes, own_model=True)] + [
         Step(f"score/{method}/{seed}/{spec.name}",
              {"train": key, "items": asdict(spec), "seed": EVAL_SEED},
-             _score_adapter(cfg, models, train_id, spec), n_split[spec.name], n_split[spec.name])
+             _score_adapter(cfg, models, train_id, spec), n_split[spec.name], n_split[spec.name],
+             own_model=True)
         for spec in specs]
 
 
@@ -512,9 +517,8 @@ def execute(cfg: ReproduceConfig, out: Path, *, say: Callable[[str], None] = log
         atomic_write_json(pending, {"key": key, "settings": step.key})
         marker.unlink(missing_ok=True)
         say(f"[{i}/{len(all_steps)}] {step.id}: {'resuming' if resumed else 'running'}")
-        if step.id.startswith(("train/", "align/")) or (
-                step.id.startswith("score/") and not step.id.startswith("score/aligned/")):
-            models.release()  # the step loads its own model
+        if step.own_model:
+            models.release()
         start = time.perf_counter()
         step.run(folder)
         seconds = time.perf_counter() - start
