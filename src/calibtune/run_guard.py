@@ -180,13 +180,16 @@ class RunFolder:
 
     `config` (the run's settings) is compared on `resume` and written by `open()`; None for a
     command that keeps its own. `claim=False` (a step inside a command that already holds the
-    outer folder, e.g. reproduce) skips the lock and the checks.
+    outer folder, e.g. reproduce) skips the lock and the checks. `resume_hint` says how this
+    command continues a run, for a command without `--resume`.
     """
 
     def __init__(self, path: str | Path, config: dict | None, *, command: str,
                  resume: bool = False, overwrite: bool = False, ignore: Iterable[str] = ("out",),
-                 claim: bool = True) -> None:
+                 claim: bool = True,
+                 resume_hint: str = "pass --resume to continue that run") -> None:
         self.path, self.config, self.command = Path(path), config, command
+        self.resume_hint = resume_hint
         self.resume, self.overwrite, self.ignore, self.claim = resume, overwrite, set(ignore), claim
         self.lock = RunLock(self.path, command)
         self._replace = self._opened = self._fresh = False
@@ -223,8 +226,8 @@ class RunFolder:
             self._replace = True
             return
         if not self.resume:
-            raise RunFolderError(f"{self.path} already holds {held}: pass --resume to continue "
-                                 "that run, --overwrite to replace it, or choose another --out")
+            raise RunFolderError(f"{self.path} already holds {held}: {self.resume_hint}; pass "
+                                 "--overwrite to replace it, or choose another --out")
         saved = read_config(self.path)
         if saved == {}:
             raise RunFolderError(f"{self.path / CONFIG} cannot be read, so --resume cannot "

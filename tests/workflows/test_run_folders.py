@@ -96,11 +96,16 @@ def test_every_command_refuses_a_folder_holding_another_run(name, tiny_llama, fi
     assert snapshot(out) == before
 
 
-def test_reproduce_refuses_a_folder_holding_another_comparison(tiny_llama, files, tmp_path):
+def _reproduce_config(tiny_llama, files, tmp_path) -> tuple[dict, Path]:
     cfg = {"name": "tiny", "model": str(tiny_llama), "train": str(files / "train.jsonl"),
            "in_domain": str(files / "eval.jsonl")}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    return cfg, path
+
+
+def test_reproduce_refuses_a_folder_holding_another_comparison(tiny_llama, files, tmp_path):
+    cfg, path = _reproduce_config(tiny_llama, files, tmp_path)
     out = tmp_path / "rep"
     out.mkdir()
     (out / "config.yaml").write_text(yaml.safe_dump({**cfg, "name": "other", "methods": []}))
@@ -108,6 +113,18 @@ def test_reproduce_refuses_a_folder_holding_another_comparison(tiny_llama, files
     text = one_line_error(runner.invoke(app, ["reproduce", "--config", str(path), "--out",
                                               str(out)]))
     assert f"{out} already holds a run" in text and snapshot(out) == before
+    # reproduce has no --resume: the error says why the folder cannot be continued instead
+    assert "--resume" not in text and "the comparison 'other', not 'tiny'" in text
+
+
+def test_reproduce_names_a_folder_without_its_config(tiny_llama, files, tmp_path):
+    _, path = _reproduce_config(tiny_llama, files, tmp_path)
+    out = tmp_path / "rep"
+    (out / "steps" / "score__aligned__eval").mkdir(parents=True)
+    (out / "steps" / "score__aligned__eval" / "step.json").write_text("{}")
+    text = one_line_error(runner.invoke(app, ["reproduce", "--config", str(path), "--out",
+                                              str(out)]))
+    assert "no reproduce config.yaml" in text and "--resume" not in text
 
 
 def test_overwrite_replaces_the_whole_run_and_leaves_nothing_of_the_old(tiny_llama, files,

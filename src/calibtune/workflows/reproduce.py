@@ -32,8 +32,13 @@ def run_reproduce(config: str | Path, *, seeds: list[int] | None = None,
     out = Path(out or f"runs/{cfg.name}")
     saved = read_config(out)
     same = bool(saved) and saved.get("name") == cfg.name and "methods" in saved
+    other = (saved or {}).get("name") if "methods" in (saved or {}) else None
+    held = (f"the comparison {other!r}, not {cfg.name!r}" if other
+            else "no reproduce config.yaml")
     with RunFolder(out, None, command="reproduce", resume=same and not overwrite,
-                   overwrite=overwrite) as folder:
+                   overwrite=overwrite,
+                   resume_hint=f"it holds {held}, and a folder goes on only with "
+                               "its own comparison") as folder:
         folder.open()
         save_config(cfg, out)
         return _reproduce_into(cfg, out, say)
