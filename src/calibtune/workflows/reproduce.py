@@ -30,10 +30,10 @@ def run_reproduce(config: str | Path, *, seeds: list[int] | None = None,
     if dry_run:
         return describe_plan(cfg)
     out = Path(out or f"runs/{cfg.name}")
-    saved = read_config(out)
-    same = bool(saved) and saved.get("name") == cfg.name and "methods" in saved
-    other = (saved or {}).get("name") if "methods" in (saved or {}) else None
-    held = (f"the comparison {other!r}, not {cfg.name!r}" if other
+    saved = read_config(out) or {}
+    held_name = saved.get("name") if "methods" in saved else None  # a reproduce config's name
+    same = held_name is not None and held_name == cfg.name
+    held = (f"the comparison {held_name!r}, not {cfg.name!r}" if held_name
             else "no reproduce config.yaml")
     with RunFolder(out, None, command="reproduce", resume=same and not overwrite,
                    overwrite=overwrite,
