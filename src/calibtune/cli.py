@@ -132,8 +132,10 @@ def config_command(name: str, jobs: type | dict[str, type], run: Callable[..., N
 
 
 # Libraries whose notices and deprecation warnings say nothing a user of calibtune can act on.
+# `kernels` (a dependency of transformers >= 5.25): importing bitsandbytes on a CPU with AVX512-BF16
+# asks it for a Hub kernel, and in offline mode it warns that it skipped the publisher check.
 QUIET = ("transformers", "httpx", "urllib3", "accelerate", "peft", "bitsandbytes", "trl",
-         "torch", "datasets", "DeepSpeed", "deepspeed")
+         "torch", "datasets", "DeepSpeed", "deepspeed", "kernels")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
