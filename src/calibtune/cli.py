@@ -158,7 +158,7 @@ def _quiet_libraries(verbose: bool) -> None:
             keep.calibtune = True  # type: ignore[attr-defined]
             logger.addFilter(keep)
     if not verbose:
-        modules = r"(transformers|peft|trl|accelerate|torch|deepspeed|datasets|bitsandbytes)(\.|$)"
+        modules = r"(transformers|peft|trl|accelerate|torch|deepspeed|datasets|bitsandbytes|kernels)(\.|$)"
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=modules)
     warnings.showwarning = _one_line_warning
