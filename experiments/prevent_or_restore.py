@@ -41,6 +41,7 @@ from calibtune.integrity import atomic_write_json  # noqa: E402
 from calibtune.metrics.paired import compare_scores  # noqa: E402
 from calibtune.option_scores import OptionScores, evaluate  # noqa: E402
 from calibtune.theory.posthoc import halves  # noqa: E402
+from calibtune.workflows.posthoc import calibrated_scores  # noqa: E402
 
 OOD = {"mmlu-letter": ["--data", "medmcqa", "--split", "all", "--scoring", "letter",
                        "--prompt", "plain"],
@@ -110,12 +111,6 @@ def stages(out: Path, model: str, setting: str, seed: int, a: argparse.Namespace
     temperature_ood(base, seed)
 
 
-def scaled(scores: OptionScores, beta: float) -> OptionScores:
-    """`scores` with every logit × β = 1/T (masked entries stay 0)."""
-    return OptionScores(np.where(scores.mask, scores.logits * beta, 0.0), scores.labels,
-                        scores.mask, scores.ids, dict(scores.meta), scores.groups)
-
-
 def temperature_stage(base: Path, seed: int) -> None:
     """DPO → temperature, cross-fitted on the DPO'd model's held-out scores (two seeded halves,
     each scaled by the temperature fitted on the other)."""
@@ -124,15 +119,15 @@ def temperature_stage(base: Path, seed: int) -> None:
     if (folder / "metrics.json").exists() or not dpo_scores.exists():
         return
     s = OptionScores.load(dpo_scores)
-    logits = np.array(s.logits)
+    probs = np.zeros(s.logits.shape)
     fitted = []
     for fit_on, apply_to in zip(halves(len(s.labels), seed), reversed(halves(len(s.labels), seed))):
         ts = TemperatureScaling().fit(s.logits[fit_on], s.labels[fit_on], s.mask[fit_on])
-        logits[apply_to] = np.where(s.mask[apply_to], s.logits[apply_to] * ts.inverse_temperature_,
-                                    0.0)
+        # the calibrator's own transform: T = inf keeps the ranking (scaling the logits by
+        # β = 0 would tie every option and hand each prediction to the first)
+        probs[apply_to] = ts.transform(s.logits[apply_to], s.mask[apply_to])
         fitted.append(ts.temperature_)
-    out = OptionScores(logits, s.labels, s.mask, s.ids, {**s.meta, "temperature": fitted},
-                       s.groups)
+    out = calibrated_scores(s, probs, {"temperature": fitted})
     folder.mkdir(parents=True, exist_ok=True)
     out.save(folder / "scores.npz")
     metrics = evaluate(out, n_boot=1000, seed=seed)
@@ -150,7 +145,8 @@ def temperature_ood(base: Path, seed: int) -> None:
         return
     s = OptionScores.load(dpo_scores)
     ts = TemperatureScaling().fit(s.logits, s.labels, s.mask)
-    out = scaled(OptionScores.load(ood_dpo), ts.inverse_temperature_)
+    ood = OptionScores.load(ood_dpo)
+    out = calibrated_scores(ood, ts.transform(ood.logits, ood.mask), {"temperature": ts.temperature_})
     folder.mkdir(parents=True, exist_ok=True)
     out.save(folder / "scores.npz")
     metrics = evaluate(out, n_boot=1000, seed=seed)
