@@ -1,6 +1,7 @@
 """Write pip's install report (`pip install --dry-run --report`) as exact pins, for `make lock`."""
 import json
 import os
+import re
 import sys
 
 HEADER = """\
@@ -16,7 +17,9 @@ def main(report_path: str, out_path: str) -> None:
         report = json.load(f)
     pins = {}
     for item in report["install"]:
-        name, version = item["metadata"]["name"].lower(), item["metadata"]["version"]
+        # PEP 503 names (lower case, "-"), so that the file reads one way and diffs stay small
+        name = re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower()
+        version = item["metadata"]["version"]
         if name == "calibtune":
             continue
         pins[name] = version.split("+")[0]  # torch's "+cpu": requirements-cpu.txt picks the build

@@ -1,4 +1,7 @@
 """One error type per fault, whichever module finds it; a bad saved file is one line."""
+import sys
+import types
+
 import numpy as np
 import pytest
 
@@ -75,9 +78,6 @@ def test_gemma_installed_without_its_parts_is_one_line(tmp_path, monkeypatch, bo
 
     _fake_gemma(tmp_path, body)
     monkeypatch.syspath_prepend(str(tmp_path))
-    import sys
-    import types
-
     # setitem first, so that undo removes the fake; a None entry makes the part's import fail
     # even where the real Gemma parts are installed
     monkeypatch.setitem(sys.modules, GEMMA, types.ModuleType(GEMMA))

