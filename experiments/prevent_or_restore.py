@@ -22,7 +22,9 @@ setting's scoring mode). The table reports, per arm, the mean over seeds and the
 (SD) of accuracy, ECE, cw-ECE, option entropy, top-option share, preference accuracy and margin
 on the held-out pairs and training time, and the paired-bootstrap ΔECE / Δaccuracy against DPO
 on the same items, per seed. Stages are run folders under OUT/<model>/<setting>[-seedN] shared
-with collapse_study.py's layout (a finished stage is kept, a partial one resumed).
+with collapse_study.py's layout (a finished stage is kept, a partial one resumed). The JSON
+(`--json`) is the study's record: a (model, setting, seed) that the run folders hold replaces its
+stored records, and the others are kept (`--fresh` starts from the run folders alone).
 """
 from __future__ import annotations
 
@@ -236,6 +238,18 @@ def collect(out: Path, weights: list[float]) -> list[dict]:
     return records
 
 
+def merge(stored: list[dict], fresh: list[dict]) -> list[dict]:
+    """The stored records, with every (model, setting, seed) that the run folders hold replaced by
+    their fresh records: run folders are scratch (not kept in the repository), the JSON is the
+    study's record, so a seed measured in an earlier checkout stays in the table."""
+    def key(r: dict) -> tuple:
+        return r["model"], r["setting"], r["seed"]
+
+    measured = {key(r) for r in fresh}
+    kept = [r for r in stored if key(r) not in measured]
+    return sorted(kept + fresh, key=lambda r: (r["model"], r["setting"], r["seed"]))
+
+
 def mean_sd(values: list[float], digits: int = 3) -> str:
     v = np.array([x for x in values if x is not None], dtype=float)
     if len(v) == 0:
@@ -344,6 +358,9 @@ def main() -> None:
     p.add_argument("--restore-epochs", type=float, default=2.0)
     p.add_argument("--skip-ood", action="store_true")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--fresh", action="store_true",
+                   help="build the JSON from the run folders alone (default: keep the stored "
+                        "records of seeds that no run folder holds)")
     p.add_argument("--json", type=Path, default=Path("experiments/results/prevent_or_restore.json"))
     p.add_argument("--plot", type=Path, default=Path("docs/img/prevent_or_restore.png"))
     a = p.parse_args()
@@ -354,7 +371,8 @@ def main() -> None:
                     continue  # the collapse study's settings: Gemma base on SocialIQA only
                 for seed in a.seeds:
                     stages(a.out, model, setting, seed, a)
-    records = collect(a.out, a.weights)
+    stored = json.loads(a.json.read_text()) if a.json.exists() and not a.fresh else []
+    records = merge(stored, collect(a.out, a.weights) if a.out.exists() else [])
     a.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.json, records)
     plane(records, a.plot)
