@@ -10,6 +10,7 @@ no torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +220,9 @@ class EceTerm(Options):
                                         "bin the same weight, as the reference).")
     estep_every_steps: int | None = option(None, "Run the E-step every N steps (default: at the "
                                                  "start and every epoch).")
+    ece_bin_prior: float = option(0.0, "Pseudo-items at the training accuracy added to each "
+                                       "E-step bin's accuracy (default 0: the bin's own, an "
+                                       "empty bin borrowing its nearest bin's).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -226,6 +230,10 @@ class EceTerm(Options):
         check_choice("--ece-reduction", self.ece_reduction, ECE_REDUCTIONS)
         if self.estep_every_steps is not None and self.estep_every_steps < 1:
             raise ConfigError("--estep-every-steps must be >= 1")
+        prior = self.ece_bin_prior
+        if isinstance(prior, bool) or not isinstance(prior, (int, float)) \
+                or not 0 <= prior < math.inf:
+            raise ConfigError(f"--ece-bin-prior must be a finite number >= 0, got {prior!r}")
 
 
 @dataclass

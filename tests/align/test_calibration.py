@@ -241,7 +241,8 @@ def test_a_calibrated_run_logs_the_term_its_first_estep_gives(tiny_llama, data, 
     from calibtune.training.targets import estep_targets
 
     cfg = config(tiny_llama, data, tmp_path / "run", calibration_weight=2.0, scoring=scoring,
-                 cloze_norm="token", append_eos=scoring == "cloze")  # the EOS is not scored
+                 cloze_norm="token", append_eos=scoring == "cloze",  # the EOS is not scored
+                 ece_bin_prior=3.0 if scoring == "cloze" else 0.0)  # the prior reaches the term
     result = run_alignment(cfg)
     out = result.out
     terms = log_of(out, "calibration/ece_term")
@@ -257,7 +258,8 @@ def test_a_calibrated_run_logs_the_term_its_first_estep_gives(tiny_llama, data, 
     pairs = pairs_from_items(items, scoring=scoring)
     setup = calibration_setup(tok, encode_pairs(tok, pairs)[0], pairs, items, cfg)
     s = make_scorer(model, tok, scoring, cloze_norm="token", progress=False).score(setup.items)
-    e = estep_targets(s.logits, s.labels, s.mask, cfg.n_bins)
+    e = estep_targets(s.logits, s.labels, s.mask, cfg.n_bins, cfg.ece_bin_prior)
+    assert history[0]["target_accuracy"] == pytest.approx(e.bin_accuracy.tolist(), abs=1e-9)
     expected = ece_regulariser(torch.tensor(s.logits), torch.tensor(s.mask),
                                torch.tensor(e.targets, dtype=torch.float32))
     assert terms[0] == pytest.approx(float(expected), abs=1e-4)

@@ -183,12 +183,23 @@ def odd_data(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["live", "frozen"])
 def test_estep_schedule_and_dropped_items(mode, tiny_llama, odd_data, tmp_path):
+    prior = 2.0 if mode == "frozen" else 0.0
     cfg = tiny_train_config(tiny_llama, odd_data, tmp_path, method="rcft", epochs=3,
-                            max_length=128, save_steps=50, ece_targets=mode)
+                            max_length=128, save_steps=50, ece_targets=mode, ece_bin_prior=prior)
     run_training(cfg)
     history = json.loads((Path(cfg.out) / "estep_history.json").read_text())
     # 9 kept items / batch 4 = 3 steps an epoch: E-steps at 0, 3, 6 on the 9 kept items only
     assert [h["step"] for h in history] == [0, 3, 6]
     assert all(h["n"] == 9 and sum(h["bins"]["count"]) == 9 for h in history)
+    for h in history:  # the targets' accuracies, written out from the bins (docs/method.md §6)
+        count = np.array(h["bins"]["count"], float)
+        correct = np.array([a or 0.0 for a in h["bins"]["accuracy"]]) * count
+        if prior:
+            expected = (correct + prior * correct.sum() / count.sum()) / (count + prior)
+        else:
+            full = np.flatnonzero(count)
+            expected = [h["bins"]["accuracy"][min(full, key=lambda j: (abs(j - k), j))]
+                        for k in range(len(count))]
+        np.testing.assert_allclose(h["target_accuracy"], expected, atol=1e-12)
     log = json.loads((Path(cfg.out) / "train_log.json").read_text())
     assert any("loss_ece" in e for e in log)

@@ -304,7 +304,8 @@ def _estep_callback(model: Any, tokenizer: Any, encoded: Sequence[EncodedPair],
 
     estep = EStepCallback(reg_state, calibration.items, scorer_for, cfg.n_bins,
                           steps_per_epoch(len(encoded), cfg.batch_size, world, cfg.grad_accum),
-                          cfg.estep_every_steps, resume_from=resume_from)
+                          cfg.estep_every_steps, resume_from=resume_from,
+                          bin_prior=cfg.ece_bin_prior)
     return estep, reg_state
 
 

@@ -129,10 +129,11 @@ def gather_logits(local_index: list[int], local_logits: np.ndarray, n: int, k: i
 class EStepCallback(TrainerCallback):
     def __init__(self, state: RegulariserState, items: list[MCQItem],
                  scorer_for: Callable[[Any], Any], n_bins: int, steps_per_epoch: int,
-                 every_steps: int | None = None, resume_from: str | None = None) -> None:
+                 every_steps: int | None = None, resume_from: str | None = None,
+                 bin_prior: float = 0.0) -> None:
         """`scorer_for(model)` gives the scorer training uses (letter or cloze, same settings)."""
         self.state, self.items, self.scorer_for = state, items, scorer_for
-        self.n_bins, self.every_steps = n_bins, every_steps
+        self.n_bins, self.every_steps, self.bin_prior = n_bins, every_steps, bin_prior
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.resume_from = resume_from
         self.seconds = 0.0
@@ -161,11 +162,13 @@ class EStepCallback(TrainerCallback):
             raise TrainingError(f"training stopped at step {step}: {problem}" if args is None else
                                 fault_message(step, problem, current_lr(args, lr_scheduler), args))
         labels = np.array([it.answer for it in self.items])
-        result = estep_targets(logits, labels, mask, self.n_bins)
+        result = estep_targets(logits, labels, mask, self.n_bins, self.bin_prior)
         acc = accuracy(softmax(logits, mask), labels, mask)
         ece = calibration_error_from_table(result.table, "l1")
         self.state.update(result, step, step // self.steps_per_epoch,
-                          {"train_accuracy": acc, "train_ece": ece, "n": len(self.items)})
+                          {"train_accuracy": acc, "train_ece": ece, "n": len(self.items),
+                           "bin_prior": self.bin_prior,
+                           "target_accuracy": result.bin_accuracy.tolist()})
         self.seconds += time.perf_counter() - start
         log.info("E-step at step %d (train accuracy %.3f, train ECE %.3f):\n%s", step, acc, ece,
                  format_bin_table(result.table))

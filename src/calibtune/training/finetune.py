@@ -183,7 +183,8 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
         estep = EStepCallback(reg_state, dataset.kept_items, labelled("E-step: training items"),
                               cfg.n_bins,
                               steps_per_epoch(len(dataset), cfg.batch_size, world, cfg.grad_accum),
-                              cfg.estep_every_steps, resume_from=resume_from)
+                              cfg.estep_every_steps, resume_from=resume_from,
+                              bin_prior=cfg.ece_bin_prior)
         extra.insert(0, estep)
     extra += top_layers_callbacks(cfg)
     if cfg.epoch_eval_limit > 0 and eval_items:

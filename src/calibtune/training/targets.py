@@ -62,17 +62,38 @@ class EStepResult:
     targets: np.ndarray
     table: BinTable
     bin_of_item: np.ndarray
+    bin_prior: float = 0.0
 
     @property
     def bin_accuracy(self) -> np.ndarray:
-        """â_k for every bin; an empty bin takes the accuracy of the nearest non-empty bin (the
-        lower one on a tie), so an item that moves into it during the M-step still has a target."""
-        return fill_empty_bins(self.table.accuracy, self.table.count)
+        """â_k for every bin, the top option's target (`target_accuracies`)."""
+        return target_accuracies(self.table, self.bin_prior)
 
     @property
     def bin_count(self) -> np.ndarray:
         """N_k for every bin; an empty bin takes its nearest non-empty bin's count, as â_k does."""
         return fill_empty_bins(self.table.count.astype(np.float64), self.table.count)
+
+
+def target_accuracies(table: BinTable, prior: float = 0.0) -> np.ndarray:
+    """â_k for every bin of an E-step table.
+
+    prior = 0: each bin's own accuracy; an empty bin takes the nearest non-empty bin's (the lower
+    one on a tie), so an item that moves into it during the M-step still has a target.
+    prior = m > 0: (S_k + m·A) / (N_k + m), with S_k the bin's correct items and A the accuracy of
+    all the scored items: m pseudo-items at the overall accuracy, so a bin of a few lucky items
+    does not set the target 1.0, and an empty bin takes A rather than a neighbour's accuracy that
+    may rest on three items (how RCFT drifted into one-letter overconfidence in docs/alignment.md's
+    study).
+    """
+    count = np.asarray(table.count, dtype=np.float64)
+    if prior == 0:
+        return fill_empty_bins(table.accuracy, table.count)
+    if count.sum() == 0:
+        raise InputError("every bin is empty: the E-step scored no item")
+    correct = np.where(count > 0, np.nan_to_num(table.accuracy) * count, 0.0)
+    overall = correct.sum() / count.sum()
+    return (correct + prior * overall) / (count + prior)
 
 
 def fill_empty_bins(values: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -84,17 +105,18 @@ def fill_empty_bins(values: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)[nearest]
 
 
-def estep_targets(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray, n_bins: int = N_BINS
-                  ) -> EStepResult:
-    """Bin items by current confidence; â_k = accuracy of bin k; frozen targets from â of each
-    item's bin. Every bin takes part, [0.9, 1.0] included; an empty bin is never divided by."""
+def estep_targets(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray, n_bins: int = N_BINS,
+                  bin_prior: float = 0.0) -> EStepResult:
+    """Bin items by current confidence; â_k = accuracy of bin k (`target_accuracies`, with
+    `bin_prior` pseudo-items); frozen targets from â of each item's bin. Every bin takes part,
+    [0.9, 1.0] included; an empty bin is never divided by."""
     p = softmax(logits, mask)
     conf, correct = top_label(p, labels)
     edges = bin_edges(conf, n_bins, "uniform")
     table = bin_statistics(conf, correct, edges)
     bins = assign_bins(conf, edges)
-    targets = rank_preserving_targets(p, table.accuracy[bins], mask)
-    return EStepResult(targets=targets, table=table, bin_of_item=bins)
+    targets = rank_preserving_targets(p, target_accuracies(table, bin_prior)[bins], mask)
+    return EStepResult(targets=targets, table=table, bin_of_item=bins, bin_prior=bin_prior)
 
 
 def live_targets(probs: np.ndarray, mask: np.ndarray, edges: np.ndarray,
