@@ -23,8 +23,8 @@ setting's scoring mode). The table reports, per arm, the mean over seeds and the
 on the held-out pairs and training time, and the paired-bootstrap ΔECE / Δaccuracy against DPO
 on the same items, per seed. Stages are run folders under OUT/<model>/<setting>[-seedN] shared
 with collapse_study.py's layout (a finished stage is kept, a partial one resumed). The JSON
-(`--json`) is the study's record: a (model, setting, seed) that the run folders hold replaces its
-stored records, and the others are kept (`--fresh` starts from the run folders alone).
+(`--json`) is the study's record: a record (model, setting, seed, domain, arm) that the run
+folders hold replaces its stored one, and the others are kept (`--fresh`: run folders alone).
 """
 from __future__ import annotations
 
@@ -239,15 +239,20 @@ def collect(out: Path, weights: list[float]) -> list[dict]:
 
 
 def merge(stored: list[dict], fresh: list[dict]) -> list[dict]:
-    """The stored records, with every (model, setting, seed) that the run folders hold replaced by
-    their fresh records: run folders are scratch (not kept in the repository), the JSON is the
-    study's record, so a seed measured in an earlier checkout stays in the table."""
+    """The stored records, with every (model, setting, seed, domain, arm) that the run folders hold
+    replaced by its fresh record: run folders are scratch (not kept in the repository), the JSON is
+    the study's record, so a seed, an arm or a domain measured in an earlier checkout stays in the
+    table when a later run does not hold it (--skip-ood, other --weights, an unfinished seed)."""
     def key(r: dict) -> tuple:
-        return r["model"], r["setting"], r["seed"]
+        return r["model"], r["setting"], r["seed"], r["domain"], r["arm"]
 
     measured = {key(r) for r in fresh}
-    kept = [r for r in stored if key(r) not in measured]
-    return sorted(kept + fresh, key=lambda r: (r["model"], r["setting"], r["seed"]))
+    merged = [r for r in stored if key(r) not in measured] + fresh
+    order: dict[str, int] = {}  # arms in the order first seen (start, DPO, …, temperature)
+    for r in stored + fresh:
+        order.setdefault(r["arm"], len(order))
+    return sorted(merged, key=lambda r: (r["model"], r["setting"], r["seed"],
+                                         r["domain"] != "in-domain", order[r["arm"]]))
 
 
 def mean_sd(values: list[float], digits: int = 3) -> str:

@@ -259,7 +259,11 @@ def test_a_calibrated_run_logs_the_term_its_first_estep_gives(tiny_llama, data, 
     setup = calibration_setup(tok, encode_pairs(tok, pairs)[0], pairs, items, cfg)
     s = make_scorer(model, tok, scoring, cloze_norm="token", progress=False).score(setup.items)
     e = estep_targets(s.logits, s.labels, s.mask, cfg.n_bins, cfg.ece_bin_prior)
+    assert history[0]["bin_prior"] == cfg.ece_bin_prior
     assert history[0]["target_accuracy"] == pytest.approx(e.bin_accuracy.tolist(), abs=1e-9)
+    if cfg.ece_bin_prior:  # the rules differ on this E-step, so the prior reached it
+        default = estep_targets(s.logits, s.labels, s.mask, cfg.n_bins).bin_accuracy
+        assert not np.allclose(e.bin_accuracy, default)
     expected = ece_regulariser(torch.tensor(s.logits), torch.tensor(s.mask),
                                torch.tensor(e.targets, dtype=torch.float32))
     assert terms[0] == pytest.approx(float(expected), abs=1e-4)

@@ -192,14 +192,15 @@ def test_estep_schedule_and_dropped_items(mode, tiny_llama, odd_data, tmp_path):
     assert [h["step"] for h in history] == [0, 3, 6]
     assert all(h["n"] == 9 and sum(h["bins"]["count"]) == 9 for h in history)
     for h in history:  # the targets' accuracies, written out from the bins (docs/method.md §6)
+        assert h["bin_prior"] == prior
         count = np.array(h["bins"]["count"], float)
         correct = np.array([a or 0.0 for a in h["bins"]["accuracy"]]) * count
-        if prior:
-            expected = (correct + prior * correct.sum() / count.sum()) / (count + prior)
-        else:
-            full = np.flatnonzero(count)
-            expected = [h["bins"]["accuracy"][min(full, key=lambda j: (abs(j - k), j))]
-                        for k in range(len(count))]
-        np.testing.assert_allclose(h["target_accuracy"], expected, atol=1e-12)
+        full = np.flatnonzero(count)
+        nearest = [h["bins"]["accuracy"][min(full, key=lambda j: (abs(j - k), j))]
+                   for k in range(len(count))]
+        shrunk = (correct + prior * correct.sum() / count.sum()) / (count + prior)
+        np.testing.assert_allclose(h["target_accuracy"], shrunk if prior else nearest, atol=1e-12)
+    if prior:  # the two rules differ on these E-steps, so the prior did reach them
+        assert not np.allclose(history[0]["target_accuracy"], nearest)
     log = json.loads((Path(cfg.out) / "train_log.json").read_text())
     assert any("loss_ece" in e for e in log)

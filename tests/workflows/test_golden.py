@@ -31,7 +31,7 @@ SCORES_TOL_AFTER_TRAINING = {"train/eval/scores.npz": 1e-3}  # after two optimis
 FEWSHOT = ["fewshot_data: null\n", "fewshot_seed: null\n", "num_fewshot: 0\n"]
 ADDED = {"train/config.yaml": ["eval_seed: null\n", "base_adapter: null\n", "lora_layers: null\n",
                                "frozen_cache_mb: 2048.0\n", "frozen_cache_dir: null\n",
-                               "max_step_tokens: null\n", *FEWSHOT],
+                               "max_step_tokens: null\n", "ece_bin_prior: 0.0\n", *FEWSHOT],
          "eval/config.yaml": ["base_adapter: null\n", "device_map: null\n", "max_memory: null\n",
                               *FEWSHOT, "concurrency: 8\n", "request_timeout: 60.0\n",
                               "top_logprobs: 20\n"],

@@ -212,13 +212,14 @@ def test_options_added_later_leave_zero_shot_training_keys_unchanged():
     from calibtune.workflows.reproduce import _train_key
 
     later = {"num_fewshot", "fewshot_seed", "fewshot_data", "base_adapter", "max_step_tokens",
-             "frozen_cache_dir"}
+             "frozen_cache_dir", "ece_bin_prior"}
     cfg = TrainRunConfig()
     assert not later & set(_train_key(cfg))
     assert _train_key(replace(cfg, max_step_tokens=512)) == _train_key(cfg)
     assert _train_key(replace(cfg, frozen_cache_dir="states")) == _train_key(cfg)
     assert _train_key(replace(cfg, base_adapter="a"))["base_adapter"] == "a"
     assert _train_key(replace(cfg, num_fewshot=2))["num_fewshot"] == 2
+    assert _train_key(replace(cfg, ece_bin_prior=10.0))["ece_bin_prior"] == 10.0
 
 
 def test_the_plan_says_when_the_model_is_not_at_hand(monkeypatch, tmp_path):

@@ -71,7 +71,8 @@ class EStepResult:
 
     @property
     def bin_count(self) -> np.ndarray:
-        """N_k for every bin; an empty bin takes its nearest non-empty bin's count, as â_k does."""
+        """N_k for every bin (the `bin` reduction's weights); an empty bin takes its nearest
+        non-empty bin's count, whatever `bin_prior` is."""
         return fill_empty_bins(self.table.count.astype(np.float64), self.table.count)
 
 

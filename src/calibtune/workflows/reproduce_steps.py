@@ -254,7 +254,8 @@ def _align_config(cfg: ReproduceConfig, row: str, seed: int, out: Path):
 
 def _train_key(tcfg: Any) -> dict:
     """What a training step depends on. Options added later are left out at their defaults
-    (few-shot at k = 0, no base adapter), so the steps of earlier runs stay cached;
+    (few-shot at k = 0, no base adapter, no E-step bin prior), so the steps of earlier runs stay
+    cached;
     `max_step_tokens` and `frozen_cache_dir` never enter (micro-batches give the batch's own
     gradient; kept states give the numbers computed without them)."""
     key = {k: v for k, v in asdict(tcfg).items()
@@ -264,6 +265,8 @@ def _train_key(tcfg: Any) -> dict:
             key.pop(name)
     if tcfg.base_adapter is None:
         key.pop("base_adapter")
+    if not tcfg.ece_bin_prior:
+        key.pop("ece_bin_prior")
     return key
 
 
