@@ -365,7 +365,7 @@ def main() -> None:
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--fresh", action="store_true",
                    help="build the JSON from the run folders alone (default: keep the stored "
-                        "records of seeds that no run folder holds)")
+                        "records that no run folder holds)")
     p.add_argument("--json", type=Path, default=Path("experiments/results/prevent_or_restore.json"))
     p.add_argument("--plot", type=Path, default=Path("docs/img/prevent_or_restore.png"))
     a = p.parse_args()

@@ -42,6 +42,14 @@ def check_choice(flag: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{flag} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
+def check_finite(flag: str, value: Any, *, zero_allowed: bool) -> None:
+    """`value` a finite real number (not a bool) > 0, or >= 0 with `zero_allowed`."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        raise ConfigError(f"{flag} must be a finite number {'>=' if zero_allowed else '>'} 0, "
+                          f"got {value!r}")
+
+
 @dataclass
 class Options:
     """The root: `__post_init__` runs every group's checks (each calls `super()`'s)."""
@@ -230,10 +238,7 @@ class EceTerm(Options):
         check_choice("--ece-reduction", self.ece_reduction, ECE_REDUCTIONS)
         if self.estep_every_steps is not None and self.estep_every_steps < 1:
             raise ConfigError("--estep-every-steps must be >= 1")
-        prior = self.ece_bin_prior
-        if isinstance(prior, bool) or not isinstance(prior, (int, float)) \
-                or not 0 <= prior < math.inf:
-            raise ConfigError(f"--ece-bin-prior must be a finite number >= 0, got {prior!r}")
+        check_finite("--ece-bin-prior", self.ece_bin_prior, zero_allowed=True)
 
 
 @dataclass

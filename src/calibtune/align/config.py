@@ -3,12 +3,12 @@ and held-out evaluation of `options.FinetuneRun`) and DPO's own; loadable from Y
 a CLI option, mapped to TRL's `DPOConfig` through the fields' `hf=` names."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..config import option
 from ..errors import ConfigError
-from ..options import EceTerm, Finetuning, FinetuneRun, Lenient, Output, Preferences, inherit
+from ..options import (EceTerm, Finetuning, FinetuneRun, Lenient, Output, Preferences, check_finite,
+                       inherit)
 
 #: calibtune's loss names and TRL's `DPOConfig.loss_type` for each.
 LOSSES = {"dpo": "sigmoid", "ipo": "ipo"}
@@ -60,18 +60,12 @@ class AlignConfig(FinetuneRun, Preferences, Lenient, EceTerm, Finetuning):
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) \
-                or not (0 < self.beta < math.inf):
-            raise ConfigError(f"--beta must be a finite number > 0, got {self.beta!r}")
+        check_finite("--beta", self.beta, zero_allowed=False)
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError(f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.retention_limit is not None and self.retention_limit < 1:
             raise ConfigError(f"--retention-limit must be >= 1, got {self.retention_limit}")
-        if isinstance(self.calibration_weight, bool) \
-                or not isinstance(self.calibration_weight, (int, float)) \
-                or not (0 <= self.calibration_weight < math.inf):
-            raise ConfigError("--calibration-weight must be a finite number >= 0, got "
-                              f"{self.calibration_weight!r}")
+        check_finite("--calibration-weight", self.calibration_weight, zero_allowed=True)
         if self.calibration_weight > 0 and self.preferences is not None:
             raise ConfigError("--calibration-weight needs MCQ pairs (--data): the term reads each "
                               "pair's item's options, which a --preferences source does not have")

@@ -87,9 +87,9 @@ def target_accuracies(table: BinTable, prior: float = 0.0) -> np.ndarray:
     may rest on three items (how RCFT drifted into one-letter overconfidence in docs/alignment.md's
     study).
     """
-    count = np.asarray(table.count, dtype=np.float64)
     if prior == 0:
         return fill_empty_bins(table.accuracy, table.count)
+    count = np.asarray(table.count, dtype=np.float64)
     if count.sum() == 0:
         raise InputError("every bin is empty: the E-step scored no item")
     correct = np.where(count > 0, np.nan_to_num(table.accuracy) * count, 0.0)
