@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import re
 import shlex
 import sys
 import warnings
@@ -131,7 +132,8 @@ def config_command(name: str, jobs: type | dict[str, type], run: Callable[..., N
     app.command(name, hidden=hidden)(command)
 
 
-# Libraries whose notices and deprecation warnings say nothing a user of calibtune can act on.
+# Libraries whose notices and deprecation warnings say nothing a user of calibtune can act on
+# (logger names; the warning filter matches their modules, lower-cased).
 # `kernels` (a dependency of transformers >= 5.25): importing bitsandbytes on a CPU with AVX512-BF16
 # asks it for a Hub kernel, and in offline mode it warns that it skipped the publisher check.
 QUIET = ("transformers", "httpx", "urllib3", "accelerate", "peft", "bitsandbytes", "trl",
@@ -158,7 +160,7 @@ def _quiet_libraries(verbose: bool) -> None:
             keep.calibtune = True  # type: ignore[attr-defined]
             logger.addFilter(keep)
     if not verbose:
-        modules = r"(transformers|peft|trl|accelerate|torch|deepspeed|datasets|bitsandbytes|kernels)(\.|$)"
+        modules = "(" + "|".join(sorted({re.escape(n.lower()) for n in QUIET})) + r")(\.|$)"
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=modules)
     warnings.showwarning = _one_line_warning

@@ -55,3 +55,20 @@ def test_preference_scoring_and_the_kl_check_show_a_bar(tiny_llama, capfd):
     kl_divergence(model, tok, pairs, reference=model, batch_size=2)
     err = capfd.readouterr().err
     assert "preference log-probs" in err and "KL check" in err
+
+
+@pytest.mark.parametrize("module, dropped", [
+    ("transformers.modeling_utils", True), ("kernels", True), ("deepspeed.runtime", True),
+    ("httpx._client", True), ("calibtune.training", False), ("trlx", False)])
+def test_library_deprecations_are_dropped_and_ours_are_kept(module, dropped, capsys):
+    """The warning filter is built from the same list as the logger filter (cli.QUIET): every
+    library named there is silenced by module, a module merely starting with a name is not."""
+    import warnings
+
+    from calibtune import cli
+
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.simplefilter("always")
+        cli._quiet_libraries(verbose=False)
+        warnings.warn_explicit("old API\nsecond line", FutureWarning, "x.py", 1, module=module)
+    assert capsys.readouterr().err == ("" if dropped else "warning: old API\n")
