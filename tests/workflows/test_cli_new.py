@@ -95,3 +95,27 @@ def test_diagnose_writes_its_files_and_recommends(tmp_path, overconfident):
     else:
         assert d["within_noise"] and d["recommendation"] == "none"
         assert d["ece"]["estimate"] <= d["noise_floor"]["q95"] and d["crossfit"] is None
+
+
+def test_report_names_runs_apart_by_their_parent_folders(tmp_path):
+    """`eval` subfolders of two train runs (or their scores files) are named `a/eval` and
+    `b/eval`, not `eval` twice; runs with distinct names keep their folder name."""
+    from calibtune.workflows.compare import run_labels
+
+    for run in ("a/eval", "b/eval", "c"):
+        (tmp_path / run).mkdir(parents=True)
+    assert run_labels([tmp_path / "a/eval", tmp_path / "b/eval"]) == ["a/eval", "b/eval"]
+    assert run_labels([tmp_path / "a/eval/scores.npz", tmp_path / "c/scores.npz"]) == ["eval", "c"]
+    assert run_labels([tmp_path / "a/eval/scores.npz", tmp_path / "b/eval/scores.npz"]) == [
+        "a/eval", "b/eval"]
+    assert run_labels([tmp_path / "c", tmp_path / "c"]) == ["c", "c"]
+    rng = np.random.default_rng(0)
+    ids, y = [f"q{i}" for i in range(50)], rng.integers(0, 4, 50)
+    for run in ("x/eval", "y/eval"):
+        make_run(tmp_path / run, rng.normal(size=(50, 4)), y, ids)
+    res = runner.invoke(app, ["compare", str(tmp_path / "x/eval"), str(tmp_path / "y/eval"),
+                              "--n-boot", "20", "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    paired = json.loads((tmp_path / "cmp" / "paired.json").read_text())
+    assert (paired[0]["a"], paired[0]["b"]) == ("x/eval", "y/eval")
+    assert "| x/eval |" in (tmp_path / "cmp" / "compare.md").read_text()

@@ -22,12 +22,23 @@ from ..option_scores import OptionScores, evaluate
 DELTAS = ("accuracy", "ece", "cw_ece", "brier", "nll")
 
 
-def run_scores(run: Path) -> tuple[str, OptionScores]:
-    """(label, scores) of a run folder (a train folder gives its held-out eval) or a file."""
+def run_scores(run: Path) -> OptionScores:
+    """The scores of a run folder (a train folder gives its held-out eval) or a file."""
     if run.is_dir():
         path = run / "scores.npz" if (run / "scores.npz").exists() else run / "eval" / "scores.npz"
-        return run.name, OptionScores.load(path)
-    return run.parent.name, OptionScores.load(run)
+        return OptionScores.load(path)
+    return OptionScores.load(run)
+
+
+def run_labels(runs: list[Path]) -> list[str]:
+    """Each run's name: the fewest trailing folder names that tell it from the other runs, so
+    `a/eval` and `b/eval` are not both `eval` (a scores file is named by its folder)."""
+    parts = [(r if r.is_dir() else r.parent).absolute().parts for r in runs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(set(parts)):  # the same run given twice keeps one name
+            return labels
+    return labels
 
 
 def _delta_text(d: dict) -> str:
@@ -50,7 +61,7 @@ def _compare_into(folder: RunFolder, runs: list[Path], n_bins: int, *, plane: bo
                   intersect: bool, n_boot: int, seed: int) -> str:
     if not runs:
         raise ConfigError("give at least one run folder")
-    loaded = [run_scores(Path(r)) for r in runs]
+    loaded = list(zip(run_labels([Path(r) for r in runs]), [run_scores(Path(r)) for r in runs]))
     planes = None
     if plane:  # every input is read before anything is written
         from ..report.plane import prepare_plane
