@@ -217,6 +217,28 @@ def test_resume_from_another_configuration_is_refused_and_touches_nothing(
     assert snapshot(run) == before
 
 
+def test_a_checkpoint_sealed_before_an_option_existed_resumes_at_its_default(
+        finished, tiny_llama, data, tmp_path):
+    """A seal from a calibtune without --ece-bin-prior lacks the field: a resume that leaves it at
+    its default (the old behaviour) goes on; one that sets it is refused, naming it."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    for seal in (run / "checkpoints").glob(f"checkpoint-*/{SEAL}"):
+        record = json.loads(seal.read_text())
+        assert record["config"].pop("ece_bin_prior") == 0.0
+        seal.write_text(json.dumps(record))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved.pop("ece_bin_prior")
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=True))
+    before = snapshot(run)
+    text = one_line_error(*train(tiny_llama, data, run, "--method", "cft", *STEPS,
+                                 "--ece-bin-prior", "5", "--resume"))
+    assert "another configuration: ece_bin_prior None there, 5.0 now" in text
+    assert snapshot(run) == before
+    code, text = train(tiny_llama, data, run, "--method", "cft", *STEPS, "--resume")
+    assert code == 0, text
+
+
 # ---- a disk that fills during a save --------------------------------------------------------
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_resumes(tiny_llama, data, tmp_path,

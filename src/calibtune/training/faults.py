@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -52,6 +52,17 @@ def fingerprint(config: Any, items: Sequence[Any]) -> dict:
     kept = {k: v for k, v in fields.items() if k not in free}
     return json.loads(json.dumps(kept | {"train_items": f"{len(items)} items, sha256 {digest[:16]}"},
                                  default=str))
+
+
+def field_defaults(config: Any) -> dict:
+    """The default of each field of a configuration dataclass, as `fingerprint` writes values:
+    a field an older calibtune did not seal matches when the run leaves it at its default."""
+    if not is_dataclass(config):
+        return {}
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(config)
+                if f.default is not MISSING or f.default_factory is not MISSING}
+    return json.loads(json.dumps(defaults, default=str))
 
 
 def _item_key(item: Any) -> list:
@@ -94,8 +105,10 @@ def seal_checkpoint(folder: Path, config: dict, step: int) -> None:
                                       "files": files})
 
 
-def checkpoint_problem(folder: Path, config: dict) -> str | None:
-    """What keeps `folder` from being resumed by a run of `config`, or None."""
+def checkpoint_problem(folder: Path, config: dict, defaults: dict | None = None) -> str | None:
+    """What keeps `folder` from being resumed by a run of `config`, or None. A field the seal
+    lacks (sealed by a calibtune without it) is no difference while `config` has it at its
+    value in `defaults` (`field_defaults`): new options default to the old behaviour."""
     try:
         seal = json.loads((folder / SEAL).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -118,26 +131,29 @@ def checkpoint_problem(folder: Path, config: dict) -> str | None:
             return f"{name} is truncated or altered ({size} bytes, {record.get('bytes')} when saved)"
         if sha256_file(path) != record.get("sha256"):
             return f"{name} is corrupted (its sha256 differs from the one recorded when saved)"
-    saved = seal["config"]
+    saved, defaults = seal["config"], defaults or {}
+    unsealed = {k for k in set(config) - set(saved) if k in defaults and config[k] == defaults[k]}
     differ = [f"{k} {saved.get(k)!r} there, {config.get(k)!r} now"
-              for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+              for k in sorted((set(saved) | set(config)) - unsealed)
+              if saved.get(k) != config.get(k)]
     if differ:
         return "it was made with another configuration: " + "; ".join(differ)
     return None
 
 
-def check_resumable(folder: str | Path, config: dict) -> None:
-    """Raise `TrainingError` (one line) unless `folder` is a whole checkpoint of `config`. Reads
-    only; names an earlier whole checkpoint when there is one."""
+def check_resumable(folder: str | Path, config: dict, defaults: dict | None = None) -> None:
+    """Raise `TrainingError` (one line) unless `folder` is a whole checkpoint of `config`
+    (`checkpoint_problem`). Reads only; names an earlier whole checkpoint when there is one."""
     folder = Path(folder)
-    problem = checkpoint_problem(folder, config)
+    problem = checkpoint_problem(folder, config, defaults)
     if problem is None:
         return
     step = int(CHECKPOINT_RE.match(folder.name).group(1)) if CHECKPOINT_RE.match(folder.name) \
         else None
     earlier = [c for c in checkpoints(folder.parent)
                if step is not None and int(CHECKPOINT_RE.match(c.name).group(1)) < step]
-    whole = next((c for c in reversed(earlier) if checkpoint_problem(c, config) is None), None)
+    whole = next((c for c in reversed(earlier) if checkpoint_problem(c, config, defaults) is None),
+                 None)
     hint = (f"{whole.name} before it is whole: remove {folder.name} to resume from it" if whole
             else "start afresh in another --out")
     raise TrainingError(f"cannot resume from {folder}: {problem}; nothing was changed — {hint}")

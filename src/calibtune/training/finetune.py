@@ -31,7 +31,7 @@ from .config import TrainConfig
 from .dataset import ExampleDataset, MCQCollator, MCQTrainDataset
 from .distributed import check_engine, rank_and_world, sharding_engine
 from .estep import EStepCallback, RegulariserState, steps_per_epoch
-from .faults import check_resumable, fingerprint
+from .faults import check_resumable, field_defaults, fingerprint
 from .memory import return_freed_memory
 from .monitor import EpochEvalCallback
 from .trainer import CalibTrainer
@@ -161,7 +161,7 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
     return_freed_memory()  # else glibc keeps the longest step's activations for the whole run
     identity = fingerprint(cfg, items)
     if resume_from:
-        check_resumable(resume_from, identity)
+        check_resumable(resume_from, identity, field_defaults(cfg))
     inner, tokenizer, name = unpack_model(model)
     torch.manual_seed(cfg.seed)
     inner = prepare_model(inner, cfg)

@@ -25,7 +25,7 @@ from ..align.retention import retention_report
 from ..integrity import atomic_write_json, atomic_write_text
 from ..run_guard import RunFolder
 from ..training.finetune import finish_saves_first, save_adapter
-from ..training.faults import fingerprint, sealing_callback
+from ..training.faults import field_defaults, fingerprint, sealing_callback
 from .config import PreferenceEvalConfig  # noqa: F401 - its home is .config
 from .train import evaluate_items, load_train_eval_items, resume_guarded, resume_point
 
@@ -149,7 +149,8 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
         raise DataError(f"no training pair fits --max-length {cfg.max_length}")
     held_pairs = _sample(held_pairs, cfg.retention_limit, cfg.seed)
     identity = fingerprint(cfg, train_pairs)
-    last = resume_point(ckpt_dir, resume, identity)  # refused here, before anything is written
+    # refused here, before anything is written
+    last = resume_point(ckpt_dir, resume, identity, field_defaults(cfg))
 
     folder.open()  # cleared first with --overwrite; config.yaml written
     if not resume and ckpt_dir.exists():

@@ -25,7 +25,7 @@ from ..integrity import atomic_write_json
 from ..models import load_model
 from ..run_guard import RunFolder
 from ..training.distributed import check_engine, sharding_engine
-from ..training.faults import check_resumable, fingerprint, resume_free
+from ..training.faults import check_resumable, field_defaults, fingerprint, resume_free
 from ..training.finetune import config_scorer, frozen_layers_kept, save_adapter, train
 from .config import TrainRunConfig
 from .fewshot import fewshot_meta, run_fewshot, write_fewshot
@@ -83,7 +83,8 @@ def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainR
                      n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
 
 
-def resume_point(ckpt_dir: Path, resume: bool, identity: dict) -> str | None:
+def resume_point(ckpt_dir: Path, resume: bool, identity: dict, defaults: dict | None = None
+                 ) -> str | None:
     """The checkpoint a `--resume` run goes on from (None: from the beginning), refused with
     one line, before anything is written, unless it is whole and was made by a run of
     `identity` (`faults.check_resumable`). `calibtune train` and `calibtune align` both use it."""
@@ -91,7 +92,7 @@ def resume_point(ckpt_dir: Path, resume: bool, identity: dict) -> str | None:
     if resume and last is None:
         log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
     if last is not None:  # refuse a broken or foreign checkpoint
-        check_resumable(last, identity)
+        check_resumable(last, identity, defaults)
     return last
 
 
@@ -129,7 +130,7 @@ def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks:
     train_items, eval_items, fewshot = load_train_eval_items(cfg)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
-    last = resume_point(ckpt_dir, resume, fingerprint(cfg, train_items))
+    last = resume_point(ckpt_dir, resume, fingerprint(cfg, train_items), field_defaults(cfg))
     torch.manual_seed(cfg.seed)
     # The Trainer places an unquantised model itself; a 4-bit one is placed as it loads.
     device = "cuda" if cfg.load_in_4bit and torch.cuda.is_available() else "cpu"
