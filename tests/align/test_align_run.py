@@ -14,6 +14,7 @@ from calibtune.align.pairs import pairs_from_items
 from calibtune.workflows.align import run_alignment
 from calibtune.errors import ConfigError, DataError
 from calibtune.models import load_model
+from calibtune.training.faults import SEAL
 from calibtune.scores import OptionScores, evaluate
 
 from conftest import make_items, write_jsonl, write_train_eval
@@ -146,8 +147,12 @@ def test_resume_gives_the_same_adapter(tiny_llama, data, tmp_path):
     with pytest.raises(Crash):
         run_alignment(config(tiny_llama, data, tmp_path / "b", **kw), callbacks=[CrashAfterSave()])
     assert not (tmp_path / "b" / "adapter").exists()
-    assert (tmp_path / "b" / "checkpoints" / "checkpoint-2").exists()
+    seal_path = tmp_path / "b" / "checkpoints" / "checkpoint-2" / SEAL
+    seal = json.loads(seal_path.read_text())
+    assert seal["seconds"]["train"] > 0  # the seconds so far, which a resumed run goes on from
+    seal_path.write_text(json.dumps(seal | {"seconds": {"train": 1000.0, "estep": 0.0}}))
     resumed = run_alignment(config(tiny_llama, data, tmp_path / "b", **kw), resume=True)
+    assert 1000.0 < resumed.train_seconds < 1600.0
     a = load_file(whole.out / "adapter" / "adapter_model.safetensors")
     b = load_file(resumed.out / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()

@@ -239,6 +239,37 @@ def test_a_checkpoint_sealed_before_an_option_existed_resumes_at_its_default(
     assert code == 0, text
 
 
+@pytest.mark.parametrize("recorded", [{"train": 1000.0, "estep": 5.0}, None])
+def test_a_resumed_run_counts_the_seconds_its_checkpoint_recorded(
+        recorded, finished, tiny_llama, data, tmp_path):
+    """Each seal records the training seconds so far; a run resumed from checkpoint-1 reports
+    those plus its own, not its own alone (an RCFT resumed after its last step reported 0.7 s).
+    A checkpoint sealed before the record gives an unknown total (null), not a wrong one."""
+    seals = [json.loads((finished / "checkpoints" / c / SEAL).read_text())["seconds"]
+             for c in ("checkpoint-1", "checkpoint-2")]
+    assert 0 < seals[0]["train"] <= seals[1]["train"]
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    shutil.rmtree(run / "checkpoints" / "checkpoint-2")
+    seal_path = run / "checkpoints" / "checkpoint-1" / SEAL
+    seal = json.loads(seal_path.read_text())
+    if recorded is None:
+        del seal["seconds"]
+    else:
+        seal["seconds"] = recorded
+    seal_path.write_text(json.dumps(seal))
+    code, text = train(tiny_llama, data, run, "--method", "cft", *STEPS, "--resume")
+    assert code == 0, text
+    summary = json.loads((run / "summary.json").read_text())
+    if recorded is None:
+        assert summary["train_seconds"] is None and summary["estep_seconds"] is None
+    else:
+        own = summary["train_seconds"] - 1000.0
+        assert 0 < own < 600 and summary["estep_seconds"] == 5.0
+        resealed = json.loads((run / "checkpoints" / "checkpoint-2" / SEAL).read_text())
+        assert resealed["seconds"]["train"] > 1000.0
+
+
 # ---- a disk that fills during a save --------------------------------------------------------
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_resumes(tiny_llama, data, tmp_path,

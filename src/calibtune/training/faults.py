@@ -15,9 +15,10 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import MISSING, asdict, fields, is_dataclass
+import time
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import TrainingError
 from ..integrity import atomic_write_json, sha256_file
@@ -73,7 +74,42 @@ def _item_key(item: Any) -> list:
     return [str(item.id), item.prompt, item.chosen, item.rejected]
 
 
-def sealing_callback(config: dict) -> Any:
+@dataclass
+class TrainingClock:
+    """Training wall-clock across resumes. Each seal records the seconds so far (training, and
+    the E-steps within it); a resumed run starts from its checkpoint's, so a run's cost is that
+    of the steps that made its adapter (work lost to an interrupt after the last checkpoint is
+    not counted). `earlier` is None when the checkpoint was sealed before seconds were kept:
+    the total is then unknown."""
+
+    earlier: dict | None
+    started: float | None = None
+    estep_seconds: Callable[[], float] = lambda: 0.0
+
+    @classmethod
+    def resuming(cls, checkpoint: str | Path | None) -> TrainingClock:
+        """A clock that goes on from `checkpoint`'s recorded seconds (from 0 without one)."""
+        if checkpoint is None:
+            return cls({"train": 0.0, "estep": 0.0})
+        try:
+            seal = json.loads((Path(checkpoint) / SEAL).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return cls(None)
+        seconds = seal.get("seconds") if isinstance(seal, dict) else None
+        return cls(seconds if isinstance(seconds, dict) else None)
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def seconds(self) -> dict | None:
+        """{"train": s, "estep": s} so far, or None when the earlier part is unknown."""
+        if self.earlier is None or self.started is None:
+            return None
+        return {"train": self.earlier.get("train", 0.0) + time.perf_counter() - self.started,
+                "estep": self.earlier.get("estep", 0.0) + self.estep_seconds()}
+
+
+def sealing_callback(config: dict, clock: TrainingClock | None = None) -> Any:
     """A `TrainerCallback` that seals every checkpoint a Trainer saves (`seal_checkpoint`), for
     Trainers other than `CalibTrainer` (which seals inside its save): TRL's `DPOTrainer`."""
     from transformers import TrainerCallback
@@ -83,7 +119,8 @@ def sealing_callback(config: dict) -> Any:
             if args.should_save:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if folder.is_dir():
-                    seal_checkpoint(folder, config, state.global_step)
+                    seal_checkpoint(folder, config, state.global_step,
+                                    clock.seconds() if clock else None)
 
     return SealCheckpoints()
 
@@ -96,13 +133,16 @@ def checkpoints(folder: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
 
 
-def seal_checkpoint(folder: Path, config: dict, step: int) -> None:
-    """Write the seal, last: the configuration and each file's size and sha256."""
+def seal_checkpoint(folder: Path, config: dict, step: int, seconds: dict | None = None) -> None:
+    """Write the seal, last: the configuration, each file's size and sha256, and the training
+    seconds so far (`TrainingClock`) when known."""
     files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SEAL
              and not p.name.endswith(".tmp")}
-    atomic_write_json(folder / SEAL, {"format": SEAL_FORMAT, "step": step, "config": config,
-                                      "files": files})
+    seal = {"format": SEAL_FORMAT, "step": step, "config": config, "files": files}
+    if seconds is not None:
+        seal["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    atomic_write_json(folder / SEAL, seal)
 
 
 def checkpoint_problem(folder: Path, config: dict, defaults: dict | None = None) -> str | None:

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from .config import TrainConfig
 from .dataset import ExampleDataset, MCQCollator, MCQTrainDataset
 from .distributed import check_engine, rank_and_world, sharding_engine
 from .estep import EStepCallback, RegulariserState, steps_per_epoch
-from .faults import check_resumable, field_defaults, fingerprint
+from .faults import TrainingClock, check_resumable, field_defaults, fingerprint
 from .memory import return_freed_memory
 from .monitor import EpochEvalCallback
 from .trainer import CalibTrainer
@@ -48,8 +47,8 @@ class TrainOutcome:
     log_history: list[dict]
     estep_history: list[dict]
     steps: int
-    train_seconds: float
-    estep_seconds: float
+    train_seconds: float | None  # across resumes (`faults.TrainingClock`); None: unknown
+    estep_seconds: float | None
     dropped: list[str] = field(default_factory=list)
     trainer: Any = None
 
@@ -194,20 +193,23 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
     scratch = None if output_dir is not None else tempfile.mkdtemp(prefix="calibtune-train-")
     try:
         args = training_arguments(cfg, output_dir or scratch, save=output_dir is not None)
+        clock = TrainingClock.resuming(resume_from)
+        if estep:
+            clock.estep_seconds = lambda: estep.seconds
         trainer = CalibTrainer(model=inner, args=args, train_dataset=dataset,
                                data_collator=collator, callbacks=extra, calib_config=cfg,
-                               reg_state=reg_state, fingerprint=identity)
+                               reg_state=reg_state, fingerprint=identity, clock=clock)
         finish_saves_first(trainer)
-        start = time.perf_counter()
+        clock.start()
         with frozen_layers_kept(inner, cfg):
             trainer.train(resume_from_checkpoint=resume_from)
-        seconds = time.perf_counter() - start
+        seconds = clock.seconds() or {"train": None, "estep": None}
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     trained = LoadedModel(trainer.model.eval(), tokenizer, name or "")
     return TrainOutcome(trained, list(trainer.state.log_history), list(reg_state.history),
-                        trainer.state.global_step, seconds, estep.seconds if estep else 0.0,
+                        trainer.state.global_step, seconds["train"], seconds["estep"],
                         list(dataset.dropped), trainer)
 
 

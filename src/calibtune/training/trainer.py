@@ -18,8 +18,8 @@ from transformers import Trainer, TrainerCallback
 from ..errors import TrainingError
 from .config import TrainConfig
 from .estep import RegulariserState
-from .faults import (all_finite, checkpoints, current_lr, fault_message, nonfinite_term,
-                     seal_checkpoint)
+from .faults import (TrainingClock, all_finite, checkpoints, current_lr, fault_message,
+                     nonfinite_term, seal_checkpoint)
 from .microbatch import split_batch
 from .objective import loss_terms, total_loss
 
@@ -35,11 +35,12 @@ def ignored_step_tokens_message(budget: int, world_size: int) -> str:
 
 class CalibTrainer(Trainer):
     def __init__(self, *args, calib_config: TrainConfig, reg_state: RegulariserState,
-                 fingerprint: dict | None = None, **kwargs):
+                 fingerprint: dict | None = None, clock: TrainingClock | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.calib_config = calib_config
         self.reg_state = reg_state
         self.fingerprint = fingerprint or {}
+        self.clock = clock
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: scale for GA
         self._terms: dict[str, list[float]] = defaultdict(list)
         self._fault: str | None = None  # the first non-finite term of the step in progress
@@ -114,7 +115,8 @@ class CalibTrainer(Trainer):
             if self.args.should_save:
                 if self.reg_state.targets is not None:
                     self.reg_state.save(folder)
-                seal_checkpoint(folder, self.fingerprint, step)
+                seal_checkpoint(folder, self.fingerprint, step,
+                                self.clock.seconds() if self.clock else None)
         except BaseException as err:
             if self.args.should_save:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ from ..align.retention import retention_report
 from ..integrity import atomic_write_json, atomic_write_text
 from ..run_guard import RunFolder
 from ..training.finetune import finish_saves_first, save_adapter
-from ..training.faults import field_defaults, fingerprint, sealing_callback
+from ..training.faults import TrainingClock, field_defaults, fingerprint, sealing_callback
 from .config import PreferenceEvalConfig  # noqa: F401 - its home is .config
-from .train import evaluate_items, load_train_eval_items, resume_guarded, resume_point
+from .train import evaluate_items, load_train_eval_items, resume_guarded, resume_point, rounded
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class AlignResult:
     metrics_before: dict | None
     metrics_after: dict
     retention: dict | None
-    train_seconds: float
+    train_seconds: float | None  # across resumes (`faults.TrainingClock`); None: unknown
     train_pairs: int
     dropped_pairs: int = 0
 
@@ -165,14 +164,15 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
     calibration = None
     if cfg.calibration_weight > 0:
         calibration = calibration_setup(tokenizer, encoded, train_pairs, data.train_items, cfg)
+    clock = TrainingClock.resuming(last)
     trainer = make_dpo_trainer(model, tokenizer, encoded, cfg, str(ckpt_dir),
-                               callbacks=[sealing_callback(identity), *(callbacks or [])],
+                               callbacks=[sealing_callback(identity, clock), *(callbacks or [])],
                                calibration=calibration,
                                resume_from=str(last) if last else None)
     finish_saves_first(trainer)
-    start = time.perf_counter()
+    clock.start()
     trainer.train(resume_from_checkpoint=last)
-    train_seconds = time.perf_counter() - start
+    train_seconds = (clock.seconds() or {}).get("train")
     save_adapter(trainer, out / "adapter")
     atomic_write_json(out / "train_log.json", trainer.state.log_history)
     reg_state = getattr(trainer, "reg_state", None)
@@ -198,7 +198,7 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
                "calibration_weight": cfg.calibration_weight, "train_pairs": len(encoded),
                "dropped_pairs": len(dropped), "rejected_rows": len(rejected),
                "heldout_pairs": len(held_pairs), "eval_items": len(eval_items),
-               "train_seconds": round(train_seconds, 1), "steps": trainer.state.global_step,
+               "train_seconds": rounded(train_seconds), "steps": trainer.state.global_step,
                "after": {k: after[k] for k in keys}}
     if before:
         summary["before"] = {k: before[k] for k in keys}

@@ -39,8 +39,8 @@ class TrainResult:
     out: Path
     metrics_before: dict | None
     metrics_after: dict
-    train_seconds: float
-    estep_seconds: float
+    train_seconds: float | None  # across resumes; None: resumed from a checkpoint that
+    estep_seconds: float | None  # predates the record, so the total is unknown
 
 
 def load_train_eval_items(cfg: TrainRunConfig
@@ -81,6 +81,11 @@ def evaluate_items(model: Any, tokenizer: Any, items: list[MCQItem], cfg: TrainR
         return None
     return write_run(out, scores, title=title, context={"model": cfg.model, "method": cfg.method},
                      n_bins=cfg.n_bins, seed=cfg.seed, label=cfg.method).metrics
+
+
+def rounded(seconds: float | None) -> float | None:
+    """Seconds to 0.1 s for a summary; None (unknown) stays None."""
+    return None if seconds is None else round(seconds, 1)
 
 
 def resume_point(ckpt_dir: Path, resume: bool, identity: dict, defaults: dict | None = None
@@ -170,9 +175,8 @@ def _train_into(folder: RunFolder, cfg: TrainRunConfig, resume: bool, callbacks:
     if not main:
         return no_result
     summary = {"method": cfg.method, "train_items": len(train_items),
-               "eval_items": len(eval_items), "train_seconds": round(outcome.train_seconds, 1),
-               "estep_seconds": round(outcome.estep_seconds, 1),
-               "steps": outcome.steps,
+               "eval_items": len(eval_items), "train_seconds": rounded(outcome.train_seconds),
+               "estep_seconds": rounded(outcome.estep_seconds), "steps": outcome.steps,
                "after": {k: after[k] for k in ("accuracy", "mean_confidence", "ece", "cw_ece")}}
     if before:
         summary["before"] = {k: before[k] for k in ("accuracy", "mean_confidence", "ece",
