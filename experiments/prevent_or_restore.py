@@ -13,6 +13,8 @@ items, LoRA r 16 / α 32, DPO β 0.1 at lr 5e-4 for 2 epochs), for each seed:
 - **DPO + calibration term** at each `--weights` λ (`align --calibration-weight λ`);
 - **DPO → CFT** and **DPO → RCFT** (`train --base-adapter` the DPO adapter, 2 epochs on the same
   training items), with their preference accuracy on the DPO run's held-out pairs;
+- **DPO → RCFT m=M** for each `--rcft-bin-priors` M (none by default): RCFT with
+  `--ece-bin-prior M` (M pseudo-items at the training accuracy in every bin of its E-step);
 - **DPO → temperature**: temperature scaling of the DPO'd model's held-out scores, cross-fitted
   (fit on one seeded half, apply to the other, and the reverse: every item's probabilities come
   from a fit that never saw it); out of domain, the temperature fitted on all in-domain items.
@@ -56,8 +58,9 @@ def base_folder(out: Path, model: str, setting: str, seed: int) -> Path:
     return out / Path(model).name / (setting + (f"-seed{seed}" if seed else ""))
 
 
-def arm_folders(base: Path, weights: list[float]) -> dict[str, dict]:
-    """Each arm's run folder, its held-out scores, its preference file and how to load it."""
+def arm_folders(base: Path, weights: list[float], priors: list[float] = ()) -> dict[str, dict]:
+    """Each arm's run folder, its held-out scores, its preference file and how to load it
+    (`priors`: the RCFT --ece-bin-prior arms)."""
     dpo = base / f"dpo-b{BETA:g}"
     arms = {"DPO": {"run": dpo, "eval": dpo / "eval", "pref": dpo / "retention.json",
                     "adapter": ["--adapter", str(dpo / "adapter")]}}
@@ -66,15 +69,27 @@ def arm_folders(base: Path, weights: list[float]) -> dict[str, dict]:
         arms[f"DPO + L_ECE λ={w:g}"] = {"run": run, "eval": run / "eval",
                                         "pref": run / "retention.json",
                                         "adapter": ["--adapter", str(run / "adapter")]}
-    for method in ("cft", "rcft"):
+    for method, label in restores(priors):
         run = base / f"dpo-b{BETA:g}-{method}"
-        arms[f"DPO → {method.upper()}"] = {
+        arms[f"DPO → {label}"] = {
             "run": run, "eval": run / "eval", "pref": base / f"pairs-{method}" / "preferences.json",
             "adapter": ["--base-adapter", str(dpo / "adapter"), "--adapter",
                         str(run / "adapter")]}
     arms["DPO → temperature"] = {"run": base / "temperature", "eval": base / "temperature",
                                  "pref": dpo / "retention.json", "adapter": None}
     return arms
+
+
+def restores(priors: list[float]) -> list[tuple[str, str]]:
+    """(folder suffix, arm label) of each restore arm: CFT, RCFT, then RCFT at each bin prior."""
+    return [("cft", "CFT"), ("rcft", "RCFT"),
+            *((f"rcft-prior{m:g}", f"RCFT m={m:g}") for m in priors)]
+
+
+def found_priors(base: Path) -> list[float]:
+    """The RCFT bin priors that `base` holds run folders of (so a table finds them unasked)."""
+    return sorted(float(p.name.rsplit("-prior", 1)[1])
+                  for p in base.glob(f"dpo-b{BETA:g}-rcft-prior*") if p.is_dir())
 
 
 def stages(out: Path, model: str, setting: str, seed: int, a: argparse.Namespace) -> None:
@@ -87,9 +102,11 @@ def stages(out: Path, model: str, setting: str, seed: int, a: argparse.Namespace
               "--epochs", str(a.dpo_epochs), "--learning-rate", str(a.dpo_learning_rate)]
     calibtune(["align", *common], dpo / "summary.json", dpo)
     dpo_model = ["--model", model, "--base-adapter", str(dpo / "adapter")]
-    for method in ("cft", "rcft"):
+    for method, _ in restores(a.rcft_bin_priors):
         run = base / f"dpo-b{BETA:g}-{method}"
-        calibtune(["train", *dpo_model, *data, *sizes, *LORA, "--method", method,
+        name, _, prior = method.partition("-prior")
+        calibtune(["train", *dpo_model, *data, *sizes, *LORA, "--method", name,
+                   *(["--ece-bin-prior", prior] if prior else []),
                    "--epochs", str(a.restore_epochs)], run / "summary.json", run)
         kept = base / f"pairs-{method}"
         calibtune(["eval", *dpo_model, "--adapter", str(run / "adapter"), "--preferences",
@@ -104,7 +121,7 @@ def stages(out: Path, model: str, setting: str, seed: int, a: argparse.Namespace
     ood = [*OOD[setting], "--limit", str(a.eval_limit), "--seed", str(seed), "--n-boot", "1000"]
     start = base / "ood-start"
     calibtune(["eval", "--model", model, *ood], start / "metrics.json", start)
-    for name, arm in arm_folders(base, a.weights).items():
+    for name, arm in arm_folders(base, a.weights, a.rcft_bin_priors).items():
         if arm["adapter"] is None:
             continue
         folder = base / f"ood-{arm['run'].name}"
@@ -229,7 +246,7 @@ def collect(out: Path, weights: list[float]) -> list[dict]:
             for ood in (False, True):
                 rows = [start_row(base, ood)]
                 rows += [arm_row(base, name, arm, ood)
-                         for name, arm in arm_folders(base, weights).items()]
+                         for name, arm in arm_folders(base, weights, found_priors(base)).items()]
                 for r in rows:
                     if r is not None:
                         records.append({"model": model_dir.name, "setting": setting,
@@ -356,6 +373,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--weights", nargs="+", type=float, default=[1.0, 4.0],
                    help="λ of the calibration term (one DPO + L_ECE arm each)")
+    p.add_argument("--rcft-bin-priors", nargs="+", type=float, default=[],
+                   help="an extra DPO → RCFT arm per --ece-bin-prior M (default: none)")
     p.add_argument("--train-limit", type=int, default=120)
     p.add_argument("--eval-limit", type=int, default=200)
     p.add_argument("--dpo-epochs", type=float, default=2.0)
