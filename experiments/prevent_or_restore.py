@@ -34,6 +34,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -58,7 +59,8 @@ def base_folder(out: Path, model: str, setting: str, seed: int) -> Path:
     return out / Path(model).name / (setting + (f"-seed{seed}" if seed else ""))
 
 
-def arm_folders(base: Path, weights: list[float], priors: list[float] = ()) -> dict[str, dict]:
+def arm_folders(base: Path, weights: Sequence[float], priors: Sequence[float] = ()
+                ) -> dict[str, dict]:
     """Each arm's run folder, its held-out scores, its preference file and how to load it
     (`priors`: the RCFT --ece-bin-prior arms)."""
     dpo = base / f"dpo-b{BETA:g}"
@@ -80,7 +82,7 @@ def arm_folders(base: Path, weights: list[float], priors: list[float] = ()) -> d
     return arms
 
 
-def restores(priors: list[float]) -> list[tuple[str, str]]:
+def restores(priors: Sequence[float]) -> list[tuple[str, str]]:
     """(folder suffix, arm label) of each restore arm: CFT, RCFT, then RCFT at each bin prior."""
     return [("cft", "CFT"), ("rcft", "RCFT"),
             *((f"rcft-prior{m:g}", f"RCFT m={m:g}") for m in priors)]
@@ -88,8 +90,13 @@ def restores(priors: list[float]) -> list[tuple[str, str]]:
 
 def found_priors(base: Path) -> list[float]:
     """The RCFT bin priors that `base` holds run folders of (so a table finds them unasked)."""
-    return sorted(float(p.name.rsplit("-prior", 1)[1])
-                  for p in base.glob(f"dpo-b{BETA:g}-rcft-prior*") if p.is_dir())
+    found = []
+    for p in base.glob(f"dpo-b{BETA:g}-rcft-prior*"):
+        try:
+            found.append(float(p.name.rsplit("-prior", 1)[1]))
+        except ValueError:  # not a study folder (a renamed copy): left out
+            continue
+    return sorted(m for m in found if m > 0)
 
 
 def stages(out: Path, model: str, setting: str, seed: int, a: argparse.Namespace) -> None:
@@ -186,7 +193,8 @@ def seconds(arm_run: Path, dpo: Path) -> float | None:
     t = own(arm_run)
     if t is None or arm_run == dpo or "-cal" in arm_run.name:
         return t
-    return t + (own(dpo) or 0.0)
+    d = own(dpo)
+    return None if d is None else t + d  # an unknown DPO cost leaves the total unknown
 
 
 def metrics_fields(folder: Path) -> dict:
@@ -317,9 +325,11 @@ def markdown(records: list[dict]) -> str:
                      mean_sd([r["option_entropy"] for r in rs]),
                      mean_sd([r["top_pred_share"] for r in rs])]
             if domain == "in-domain":
+                timed = [r["train_seconds"] for r in rs if r.get("train_seconds") is not None]
                 cells += [mean_sd([r.get("pref_acc") for r in rs]),
                           mean_sd([r.get("margin") for r in rs], 2),
-                          mean_sd([r.get("train_seconds") for r in rs], 0)]
+                          mean_sd(timed, 0) + (f" ({len(timed)} of {len(rs)} seeds)"
+                                               if timed and len(timed) < len(rs) else "")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -388,6 +398,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=Path("experiments/results/prevent_or_restore.json"))
     p.add_argument("--plot", type=Path, default=Path("docs/img/prevent_or_restore.png"))
     a = p.parse_args()
+    if any(not m > 0 for m in a.rcft_bin_priors):
+        p.error("--rcft-bin-priors: each M must be > 0 (M = 0 is the plain RCFT arm)")
     if not a.table_only:
         for model in a.models:
             for setting in a.settings:

@@ -27,6 +27,9 @@ def option(default: Any = _MISSING, help: str = "", *, flag: str | None = None,
            keys: tuple[str, ...] = (), argument: bool = False) -> Any:
     """A dataclass field with its one declaration of help text and command-line flag.
 
+    A new option's default must be the behaviour before it existed: a checkpoint sealed by an
+    older calibtune resumes while the option is left at its default (`faults.field_defaults`).
+
     `flag` defaults to ``--field-name``; `aliases` are older flags, accepted but hidden;
     `invert` makes a bool flag set the field to False (``--full-finetune`` → ``lora: false``);
     `hf` names the `TrainingArguments` (or TRL config) field it is copied to; `cli=False` keeps

@@ -288,6 +288,8 @@ def test_a_calibrated_run_resumes_exactly_and_refuses_a_tampered_estep_state(tin
         run_alignment(config(tiny_llama, data, tmp_path / "b", **kw), callbacks=[CrashAfterSave()])
     ckpt = tmp_path / "b" / "checkpoints" / "checkpoint-2"
     assert (ckpt / "calibtune_estep.npz").exists()
+    seconds = json.loads((ckpt / "calibtune_checkpoint.json").read_text())["seconds"]
+    assert 0 < seconds["estep"] <= seconds["train"]  # the first E-step is part of the cost
     resumed = run_alignment(config(tiny_llama, data, tmp_path / "b", **kw), resume=True)
     wa, wb = adapter(whole.out), adapter(resumed.out)
     for key in wa:

@@ -1,5 +1,6 @@
 """The new commands end to end through the CLI: eval --from, report (paired, plane), diagnose."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,7 +98,7 @@ def test_diagnose_writes_its_files_and_recommends(tmp_path, overconfident):
         assert d["ece"]["estimate"] <= d["noise_floor"]["q95"] and d["crossfit"] is None
 
 
-def test_report_names_runs_apart_by_their_parent_folders(tmp_path):
+def test_report_names_runs_apart_by_their_parent_folders(tmp_path, monkeypatch):
     """`eval` subfolders of two train runs (or their scores files) are named `a/eval` and
     `b/eval`, not `eval` twice; runs with distinct names keep their folder name."""
     from calibtune.workflows.compare import run_labels
@@ -108,7 +109,12 @@ def test_report_names_runs_apart_by_their_parent_folders(tmp_path):
     assert run_labels([tmp_path / "a/eval/scores.npz", tmp_path / "c/scores.npz"]) == ["eval", "c"]
     assert run_labels([tmp_path / "a/eval/scores.npz", tmp_path / "b/eval/scores.npz"]) == [
         "a/eval", "b/eval"]
-    assert run_labels([tmp_path / "c", tmp_path / "c"]) == ["c", "c"]
+    assert run_labels([tmp_path / "c", tmp_path / "a/../c/."]) == ["c", "c"]  # one run, twice
+    assert run_labels([tmp_path / "c/mmlu.npz", tmp_path / "c/medmcqa.npz"]) == [
+        "mmlu.npz", "medmcqa.npz"]  # two splits' scores in one folder
+    assert run_labels([tmp_path / "c", tmp_path / "c/scores.npz"]) == ["c", "scores.npz"]
+    monkeypatch.chdir(tmp_path / "a")
+    assert run_labels([Path("eval"), tmp_path / "b/eval"]) == ["a/eval", "b/eval"]
     rng = np.random.default_rng(0)
     ids, y = [f"q{i}" for i in range(50)], rng.integers(0, 4, 50)
     for run in ("x/eval", "y/eval"):

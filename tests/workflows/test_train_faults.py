@@ -233,7 +233,7 @@ def test_a_checkpoint_sealed_before_an_option_existed_resumes_at_its_default(
     before = snapshot(run)
     text = one_line_error(*train(tiny_llama, data, run, "--method", "cft", *STEPS,
                                  "--ece-bin-prior", "5", "--resume"))
-    assert "another configuration: ece_bin_prior None there, 5.0 now" in text
+    assert "another configuration: ece_bin_prior not recorded there (an older calibtune), 5.0 now" in text
     assert snapshot(run) == before
     code, text = train(tiny_llama, data, run, "--method", "cft", *STEPS, "--resume")
     assert code == 0, text
@@ -262,12 +262,32 @@ def test_a_resumed_run_counts_the_seconds_its_checkpoint_recorded(
     assert code == 0, text
     summary = json.loads((run / "summary.json").read_text())
     if recorded is None:
-        assert summary["train_seconds"] is None and summary["estep_seconds"] is None
+        assert summary["train_seconds"] is None
     else:
         own = summary["train_seconds"] - 1000.0
-        assert 0 < own < 600 and summary["estep_seconds"] == 5.0
+        assert 0 < own < 600
         resealed = json.loads((run / "checkpoints" / "checkpoint-2" / SEAL).read_text())
         assert resealed["seconds"]["train"] > 1000.0
+    assert summary["estep_seconds"] == 0.0  # CFT has no E-step, whatever the seal says
+
+
+def test_rcft_counts_its_e_steps_in_its_seconds_across_a_resume(tiny_llama, data, tmp_path):
+    """RCFT's E-steps are part of its cost: a fresh run reports them (within its training time),
+    and a run resumed from checkpoint-1 adds them to the ones its seal recorded."""
+    run = tmp_path / "run"
+    code, text = train(tiny_llama, data, run, "--method", "rcft", *STEPS)
+    assert code == 0, text
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 < summary["estep_seconds"] <= summary["train_seconds"]
+    shutil.rmtree(run / "checkpoints" / "checkpoint-2")
+    seal_path = run / "checkpoints" / "checkpoint-1" / SEAL
+    seal = json.loads(seal_path.read_text())
+    assert seal["seconds"]["estep"] > 0
+    seal_path.write_text(json.dumps(seal | {"seconds": {"train": 1000.0, "estep": 5.0}}))
+    code, text = train(tiny_llama, data, run, "--method", "rcft", *STEPS, "--resume")
+    assert code == 0, text
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["estep_seconds"] >= 5.0 and summary["train_seconds"] > 1000.0
 
 
 # ---- a disk that fills during a save --------------------------------------------------------

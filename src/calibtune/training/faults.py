@@ -88,15 +88,18 @@ class TrainingClock:
 
     @classmethod
     def resuming(cls, checkpoint: str | Path | None) -> TrainingClock:
-        """A clock that goes on from `checkpoint`'s recorded seconds (from 0 without one)."""
-        if checkpoint is None:
+        """A clock that goes on from `checkpoint`'s recorded seconds (from 0 without one; an
+        unknown total when its seal has no readable record)."""
+        if not checkpoint:
             return cls({"train": 0.0, "estep": 0.0})
         try:
             seal = json.loads((Path(checkpoint) / SEAL).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return cls(None)
         seconds = seal.get("seconds") if isinstance(seal, dict) else None
-        return cls(seconds if isinstance(seconds, dict) else None)
+        known = isinstance(seconds, dict) and all(
+            isinstance(seconds.get(k), (int, float)) for k in ("train", "estep"))
+        return cls({k: float(seconds[k]) for k in ("train", "estep")} if known else None)
 
     def start(self) -> None:
         self.started = time.perf_counter()
@@ -105,13 +108,14 @@ class TrainingClock:
         """{"train": s, "estep": s} so far, or None when the earlier part is unknown."""
         if self.earlier is None or self.started is None:
             return None
-        return {"train": self.earlier.get("train", 0.0) + time.perf_counter() - self.started,
-                "estep": self.earlier.get("estep", 0.0) + self.estep_seconds()}
+        return {"train": self.earlier["train"] + time.perf_counter() - self.started,
+                "estep": self.earlier["estep"] + self.estep_seconds()}
 
 
 def sealing_callback(config: dict, clock: TrainingClock | None = None) -> Any:
-    """A `TrainerCallback` that seals every checkpoint a Trainer saves (`seal_checkpoint`), for
-    Trainers other than `CalibTrainer` (which seals inside its save): TRL's `DPOTrainer`."""
+    """A `TrainerCallback` that seals every checkpoint a Trainer saves (`seal_checkpoint`, with
+    `clock`'s seconds so far), for Trainers other than `CalibTrainer` (which seals inside its
+    save): TRL's `DPOTrainer`."""
     from transformers import TrainerCallback
 
     class SealCheckpoints(TrainerCallback):
@@ -173,7 +177,9 @@ def checkpoint_problem(folder: Path, config: dict, defaults: dict | None = None)
             return f"{name} is corrupted (its sha256 differs from the one recorded when saved)"
     saved, defaults = seal["config"], defaults or {}
     unsealed = {k for k in set(config) - set(saved) if k in defaults and config[k] == defaults[k]}
-    differ = [f"{k} {saved.get(k)!r} there, {config.get(k)!r} now"
+    differ = [f"{k} {saved[k]!r} there, {config[k]!r} now" if k in saved and k in config
+              else f"{k} not recorded there (an older calibtune), {config[k]!r} now"
+              if k in config else f"{k} {saved[k]!r} there, not an option now"
               for k in sorted((set(saved) | set(config)) - unsealed)
               if saved.get(k) != config.get(k)]
     if differ:

@@ -209,7 +209,8 @@ def train(model: Any, items: Sequence[MCQItem], config: TrainConfig | None = Non
             shutil.rmtree(scratch, ignore_errors=True)
     trained = LoadedModel(trainer.model.eval(), tokenizer, name or "")
     return TrainOutcome(trained, list(trainer.state.log_history), list(reg_state.history),
-                        trainer.state.global_step, seconds["train"], seconds["estep"],
+                        trainer.state.global_step, seconds["train"],
+                        seconds["estep"] if estep else 0.0,
                         list(dataset.dropped), trainer)
 
 

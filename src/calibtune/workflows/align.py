@@ -24,6 +24,7 @@ from ..align.retention import retention_report
 from ..integrity import atomic_write_json, atomic_write_text
 from ..run_guard import RunFolder
 from ..training.finetune import finish_saves_first, save_adapter
+from ..training.estep import EStepCallback
 from ..training.faults import TrainingClock, field_defaults, fingerprint, sealing_callback
 from .config import PreferenceEvalConfig  # noqa: F401 - its home is .config
 from .train import evaluate_items, load_train_eval_items, resume_guarded, resume_point, rounded
@@ -169,6 +170,10 @@ def _align_into(folder: RunFolder, cfg: AlignConfig, resume: bool, callbacks: li
                                callbacks=[sealing_callback(identity, clock), *(callbacks or [])],
                                calibration=calibration,
                                resume_from=str(last) if last else None)
+    estep = next((c for c in trainer.callback_handler.callbacks if isinstance(c, EStepCallback)),
+                 None)
+    if estep is not None:  # --calibration-weight: its E-steps are part of the cost
+        clock.estep_seconds = lambda: estep.seconds
     finish_saves_first(trainer)
     clock.start()
     trainer.train(resume_from_checkpoint=last)

@@ -8,6 +8,7 @@ overlay.png, plane.png and report.html.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..defaults import N_BINS, N_BOOT
@@ -31,13 +32,20 @@ def run_scores(run: Path) -> OptionScores:
 
 
 def run_labels(runs: list[Path]) -> list[str]:
-    """Each run's name: the fewest trailing folder names that tell it from the other runs, so
-    `a/eval` and `b/eval` are not both `eval` (a scores file is named by its folder)."""
-    parts = [(r if r.is_dir() else r.parent).absolute().parts for r in runs]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        labels = ["/".join(p[-depth:]) for p in parts]
-        if len(set(labels)) == len(set(parts)):  # the same run given twice keeps one name
-            return labels
+    """Each run's name: the fewest trailing path parts that tell it from the other runs, so
+    `a/eval` and `b/eval` are not both `eval`. A scores file is named by its folder, and by its
+    own name too when another input lies in the same folder; the same run given twice (however
+    the path is written) keeps one name."""
+    paths = [Path(os.path.normpath(r.absolute())) for r in runs]
+    folders = [p if p.is_dir() else p.parent for p in paths]
+    shared = {f for f in folders if len({p for p, g in zip(paths, folders) if g == f}) > 1}
+    parts = [f.parts[1:] + ((p.name,) if p != f and f in shared else ())
+             for p, f in zip(paths, folders)]
+    labels: list[str] = []
+    for depth in range(1, max(len(x) for x in parts) + 1):
+        labels = ["/".join(x[-depth:]) for x in parts]
+        if len(set(labels)) == len(set(paths)):
+            break
     return labels
 
 
