@@ -369,6 +369,8 @@ def plane(records: list[dict], path: Path) -> None:
             ax.set_title(f"{model}, {setting}", fontsize=10)
             ax.grid(alpha=0.3)
         ax_row[0].legend(fontsize=8)
+        if len(ax_row[1].get_lines()) != len(ax_row[0].get_lines()):  # an arm without pref. acc.
+            ax_row[1].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
