@@ -64,7 +64,8 @@ def main() -> None:
               + ", ".join(f"{a:.3f}/{e:.3f}" for _, a, e in r["epochs"])
               + "; training accuracy at each E-step "
               + ", ".join(f"{a:.3f}" for a in r["estep_train_accuracy"] if a is not None)
-              + f"; training {r['train_seconds']} s (E-steps {r['estep_seconds']} s)")
+              + f"; training {r['train_seconds'] or 'unknown'} s "
+                f"(E-steps {r['estep_seconds'] if r['estep_seconds'] is not None else 'unknown'} s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"live": live, "frozen": frozen, "paired_live_minus_frozen":
                                     paired}, indent=2, default=str) + "\n")
