@@ -278,11 +278,11 @@ def test_rcft_counts_its_e_steps_in_its_seconds_across_a_resume(tiny_llama, data
     code, text = train(tiny_llama, data, run, "--method", "rcft", *STEPS)
     assert code == 0, text
     summary = json.loads((run / "summary.json").read_text())
-    assert 0 < summary["estep_seconds"] <= summary["train_seconds"]
+    assert 0 <= summary["estep_seconds"] <= summary["train_seconds"]  # to 0.1 s: may read 0.0
     shutil.rmtree(run / "checkpoints" / "checkpoint-2")
     seal_path = run / "checkpoints" / "checkpoint-1" / SEAL
     seal = json.loads(seal_path.read_text())
-    assert seal["seconds"]["estep"] > 0
+    assert seal["seconds"]["estep"] > 0  # to 1 ms: the first E-step's forward passes
     seal_path.write_text(json.dumps(seal | {"seconds": {"train": 1000.0, "estep": 5.0}}))
     code, text = train(tiny_llama, data, run, "--method", "rcft", *STEPS, "--resume")
     assert code == 0, text
