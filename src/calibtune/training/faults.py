@@ -177,14 +177,20 @@ def checkpoint_problem(folder: Path, config: dict, defaults: dict | None = None)
             return f"{name} is corrupted (its sha256 differs from the one recorded when saved)"
     saved, defaults = seal["config"], defaults or {}
     unsealed = {k for k in set(config) - set(saved) if k in defaults and config[k] == defaults[k]}
-    differ = [f"{k} {saved[k]!r} there, {config[k]!r} now" if k in saved and k in config
-              else f"{k} not recorded there (an older calibtune), {config[k]!r} now"
-              if k in config else f"{k} {saved[k]!r} there, not an option now"
-              for k in sorted((set(saved) | set(config)) - unsealed)
+    differ = [_difference(k, saved, config) for k in sorted((set(saved) | set(config)) - unsealed)
               if saved.get(k) != config.get(k)]
     if differ:
         return "it was made with another configuration: " + "; ".join(differ)
     return None
+
+
+def _difference(key: str, saved: dict, config: dict) -> str:
+    """How field `key` of the sealed configuration differs from the run's, in words."""
+    if key not in saved:
+        return f"{key} not recorded there (an older calibtune), {config[key]!r} now"
+    if key not in config:
+        return f"{key} {saved[key]!r} there, not an option now"
+    return f"{key} {saved[key]!r} there, {config[key]!r} now"
 
 
 def check_resumable(folder: str | Path, config: dict, defaults: dict | None = None) -> None:

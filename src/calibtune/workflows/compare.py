@@ -69,12 +69,13 @@ def _compare_into(folder: RunFolder, runs: list[Path], n_bins: int, *, plane: bo
                   intersect: bool, n_boot: int, seed: int) -> str:
     if not runs:
         raise ConfigError("give at least one run folder")
-    loaded = list(zip(run_labels([Path(r) for r in runs]), [run_scores(Path(r)) for r in runs]))
+    paths = [Path(r) for r in runs]
+    loaded = list(zip(run_labels(paths), [run_scores(p) for p in paths]))
     planes = None
     if plane:  # every input is read before anything is written
         from ..report.plane import prepare_plane
 
-        planes = [prepare_plane(Path(r)) for r in runs if (Path(r) / "train_log.json").exists()]
+        planes = [prepare_plane(p) for p in paths if (p / "train_log.json").exists()]
         if not planes:
             raise ConfigError("--plane draws training run folders (with train_log.json); none "
                               "of the runs given is one")
