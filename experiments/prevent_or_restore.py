@@ -71,7 +71,7 @@ def arm_folders(base: Path, weights: Sequence[float], priors: Sequence[float] = 
         arms[f"DPO + L_ECE λ={w:g}"] = {"run": run, "eval": run / "eval",
                                         "pref": run / "retention.json",
                                         "adapter": ["--adapter", str(run / "adapter")]}
-    for method, label in restores(priors):
+    for method, label, _ in restores(priors):
         run = base / f"dpo-b{BETA:g}-{method}"
         arms[f"DPO → {label}"] = {
             "run": run, "eval": run / "eval", "pref": base / f"pairs-{method}" / "preferences.json",
@@ -82,10 +82,12 @@ def arm_folders(base: Path, weights: Sequence[float], priors: Sequence[float] = 
     return arms
 
 
-def restores(priors: Sequence[float]) -> list[tuple[str, str]]:
-    """(folder suffix, arm label) of each restore arm: CFT, RCFT, then RCFT at each bin prior."""
-    return [("cft", "CFT"), ("rcft", "RCFT"),
-            *((f"rcft-prior{m:g}", f"RCFT m={m:g}") for m in priors)]
+def restores(priors: Sequence[float]) -> list[tuple[str, str, list[str]]]:
+    """(folder suffix, arm label, `calibtune train` flags) of each restore arm: CFT, RCFT, then
+    RCFT at each bin prior."""
+    return [("cft", "CFT", ["--method", "cft"]), ("rcft", "RCFT", ["--method", "rcft"]),
+            *((f"rcft-prior{m:g}", f"RCFT m={m:g}", ["--method", "rcft", "--ece-bin-prior", f"{m:g}"])
+              for m in priors)]
 
 
 def found_priors(base: Path) -> list[float]:
@@ -109,11 +111,9 @@ def stages(out: Path, model: str, setting: str, seed: int, a: argparse.Namespace
               "--epochs", str(a.dpo_epochs), "--learning-rate", str(a.dpo_learning_rate)]
     calibtune(["align", *common], dpo / "summary.json", dpo)
     dpo_model = ["--model", model, "--base-adapter", str(dpo / "adapter")]
-    for method, _ in restores(a.rcft_bin_priors):
+    for method, _, flags in restores(a.rcft_bin_priors):
         run = base / f"dpo-b{BETA:g}-{method}"
-        name, _, prior = method.partition("-prior")
-        calibtune(["train", *dpo_model, *data, *sizes, *LORA, "--method", name,
-                   *(["--ece-bin-prior", prior] if prior else []),
+        calibtune(["train", *dpo_model, *data, *sizes, *LORA, *flags,
                    "--epochs", str(a.restore_epochs)], run / "summary.json", run)
         kept = base / f"pairs-{method}"
         calibtune(["eval", *dpo_model, "--adapter", str(run / "adapter"), "--preferences",
