@@ -239,6 +239,17 @@ def test_a_checkpoint_sealed_before_an_option_existed_resumes_at_its_default(
     assert code == 0, text
 
 
+def rewind_to_checkpoint_1(run, seconds):
+    """Remove checkpoint-2 and make checkpoint-1's seal record `seconds` (None: no record, as an
+    older calibtune sealed it); returns the seconds it recorded before."""
+    shutil.rmtree(run / "checkpoints" / "checkpoint-2")
+    seal_path = run / "checkpoints" / "checkpoint-1" / SEAL
+    seal = json.loads(seal_path.read_text())
+    before = seal.pop("seconds")
+    seal_path.write_text(json.dumps(seal if seconds is None else seal | {"seconds": seconds}))
+    return before
+
+
 @pytest.mark.parametrize("recorded", [{"train": 1000.0, "estep": 5.0}, None])
 def test_a_resumed_run_counts_the_seconds_its_checkpoint_recorded(
         recorded, finished, tiny_llama, data, tmp_path):
@@ -250,14 +261,7 @@ def test_a_resumed_run_counts_the_seconds_its_checkpoint_recorded(
     assert 0 < seals[0]["train"] <= seals[1]["train"]
     run = tmp_path / "run"
     shutil.copytree(finished, run)
-    shutil.rmtree(run / "checkpoints" / "checkpoint-2")
-    seal_path = run / "checkpoints" / "checkpoint-1" / SEAL
-    seal = json.loads(seal_path.read_text())
-    if recorded is None:
-        del seal["seconds"]
-    else:
-        seal["seconds"] = recorded
-    seal_path.write_text(json.dumps(seal))
+    rewind_to_checkpoint_1(run, recorded)
     code, text = train(tiny_llama, data, run, "--method", "cft", *STEPS, "--resume")
     assert code == 0, text
     summary = json.loads((run / "summary.json").read_text())
@@ -279,11 +283,8 @@ def test_rcft_counts_its_e_steps_in_its_seconds_across_a_resume(tiny_llama, data
     assert code == 0, text
     summary = json.loads((run / "summary.json").read_text())
     assert 0 <= summary["estep_seconds"] <= summary["train_seconds"]  # to 0.1 s: may read 0.0
-    shutil.rmtree(run / "checkpoints" / "checkpoint-2")
-    seal_path = run / "checkpoints" / "checkpoint-1" / SEAL
-    seal = json.loads(seal_path.read_text())
-    assert seal["seconds"]["estep"] > 0  # to 1 ms: the first E-step's forward passes
-    seal_path.write_text(json.dumps(seal | {"seconds": {"train": 1000.0, "estep": 5.0}}))
+    recorded = rewind_to_checkpoint_1(run, {"train": 1000.0, "estep": 5.0})
+    assert recorded["estep"] > 0  # to 1 ms: the first E-step's forward passes
     code, text = train(tiny_llama, data, run, "--method", "rcft", *STEPS, "--resume")
     assert code == 0, text
     summary = json.loads((run / "summary.json").read_text())
