@@ -35,6 +35,11 @@ def run_summary(run: Path) -> dict:
             "estep_seconds": summary.get("estep_seconds")}
 
 
+def known(seconds: float | None) -> float | str:
+    """A run's seconds as recorded; "unknown" where the run folder recorded none (null)."""
+    return "unknown" if seconds is None else seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("live", type=Path)
@@ -64,8 +69,7 @@ def main() -> None:
               + ", ".join(f"{a:.3f}/{e:.3f}" for _, a, e in r["epochs"])
               + "; training accuracy at each E-step "
               + ", ".join(f"{a:.3f}" for a in r["estep_train_accuracy"] if a is not None)
-              + f"; training {r['train_seconds'] or 'unknown'} s "
-                f"(E-steps {r['estep_seconds'] if r['estep_seconds'] is not None else 'unknown'} s)")
+              + f"; training {known(r['train_seconds'])} s (E-steps {known(r['estep_seconds'])} s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"live": live, "frozen": frozen, "paired_live_minus_frozen":
                                     paired}, indent=2, default=str) + "\n")
