@@ -1,0 +1,119 @@
+"""RCFT's E-step bin prior against the default rule, paired on the same items.
+
+Reads a prevent-or-restore run tree (`experiments/prevent_or_restore.py --rcft-bin-priors M`)
+and, for every seed that holds both `dpo-b0.1-rcft` and `dpo-b0.1-rcft-prior<M>`, compares the
+two RCFT runs from the same DPO'd model: paired-bootstrap Δ (prior minus default) of ECE and
+accuracy in domain and out, paired Δ of held-out preference accuracy, both runs' training
+seconds, and the highest non-empty bin of each epoch-1 E-step (the bin whose few lucky items
+made the default rule drift on MMLU seed 2). Writes the JSON of record and prints the table of
+docs/alignment.md ("RCFT's E-step bin prior").
+
+    python experiments/rcft_bin_prior.py --out runs/por --prior 10 \
+        --json experiments/results/rcft_bin_prior.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from calibtune.integrity import atomic_write_json
+from calibtune.metrics.paired import compare_scores
+from calibtune.option_scores import OptionScores
+
+BETA = 0.1
+
+
+def paired(a: Path, b: Path) -> dict:
+    """Δ (b − a) of ECE and accuracy with their 95% paired-bootstrap intervals."""
+    c = compare_scores(OptionScores.load(a / "scores.npz"), OptionScores.load(b / "scores.npz"),
+                       seed=0)
+    before, after = (json.loads((f / "metrics.json").read_text()) for f in (a, b))
+    return {k: {"default": before[k], "prior": after[k],
+                "delta": [c.deltas[k].estimate, c.deltas[k].low, c.deltas[k].high]}
+            for k in ("ece", "accuracy")}
+
+
+def preference_delta(a: Path, b: Path, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Held-out preference accuracy of both runs and the paired-bootstrap Δ (by pair id)."""
+    def right(folder: Path) -> tuple[dict[str, bool], float]:
+        t = json.loads((folder / "preferences.json").read_text())["preference_tuned"]
+        return {p["id"]: p["chosen_logp"] > p["rejected_logp"] for p in t["pairs"]}, t["accuracy"]
+
+    (ra, acc_a), (rb, acc_b) = right(a), right(b)
+    ids = sorted(set(ra) & set(rb))
+    d = np.array([float(rb[i]) - float(ra[i]) for i in ids])
+    boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
+    return {"default": acc_a, "prior": acc_b,
+            "delta": [float(d.mean()), float(np.quantile(boot, 0.025)),
+                      float(np.quantile(boot, 0.975))]}
+
+
+def top_bin(run: Path, epoch: int = 1) -> dict | None:
+    """The highest non-empty bin of the E-step at the start of `epoch`."""
+    for e in json.loads((run / "estep_history.json").read_text()):
+        if e["epoch"] == epoch:
+            bins = e["bins"]
+            k = max(i for i, n in enumerate(bins["count"]) if n)
+            return {"low": bins["edges"][k], "high": bins["edges"][k + 1],
+                    "count": bins["count"][k], "accuracy": bins["accuracy"][k]}
+    return None
+
+
+def compare_seed(base: Path, prior: float) -> dict | None:
+    default = base / f"dpo-b{BETA:g}-rcft"
+    shrunk = base / f"dpo-b{BETA:g}-rcft-prior{prior:g}"
+    if not ((default / "eval" / "scores.npz").exists() and (shrunk / "eval" / "scores.npz").exists()):
+        return None
+    setting, _, seed = base.name.partition("-seed")
+    row = {"model": base.parent.name, "setting": setting, "seed": int(seed or 0), "prior": prior,
+           "in_domain": paired(default / "eval", shrunk / "eval")}
+    ood = base / f"ood-{default.name}", base / f"ood-{shrunk.name}"
+    if all((f / "scores.npz").exists() for f in ood):
+        row["out_of_domain"] = paired(*ood)
+    pairs = base / "pairs-rcft", base / f"pairs-rcft-prior{prior:g}"
+    if all((f / "preferences.json").exists() for f in pairs):
+        row["preference"] = preference_delta(*pairs)
+    row["train_seconds"] = {name: json.loads((f / "summary.json").read_text()).get("train_seconds")
+                            for name, f in (("default", default), ("prior", shrunk))}
+    row["epoch1_top_bin"] = {name: top_bin(f) for name, f in (("default", default), ("prior", shrunk))}
+    return row
+
+
+def interval(d: list[float]) -> str:
+    return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model, setting, seed | E-step top bin (default) | ECE default → prior | Δ ECE | "
+             "Δ accuracy | Δ ECE out of domain | pref. acc. default → prior (Δ) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b, i = r["epoch1_top_bin"]["default"], r["in_domain"]
+        ood = interval(r["out_of_domain"]["ece"]["delta"]) if "out_of_domain" in r else ""
+        p = r.get("preference")
+        pref = f"{p['default']:.3f} → {p['prior']:.3f} ({interval(p['delta'])})" if p else ""
+        lines.append(f"| {r['model']}, {r['setting']}, {r['seed']} | [{b['low']:.1f}, {b['high']:.1f}): "
+                     f"{b['count']} items, {b['accuracy']:.2f} | {i['ece']['default']:.3f} → "
+                     f"{i['ece']['prior']:.3f} | {interval(i['ece']['delta'])} | "
+                     f"{interval(i['accuracy']['delta'])} | {ood} | {pref} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/por"))
+    p.add_argument("--prior", type=float, default=10.0)
+    p.add_argument("--json", type=Path)
+    a = p.parse_args()
+    rows = [r for base in sorted(a.out.glob("*/*")) if base.is_dir()
+            if (r := compare_seed(base, a.prior)) is not None]
+    if a.json:
+        atomic_write_json(a.json, rows)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
