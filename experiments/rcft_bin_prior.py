@@ -5,8 +5,8 @@ and, for every seed that holds both `dpo-b0.1-rcft` and `dpo-b0.1-rcft-prior<M>`
 two RCFT runs from the same DPO'd model: paired-bootstrap Δ (prior minus default) of ECE and
 accuracy in domain and out, paired Δ of held-out preference accuracy, both runs' training
 seconds, and the highest non-empty bin of each epoch-1 E-step (the bin whose few lucky items
-made the default rule drift on MMLU seed 2). Writes the JSON of record and prints the table of
-docs/alignment.md ("RCFT's E-step bin prior").
+made the default rule drift on MMLU seed 2). Writes the JSON of record, which holds every
+figure of docs/alignment.md's table ("RCFT's E-step bin prior"), and prints it as a table.
 
     python experiments/rcft_bin_prior.py --out runs/por --prior 10 \
         --json experiments/results/rcft_bin_prior.json
@@ -43,7 +43,7 @@ def preference_delta(a: Path, b: Path, n_boot: int = 2000, seed: int = 0) -> dic
         return {p["id"]: p["chosen_logp"] > p["rejected_logp"] for p in t["pairs"]}, t["accuracy"]
 
     (ra, acc_a), (rb, acc_b) = right(a), right(b)
-    ids = sorted(set(ra) & set(rb))
+    ids = sorted(set(ra) & set(rb))  # the same held-out pairs file, so every id is shared
     d = np.array([float(rb[i]) - float(ra[i]) for i in ids])
     boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
     return {"default": acc_a, "prior": acc_b,
@@ -53,11 +53,13 @@ def preference_delta(a: Path, b: Path, n_boot: int = 2000, seed: int = 0) -> dic
 
 def top_bin(run: Path, epoch: int = 1) -> dict | None:
     """The highest non-empty bin of the E-step at the start of `epoch`."""
-    for e in json.loads((run / "estep_history.json").read_text()):
+    history = run / "estep_history.json"
+    for e in json.loads(history.read_text()) if history.exists() else []:
         if e["epoch"] == epoch:
             bins = e["bins"]
             k = max(i for i, n in enumerate(bins["count"]) if n)
             return {"low": bins["edges"][k], "high": bins["edges"][k + 1],
+                    "last": k == len(bins["count"]) - 1,
                     "count": bins["count"][k], "accuracy": bins["accuracy"][k]}
     return None
 
@@ -65,7 +67,8 @@ def top_bin(run: Path, epoch: int = 1) -> dict | None:
 def compare_seed(base: Path, prior: float) -> dict | None:
     default = base / f"dpo-b{BETA:g}-rcft"
     shrunk = base / f"dpo-b{BETA:g}-rcft-prior{prior:g}"
-    if not ((default / "eval" / "scores.npz").exists() and (shrunk / "eval" / "scores.npz").exists()):
+    needed = [f / name for f in (default, shrunk) for name in ("eval/scores.npz", "summary.json")]
+    if not all(f.exists() for f in needed):
         return None
     setting, _, seed = base.name.partition("-seed")
     row = {"model": base.parent.name, "setting": setting, "seed": int(seed or 0), "prior": prior,
@@ -86,17 +89,25 @@ def interval(d: list[float]) -> str:
     return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
 
 
+def bin_text(b: dict | None) -> str:
+    """A bin as its interval (the last one is closed: confidence 1.0 falls in it), size, accuracy."""
+    if b is None:
+        return "no epoch-1 E-step"
+    return (f"[{b['low']:.1f}, {b['high']:.1f}{']' if b['last'] else ')'}: {b['count']} items, "
+            f"{b['accuracy']:.2f}")
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model, setting, seed | E-step top bin (default) | ECE default → prior | Δ ECE | "
              "Δ accuracy | Δ ECE out of domain | pref. acc. default → prior (Δ) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        b, i = r["epoch1_top_bin"]["default"], r["in_domain"]
+        i = r["in_domain"]
         ood = interval(r["out_of_domain"]["ece"]["delta"]) if "out_of_domain" in r else ""
         p = r.get("preference")
         pref = f"{p['default']:.3f} → {p['prior']:.3f} ({interval(p['delta'])})" if p else ""
-        lines.append(f"| {r['model']}, {r['setting']}, {r['seed']} | [{b['low']:.1f}, {b['high']:.1f}): "
-                     f"{b['count']} items, {b['accuracy']:.2f} | {i['ece']['default']:.3f} → "
+        lines.append(f"| {r['model']}, {r['setting']}, {r['seed']} | "
+                     f"{bin_text(r['epoch1_top_bin']['default'])} | {i['ece']['default']:.3f} → "
                      f"{i['ece']['prior']:.3f} | {interval(i['ece']['delta'])} | "
                      f"{interval(i['accuracy']['delta'])} | {ood} | {pref} |")
     return "\n".join(lines)
