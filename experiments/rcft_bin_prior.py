@@ -115,12 +115,14 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("runs/por"))
+    p.add_argument("--out", type=Path, nargs="+", default=[Path("runs/por")],
+                   help="one or more run trees (model/setting-seed/ folders)")
     p.add_argument("--prior", type=float, default=10.0)
     p.add_argument("--json", type=Path)
     a = p.parse_args()
-    rows = [r for base in sorted(a.out.glob("*/*")) if base.is_dir()
-            if (r := compare_seed(base, a.prior)) is not None]
+    bases = sorted({b.resolve(): b for out in a.out for b in out.glob("*/*") if b.is_dir()}.values(),
+                   key=lambda b: (b.parent.name, b.name))
+    rows = [r for base in bases if (r := compare_seed(base, a.prior)) is not None]
     if a.json:
         atomic_write_json(a.json, rows)
     print(table(rows))
