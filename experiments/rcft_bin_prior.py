@@ -14,16 +14,18 @@ figure of docs/alignment.md's table ("RCFT's E-step bin prior"), and prints it a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).parent))
+from prevent_or_restore import arm_folders  # noqa: E402
 
-from calibtune.integrity import atomic_write_json
-from calibtune.metrics.paired import compare_scores
-from calibtune.option_scores import OptionScores
-
-BETA = 0.1
+from calibtune.align.retention import RetentionReport  # noqa: E402
+from calibtune.integrity import atomic_write_json  # noqa: E402
+from calibtune.metrics.paired import compare_scores  # noqa: E402
+from calibtune.option_scores import OptionScores  # noqa: E402
 
 
 def paired(a: Path, b: Path) -> dict:
@@ -36,19 +38,14 @@ def paired(a: Path, b: Path) -> dict:
             for k in ("ece", "accuracy")}
 
 
-def preference_delta(a: Path, b: Path, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Held-out preference accuracy of both runs and the paired-bootstrap Δ (by pair id)."""
-    def right(folder: Path) -> tuple[dict[str, bool], float]:
-        t = json.loads((folder / "preferences.json").read_text())["preference_tuned"]
-        return {p["id"]: p["chosen_logp"] > p["rejected_logp"] for p in t["pairs"]}, t["accuracy"]
-
-    (ra, acc_a), (rb, acc_b) = right(a), right(b)
-    ids = sorted(set(ra) & set(rb))  # the same held-out pairs file, so every id is shared
-    d = np.array([float(rb[i]) - float(ra[i]) for i in ids])
-    boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
-    return {"default": acc_a, "prior": acc_b,
-            "delta": [float(d.mean()), float(np.quantile(boot, 0.025)),
-                      float(np.quantile(boot, 0.975))]}
+def preference_delta(a: Path, b: Path) -> dict:
+    """Held-out preference accuracy of both runs and the paired-bootstrap Δ (b − a): each
+    preference file is a retention report against the DPO'd model, so b's report with a's
+    tuned model as its reference gives calibtune's own paired change (same pairs, or an error)."""
+    default, prior = (RetentionReport.from_dict(json.loads(f.read_text())) for f in (a, b))
+    change = dataclasses.replace(prior, reference=default.tuned).change()["accuracy"]
+    return {"default": default.tuned.accuracy, "prior": prior.tuned.accuracy,
+            "delta": [change["estimate"], change["low"], change["high"]]}
 
 
 def top_bin(run: Path, epoch: int = 1) -> dict | None:
@@ -65,8 +62,9 @@ def top_bin(run: Path, epoch: int = 1) -> dict | None:
 
 
 def compare_seed(base: Path, prior: float) -> dict | None:
-    default = base / f"dpo-b{BETA:g}-rcft"
-    shrunk = base / f"dpo-b{BETA:g}-rcft-prior{prior:g}"
+    arms = arm_folders(base, [], [prior])
+    plain, shrunk_arm = arms["DPO → RCFT"], arms[f"DPO → RCFT m={prior:g}"]
+    default, shrunk = plain["run"], shrunk_arm["run"]
     needed = [f / name for f in (default, shrunk) for name in ("eval/scores.npz", "summary.json")]
     if not all(f.exists() for f in needed):
         return None
@@ -76,8 +74,8 @@ def compare_seed(base: Path, prior: float) -> dict | None:
     ood = base / f"ood-{default.name}", base / f"ood-{shrunk.name}"
     if all((f / "scores.npz").exists() for f in ood):
         row["out_of_domain"] = paired(*ood)
-    pairs = base / "pairs-rcft", base / f"pairs-rcft-prior{prior:g}"
-    if all((f / "preferences.json").exists() for f in pairs):
+    pairs = plain["pref"], shrunk_arm["pref"]
+    if all(f.exists() for f in pairs):
         row["preference"] = preference_delta(*pairs)
     row["train_seconds"] = {name: json.loads((f / "summary.json").read_text()).get("train_seconds")
                             for name, f in (("default", default), ("prior", shrunk))}
